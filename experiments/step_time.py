@@ -1,0 +1,104 @@
+"""Training step time and peak memory of each method, as ratios to LoRA, on one model and one batch.
+
+    .venv/bin/python experiments/step_time.py                       # SmolLM2-135M on this CPU
+    .venv/bin/python experiments/step_time.py model=llama2-7b-random --methods lora,dora --micro-batch 4
+
+Each method runs in its own subprocess so that its peak memory (CUDA max allocated, or the process's peak
+RSS on CPU) is its own; the parent prints one table, all numbers from this one invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+METHOD_OVERRIDES = {"lora": [], "dora": [], "pissa": [], "milora": [], "neat": [], "full": []}
+
+
+def measure(method: str, overrides: list[str], micro_batch: int, steps: int, warmup: int) -> dict:
+    import torch
+
+    from harness import methods, models
+    from harness.config import compose, resolved
+    from harness.tasks import commonsense
+    from harness.train import make_loader
+
+    cfg = compose(["profile=mini", f"method={method}", *overrides])
+    torch.manual_seed(0)
+    model, tokenizer = models.load(cfg.model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    options = resolved(cfg)["method"]
+    options.pop("name")
+    model = methods.apply(model, method, **options)
+    records, _ = commonsense.training_records(cfg.task, cfg.seed)
+    examples = [commonsense.tokenize(r, tokenizer, int(cfg.task.cutoff_len), True) for r in records[:micro_batch]]
+    batch = {k: v.to(device) for k, v in next(iter(make_loader(examples, tokenizer, micro_batch, False, 0))).items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    dtype = torch.bfloat16 if device == "cuda" else None
+    model.train()
+
+    def step():
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"method": method, "step_s": seconds, "peak_mb": peak, "trainable": methods.trainable_parameters(model),
+            "tokens": int(batch["attention_mask"].sum()), "device": device, "model": cfg.model.name}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=tiny-llama method.r=16")
+    parser.add_argument("--methods", default="lora,dora,pissa,milora,neat,full")
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.overrides, args.micro_batch, args.steps, args.warmup)))
+        return
+    rows = []
+    for method in args.methods.split(","):
+        cmd = [sys.executable, __file__, "--one", method, "--micro-batch", str(args.micro_batch),
+               "--steps", str(args.steps), "--warmup", str(args.warmup), *args.overrides]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if proc.returncode:
+            print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    base = next((r for r in rows if r["method"] == "lora"), rows[0])
+    print(f"model {base['model']} on {base['device']}, micro-batch {args.micro_batch} ({base['tokens']} tokens), "
+          f"{args.steps} timed steps after {args.warmup} warm-up")
+    print(f"{'method':8} {'trainable':>12} {'step s':>8} {'x LoRA':>7} {'peak MB':>9} {'x LoRA':>7}")
+    for r in rows:
+        print(f"{r['method']:8} {r['trainable']:>12,} {r['step_s']:>8.3f} {r['step_s'] / base['step_s']:>7.2f} "
+              f"{r['peak_mb']:>9.0f} {r['peak_mb'] / base['peak_mb']:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()

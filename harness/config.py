@@ -1,0 +1,103 @@
+"""Config composition: OmegaConf resolvers, the automatic profile, and the run identity (hash)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "conf"
+
+# Keys that say where things go or how they are shown, not what is computed: they stay out of the run hash so
+# that a result is found again from another checkout, data location or results folder.
+NON_SEMANTIC_KEYS = ("run", "logging", "data_dir", "grid", "table", "experiment_name", "profile")
+NON_SEMANTIC_TASK_KEYS = ("data_dir", "missing_ok")
+
+
+def default_data_dir() -> str:
+    return os.environ.get("HARNESS_DATA_DIR") or str((PROJECT_ROOT.parent / "shared" / "data").resolve())
+
+
+def _register_resolvers() -> None:
+    resolvers = {
+        "mul": lambda a, b: a * b,
+        "harness_data_dir": default_data_dir,
+        "harness_project_root": lambda: str(PROJECT_ROOT),
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+_register_resolvers()
+
+
+def auto_profile() -> str:
+    """`paper` where CUDA is available, `mini` otherwise."""
+    import torch
+
+    return "paper" if torch.cuda.is_available() else "mini"
+
+
+def with_profile(overrides: Iterable[str], announce: bool = True) -> list[str]:
+    """Adds `profile=<auto>` to Hydra overrides unless the user named a profile."""
+    overrides = list(overrides)
+    if any(o.split("=", 1)[0].lstrip("+~") == "profile" for o in overrides):
+        return overrides
+    chosen = auto_profile()
+    if announce:
+        why = "a CUDA device is available" if chosen == "paper" else "no CUDA device found"
+        print(f"[harness] profile={chosen} chosen automatically ({why}); pass profile=... to choose.", flush=True)
+    return overrides + [f"profile={chosen}"]
+
+
+def compose(overrides: Iterable[str] = ()) -> DictConfig:
+    """Composes `conf/config.yaml` with Hydra overrides (the same tree the CLI uses)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def semantic_config(cfg: DictConfig) -> dict:
+    """The part of the resolved config that determines the result (what the run id hashes)."""
+    data = resolved(cfg)
+    for key in NON_SEMANTIC_KEYS:
+        data.pop(key, None)
+    for key in NON_SEMANTIC_TASK_KEYS:
+        data.get("task", {}).pop(key, None)
+    return data
+
+
+def run_id(cfg: DictConfig) -> str:
+    """A stable id for a run: method and model names for people, a hash of the semantic config for identity."""
+    payload = json.dumps(semantic_config(cfg), sort_keys=True, default=str)
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return f"{cfg.task.name}-{cfg.model.name}-{cfg.method.name}-{digest}"
+
+
+def experiment_cells(overrides: Iterable[str]) -> tuple[DictConfig, list[DictConfig]]:
+    """The experiment's own config and one config per cell of its grid for the active profile.
+
+    Each cell's overrides come first, then the user's, so that `task.test_subset=10` applies to every cell.
+    """
+    overrides = list(overrides)
+    base = compose(overrides)
+    if not base.get("grid"):
+        raise ValueError("name an experiment with a grid, e.g. experiment=table1")
+    profile = base.profile.name
+    if profile not in base.grid:
+        raise ValueError(f"experiment {base.experiment_name} has no grid for profile {profile!r} (has {list(base.grid)})")
+    return base, [compose(list(cell) + overrides) for cell in base.grid[profile]]

@@ -1,0 +1,77 @@
+"""The method interface: everything method-specific lives behind these hooks, never in the training loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+METHOD_ATTR = "_harness_method"  # set on a model by `harness.methods.apply`
+
+
+class MethodConfigError(ValueError):
+    pass
+
+
+class Method:
+    """One fine-tuning method. Subclasses implement `apply`; the other hooks have working defaults."""
+
+    name: str = ""
+    #: whether `merge` folds the method into plain weights (the evaluation then runs on the merged model)
+    mergeable: bool = True
+
+    def apply(self, model: nn.Module, **options: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def param_groups(self, model: nn.Module, training: dict) -> list[dict]:
+        """Optimizer parameter groups; methods with several learning rates override this."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def before_training(self, model: nn.Module, context: dict) -> None:
+        """Called once before the first step (e.g. to build masks from gradients)."""
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        from peft import PeftModel
+
+        if isinstance(model, PeftModel):
+            return model.merge_and_unload()
+        return model
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        model.save_pretrained(directory)
+
+    def load(self, base_model: nn.Module, directory: Path, options: dict) -> nn.Module:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, str(directory))
+
+
+def check_options(method: str, options: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise MethodConfigError(
+            f"method={method}: unknown option(s) {unknown}; known options are {sorted(allowed)}"
+        )
+
+
+def infer_task_type(model: nn.Module) -> str | None:
+    """peft task type from the model class (generation needs PeftModelForCausalLM)."""
+    cls = type(model).__name__
+    if cls.endswith("ForCausalLM"):
+        return "CAUSAL_LM"
+    if cls.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    return None
+
+
+def require_positive_int(method: str, key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise MethodConfigError(f"method={method}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def svd_components(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full (thin) SVD in float32: U [d_out,k], S [k] descending, Vh [k,d_in]."""
+    return torch.linalg.svd(weight.float(), full_matrices=False)

@@ -1,0 +1,20 @@
+"""Full fine-tuning: every parameter trains; nothing to merge."""
+
+from __future__ import annotations
+
+from harness.methods.base import Method, check_options
+from harness.methods.registry import register
+
+
+@register("full")
+class FullFineTuning(Method):
+    def apply(self, model, **options):
+        check_options(self.name, options, set())
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def load(self, base_model, directory, options):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(directory))

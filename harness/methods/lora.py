@@ -1,0 +1,89 @@
+"""LoRA, DoRA and PiSSA: peft's LoraConfig, with the papers' options."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from harness.methods.base import Method, check_options, infer_task_type, require_positive_int
+from harness.methods.registry import register
+
+LORA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "task_type", "modules_to_save"}
+
+
+def lora_config(method: str, options: dict, **extra: Any):
+    from peft import LoraConfig
+
+    r = require_positive_int(method, "r", options.get("r", 8))
+    return LoraConfig(
+        r=r,
+        lora_alpha=options.get("alpha", 2 * r),
+        lora_dropout=float(options.get("dropout", 0.0)),
+        target_modules=list(options["target_modules"]) if options.get("target_modules") else None,
+        modules_to_save=list(options["modules_to_save"]) if options.get("modules_to_save") else None,
+        task_type=options.get("task_type"),
+        **extra,
+    )
+
+
+def wrap(model: nn.Module, config) -> nn.Module:
+    from peft import get_peft_model
+
+    if config.task_type is None:
+        config.task_type = infer_task_type(model)
+    return get_peft_model(model, config)
+
+
+@register("lora")
+class LoRA(Method):
+    def apply(self, model, **options):
+        check_options(self.name, options, LORA_OPTIONS)
+        return wrap(model, lora_config(self.name, options))
+
+
+@register("dora")
+class DoRA(Method):
+    def apply(self, model, **options):
+        check_options(self.name, options, LORA_OPTIONS)
+        return wrap(model, lora_config(self.name, options, use_dora=True))
+
+
+class ResidualInitLoRA(Method):
+    """A LoRA whose initialisation rewrites the frozen base weight (the residual): PiSSA, MiLoRA.
+
+    The adapter alone would not reproduce the model on the original weights, so `save` converts the trained
+    adapter to a rank-2r LoRA on the untouched base weights (peft's `path_initial_model_for_weight_conversion`):
+    it then loads with plain peft on the original model.
+    """
+
+    INITIAL_ATTR = "_harness_initial_adapter_dir"
+
+    def remember_initial_adapter(self, model) -> None:
+        initial_parent = Path(tempfile.mkdtemp(prefix=f"harness-{self.name}-initial-"))
+        atexit.register(shutil.rmtree, initial_parent, ignore_errors=True)
+        model.save_pretrained(initial_parent / "initial")
+        setattr(model, self.INITIAL_ATTR, initial_parent / "initial")
+
+    def save(self, model, directory: Path) -> None:
+        initial = getattr(model, self.INITIAL_ATTR, None)
+        if initial is None:
+            model.save_pretrained(directory)
+            return
+        model.save_pretrained(directory, path_initial_model_for_weight_conversion=str(initial))
+
+
+@register("pissa")
+class PiSSA(ResidualInitLoRA):
+    def apply(self, model, **options):
+        options = dict(options)
+        niter = options.pop("svd_niter", None)
+        check_options(self.name, options, LORA_OPTIONS)
+        init = "pissa" if niter is None else f"pissa_niter_{require_positive_int(self.name, 'svd_niter', niter)}"
+        peft_model = wrap(model, lora_config(self.name, options, init_lora_weights=init))
+        self.remember_initial_adapter(peft_model)
+        return peft_model

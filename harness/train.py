@@ -1,0 +1,140 @@
+"""The training loop.
+
+A short accelerate loop rather than HF Trainer: the method hooks (optimizer parameter groups with their own
+learning rates, a pre-training phase that reads gradients, as RoSA's mask generation needs) plug in directly,
+and the loop reads top to bottom. accelerate provides device placement, bf16 autocast, gradient accumulation
+and the wandb tracker; transformers provides the collator and the linear warm-up schedule.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Mapping
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+
+def precision_of(training: Mapping) -> str:
+    choice = training.get("precision", "auto")
+    if choice == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    return {"fp32": "no", "bf16": "bf16", "no": "no"}[choice]
+
+
+def make_loader(examples: list[dict], tokenizer, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0):
+    from transformers import DataCollatorForSeq2Seq
+
+    collator = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
+                      generator=generator, num_workers=num_workers)
+
+
+@torch.no_grad()
+def mean_loss(model, loader, accelerator) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for batch in loader:
+        total += model(**batch).loss.item() * batch["input_ids"].shape[0]
+        count += batch["input_ids"].shape[0]
+    model.train()
+    return total / max(count, 1)
+
+
+def train(model, tokenizer, method, train_examples: list[dict], val_examples: list[dict], training: Mapping,
+          seed: int, logging: Mapping | None = None, progress: bool = True, run_name: str = "run") -> dict:
+    """Trains `model` in place; returns training statistics."""
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    logging = logging or {}
+    # An example whose answer was cut off by cutoff_len has no supervised token; a micro-batch of only such
+    # examples gives a NaN loss that would poison the weights, so they are dropped (and counted).
+    supervised = [e for e in train_examples if any(label != -100 for label in e["labels"])]
+    dropped = len(train_examples) - len(supervised)
+    if not supervised:
+        raise ValueError(f"none of the {len(train_examples)} training examples has a supervised token: "
+                         "raise task.cutoff_len or set task.train_on_inputs=true")
+    if dropped:
+        print(f"[harness] dropped {dropped} of {len(train_examples)} training examples with no answer token "
+              "left after truncation to cutoff_len", flush=True)
+    train_examples = supervised
+    batch_size, micro = int(training["batch_size"]), int(training["micro_batch_size"])
+    if batch_size % micro:
+        raise ValueError(f"training.batch_size={batch_size} is not a multiple of training.micro_batch_size={micro}")
+    accumulation = batch_size // micro
+    trackers = "wandb" if logging.get("wandb") else None
+    accelerator = Accelerator(mixed_precision=precision_of(training), gradient_accumulation_steps=accumulation,
+                              log_with=trackers)
+    if trackers:
+        accelerator.init_trackers(logging.get("wandb_project", "peft-harness"), config=dict(training),
+                                  init_kwargs={"wandb": {"mode": logging.get("wandb_mode", "offline"), "name": run_name}})
+
+    if training.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    loader = make_loader(train_examples, tokenizer, micro, shuffle=True, seed=seed,
+                         num_workers=int(training.get("num_workers", 0)))
+    steps_per_epoch = math.ceil(len(loader) / accumulation)
+    total_steps = int(training["max_steps"]) if training.get("max_steps") else steps_per_epoch * int(training["epochs"])
+
+    groups = method.param_groups(model, dict(training))
+    optimizer = torch.optim.AdamW(groups, lr=float(training["lr"]), betas=tuple(training["adam_betas"]),
+                                  eps=float(training["adam_eps"]), weight_decay=float(training["weight_decay"]))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(training["warmup_steps"]), total_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    method.before_training(model, {"loader": loader, "accelerator": accelerator, "training": training})
+
+    model.train()
+    step, losses, step_times = 0, [], []
+    bar = tqdm(total=total_steps, desc=f"train {run_name}", disable=not progress)
+    start = time.perf_counter()
+    step_start = start
+    window_loss = 0.0
+    while step < total_steps:
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                window_loss += loss.item() / accumulation
+                if accelerator.sync_gradients and training.get("max_grad_norm"):
+                    accelerator.clip_grad_norm_(model.parameters(), float(training["max_grad_norm"]))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            now = time.perf_counter()
+            step_times.append(now - step_start)
+            step_start = now
+            losses.append(window_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{window_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if trackers and step % int(logging.get("log_every", 10)) == 0:
+                accelerator.log({"train/loss": window_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
+            window_loss = 0.0
+            if step >= total_steps:
+                break
+    bar.close()
+    train_seconds = time.perf_counter() - start
+    stats = {
+        "steps": step,
+        "examples": len(train_examples),
+        "dropped_examples": dropped,
+        "train_seconds": round(train_seconds, 2),
+        "step_seconds_mean": round(sum(step_times) / len(step_times), 4) if step_times else None,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+    }
+    if val_examples:
+        val_loader = accelerator.prepare(make_loader(val_examples, tokenizer, micro, shuffle=False, seed=seed))
+        stats["val_loss"] = mean_loss(model, val_loader, accelerator)
+    if trackers:
+        accelerator.log({f"final/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}, step=step)
+        accelerator.end_training()
+    model.config.use_cache = True
+    return {"model": accelerator.unwrap_model(model), "stats": stats}

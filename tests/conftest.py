@@ -1,0 +1,51 @@
+"""Tests run offline on tiny models and the real files in ../shared/data."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from harness.config import compose, default_data_dir  # noqa: E402
+
+DATA_DIR = Path(default_data_dir())
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "commonsense").is_dir():
+        pytest.fail(f"real benchmark data not found at {DATA_DIR}: clone beside ../shared or set HARNESS_DATA_DIR")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    return compose(["model=tiny-llama"])
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_cfg):
+    from harness.models import load_tokenizer
+
+    return load_tokenizer(tiny_cfg.model)
+
+
+@pytest.fixture
+def tiny_model(tiny_cfg, tokenizer):
+    """A fresh tiny Llama with random weights (seeded)."""
+    from harness.models import load_model
+
+    torch.manual_seed(0)
+    return load_model(tiny_cfg.model, tokenizer).eval()
+
+
+@pytest.fixture
+def inputs(tokenizer):
+    return tokenizer(["The answer to the question is", "Below is an instruction that describes a task"],
+                     return_tensors="pt", padding=True)

@@ -1,0 +1,68 @@
+"""End to end through the command line on a tiny model: a result file, reuse, and a table."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.config import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["model=tiny-llama", "method.r=4", "task.train_subset=24", "task.val_set_size=8", "task.test_subset=3",
+         "training.micro_batch_size=8", "training.max_steps=2", "training.warmup_steps=1", "protocol.max_new_tokens=6",
+         "run.progress=false"]
+
+
+def cli(module, *args, results):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    hydra_dirs = [f"hydra.run.dir={results / 'hydra'}", f"hydra.sweep.dir={results / 'multirun'}"] if module == "harness.run" else []
+    proc = subprocess.run([sys.executable, "-m", module, *args, f"run.results_dir={results}", *hydra_dirs],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_single_run_writes_a_complete_result_and_is_reused(tmp_path):
+    out = cli("harness.run", "method=milora", *SMALL, results=tmp_path)
+    assert "profile=mini chosen automatically" in out
+    files = list((tmp_path / "runs").glob("*.json"))
+    assert len(files) == 1 and files[0].name.startswith("commonsense-tiny-llama-milora-")
+    result = json.loads(files[0].read_text())
+    assert set(result["metrics"]) == {"boolq", "piqa", "ARC-Easy", "ARC-Challenge", "openbookqa"}
+    assert all(m["n"] == 3 for m in result["metrics"].values())
+    assert result["params"]["trainable"] > 0 and result["params"]["total"] > result["params"]["trainable"]
+    assert result["train"]["steps"] == 2 and result["eval"]["merged"] is True
+    assert result["config"]["seed"] == 42 and result["config"]["method"]["name"] == "milora"
+    for key in ("versions", "git", "peak_memory", "environment", "timing"):
+        assert result[key]
+    assert "torch" in result["versions"] and "peft" in result["versions"]
+    adapter = tmp_path / "adapters" / result["run_id"]
+    assert (adapter / "adapter_model.safetensors").is_file()
+    predictions = (tmp_path / "runs" / f"{result['run_id']}.predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 15
+    again = cli("harness.run", "method=milora", *SMALL, results=tmp_path)
+    assert "result exists, skipping" in again
+    other_seed = cli("harness.run", "method=milora", "seed=7", *SMALL, results=tmp_path)
+    assert "skipping" not in other_seed and len(list((tmp_path / "runs").glob("*.json"))) == 2
+
+
+def test_reproduce_runs_the_grid_and_writes_the_table(tmp_path):
+    out = cli("harness.reproduce", "experiment=table1", "profile=mini", *SMALL, results=tmp_path)
+    assert "[5/5]" in out
+    md = (tmp_path / "tables" / "table1.md").read_text()
+    for method in ("LoRA", "DoRA", "PiSSA", "MiLoRA", "Neat"):
+        assert f"| {method} " in md
+    assert "paper (LLaMA2-7B)" in md and "Profile: CPU mini profile" in md and "paper_gen" in md
+    assert (tmp_path / "tables" / "table1.csv").is_file() and (tmp_path / "tables" / "table1.tex").is_file()
+    again = cli("harness.reproduce", "experiment=table1", "profile=mini", *SMALL, results=tmp_path)
+    assert again.count("result exists, skipping") == 5
+
+
+def test_multirun_sweeps_write_one_result_per_point(tmp_path):
+    cli("harness.run", "--multirun", "method=lora,dora", *SMALL, results=tmp_path)
+    methods = sorted(json.loads(p.read_text())["method"] for p in (tmp_path / "runs").glob("*.json"))
+    assert methods == ["dora", "lora"]

@@ -1,0 +1,137 @@
+"""Methods on a tiny Llama: no-op at init, SVD components, merge, parameter counts, save/reload."""
+
+import pytest
+import torch
+from peft.tuners.lora import LoraLayer
+
+from harness import methods
+from harness.methods.base import MethodConfigError
+
+TARGETS = ["q_proj", "v_proj", "up_proj"]
+ALL = [("lora", dict(r=4, alpha=8, dropout=0.0)), ("dora", dict(r=4, alpha=8, dropout=0.0)),
+       ("pissa", dict(r=4, alpha=4, dropout=0.0)), ("pissa", dict(r=4, alpha=8, svd_niter=4)),
+       ("milora", dict(r=4, alpha=4, dropout=0.0)), ("milora", dict(r=4, alpha=16)),
+       ("neat", dict(r=4)), ("neat", dict(r=4, depth=1, convention="d_in")), ("full", {})]
+
+
+def adapt(model, name, opts):
+    if name != "full":
+        opts = {**opts, "target_modules": TARGETS}
+    return methods.apply(model, name, **opts)
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def perturb(model):
+    """Moves every trainable parameter away from its init, as training would."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("name,opts", ALL)
+def test_init_leaves_outputs_unchanged(tiny_model, inputs, name, opts):
+    before = logits(tiny_model, inputs)
+    after = logits(adapt(tiny_model, name, opts), inputs)
+    torch.testing.assert_close(after, before, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,opts", [c for c in ALL if c[0] != "full"])
+def test_merge_equals_unmerged_forward(tiny_model, inputs, name, opts):
+    model = adapt(tiny_model, name, opts).eval()
+    perturb(model)
+    unmerged = logits(model, inputs)
+    merged = methods.merge(model)
+    assert not any("lora_" in n or "peanut_" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(logits(merged, inputs), unmerged, atol=1e-4, rtol=1e-4)
+
+
+def _layers(model):
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+@pytest.mark.parametrize("name,pick", [("pissa", "largest"), ("milora", "smallest")])
+@pytest.mark.parametrize("alpha", [4, 16])
+def test_svd_init_picks_components_and_reconstructs_weight(tiny_model, name, pick, alpha):
+    r = 4
+    original = {n: m.weight.detach().clone() for n, m in tiny_model.named_modules() if n.endswith(tuple(TARGETS))}
+    model = methods.apply(tiny_model, name, r=r, alpha=alpha, target_modules=TARGETS)
+    layers = _layers(model)
+    assert layers
+    for layer in layers:
+        name_ = next(n for n, m in model.named_modules() if m is layer)
+        w0 = original[name_.removeprefix("base_model.model.")]
+        U, S, Vh = torch.linalg.svd(w0, full_matrices=False)
+        sl = slice(0, r) if pick == "largest" else slice(-r, None)
+        expected = U[:, sl] @ torch.diag(S[sl]) @ Vh[sl]
+        scale = layer.scaling["default"]
+        assert scale == alpha / r
+        adapter_part = scale * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+        torch.testing.assert_close(adapter_part, expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(layer.get_base_layer().weight + adapter_part, w0, atol=1e-5, rtol=1e-5)
+
+
+def test_parameter_counts_equal_spec_formulas(tiny_model):
+    cfg = tiny_model.config
+    d, kv, ff, layers = cfg.hidden_size, cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads), cfg.intermediate_size, cfg.num_hidden_layers
+    shapes = [(d, d), (kv, d), (ff, d)]  # (d_out, d_in) of q, v, up
+    r = 4
+    total = methods.total_parameters(tiny_model)
+    lora = layers * sum(r * (i + o) for o, i in shapes)
+    expected = {
+        "lora": lora,
+        "dora": lora + layers * sum(o for o, _ in shapes),
+        "pissa": lora,
+        "milora": lora,
+        "neat": layers * sum(2 * r * o for o, _ in shapes),
+    }
+    import copy
+    for name, count in expected.items():
+        model = methods.apply(copy.deepcopy(tiny_model), name, r=r, target_modules=TARGETS)
+        assert methods.trainable_parameters(model) == count, name
+    deep = methods.apply(copy.deepcopy(tiny_model), "neat", r=r, depth=2, target_modules=TARGETS)
+    assert methods.trainable_parameters(deep) == expected["neat"] + layers * len(shapes) * 2 * 2 * r * r
+    din = methods.apply(copy.deepcopy(tiny_model), "neat", r=r, convention="d_in", target_modules=TARGETS)
+    assert methods.trainable_parameters(din) == layers * sum(2 * r * i for _, i in shapes)
+    full = methods.apply(copy.deepcopy(tiny_model), "full")
+    assert methods.trainable_parameters(full) == total
+    # tied embeddings count once
+    assert total == sum(p.numel() for n, p in tiny_model.named_parameters())
+
+
+@pytest.mark.parametrize("name,opts", [("milora", dict(r=4, alpha=4)), ("pissa", dict(r=4, alpha=8)),
+                                       ("lora", dict(r=4)), ("neat", dict(r=4, convention="d_in")),
+                                       ("neat", dict(r=2))])
+def test_save_and_reload_on_the_original_weights(tiny_cfg, tokenizer, inputs, tmp_path, name, opts):
+    from harness.models import load_model
+
+    torch.manual_seed(0)
+    model = adapt(load_model(tiny_cfg.model, tokenizer), name, opts).eval()
+    perturb(model)
+    expected = logits(model, inputs)
+    methods.save(model, tmp_path / "adapter")
+    torch.manual_seed(0)
+    fresh = load_model(tiny_cfg.model, tokenizer)  # the untouched pretrained weights
+    reloaded = methods.load(fresh, tmp_path / "adapter").eval()
+    torch.testing.assert_close(logits(reloaded, inputs), expected, atol=1e-4, rtol=1e-4)
+    if name in ("milora", "pissa"):
+        # converted to a plain rank-2r LoRA that peft loads without the harness
+        import json
+        config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+        assert config["r"] == 2 * opts["r"] and config["init_lora_weights"] is True
+
+
+def test_bad_options_are_named(tiny_model):
+    with pytest.raises(MethodConfigError, match="unknown option.*'rank'"):
+        methods.apply(tiny_model, "lora", rank=4)
+    with pytest.raises(MethodConfigError, match="unknown method 'lorax'"):
+        methods.apply(tiny_model, "lorax")
+    with pytest.raises(MethodConfigError, match="r must be a positive integer"):
+        methods.apply(tiny_model, "milora", r=0)
+    with pytest.raises(MethodConfigError, match="convention"):
+        methods.apply(tiny_model, "neat", r=2, convention="sideways")

@@ -1,0 +1,80 @@
+"""The training loop on a tiny model: it learns, touches only trainable weights, and its options work."""
+
+import copy
+
+import pytest
+import torch
+
+from harness import methods
+from harness.config import compose
+from harness.tasks import commonsense
+from harness.train import train
+
+
+@pytest.fixture
+def examples(tokenizer, data_dir):
+    task = compose(["task.train_subset=16", "task.val_set_size=4"]).task
+    train_records, val_records = commonsense.training_records(task, seed=0)
+    tok = lambda r: commonsense.tokenize(r, tokenizer, 256, train_on_inputs=False)
+    return [tok(r) for r in train_records], [tok(r) for r in val_records]
+
+
+def training(**overrides):
+    cfg = compose(["training.batch_size=4", "training.micro_batch_size=2", "training.max_steps=6",
+                   "training.warmup_steps=1", "training.lr=5e-3"] + [f"training.{k}={v}" for k, v in overrides.items()])
+    return cfg.training
+
+
+def test_training_learns_and_only_trainable_weights_move(tiny_model, tokenizer, examples):
+    # peft wraps the original modules, so these Parameter objects are the base weights being trained around
+    frozen_before = [(n, p, p.detach().clone()) for n, p in tiny_model.named_parameters()]
+    model = methods.apply(tiny_model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    out = train(model, tokenizer, methods.method_of(model), examples[0], examples[1], training(), seed=0, progress=False)
+    stats = out["stats"]
+    assert stats["steps"] == 6 and stats["final_loss"] < stats["first_loss"] and "val_loss" in stats
+    trained = dict(out["model"].named_parameters())
+    for n, p in lora_before.items():
+        assert not torch.equal(trained[n], p), n
+    for n, param, before in frozen_before:
+        assert not param.requires_grad and torch.equal(param, before), n
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny_model, tokenizer, examples):
+    losses = []
+    for checkpointing in (False, True):
+        model = methods.apply(copy.deepcopy(tiny_model), "lora", r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+        out = train(model, tokenizer, methods.method_of(model), examples[0], [], training(gradient_checkpointing=checkpointing),
+                    seed=0, progress=False)
+        losses.append((out["stats"]["first_loss"], out["stats"]["final_loss"]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_wandb_logs_offline_without_an_account(tiny_model, tokenizer, examples, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    train(model, tokenizer, methods.method_of(model), examples[0], [], training(max_steps=2),
+          seed=0, logging={"wandb": True, "wandb_mode": "offline", "wandb_project": "test", "log_every": 1}, progress=False)
+    assert list(tmp_path.glob("wandb/offline-run-*"))
+
+
+def test_batch_size_must_be_a_multiple_of_micro_batch(tiny_model, tokenizer, examples):
+    model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    with pytest.raises(ValueError, match="batch_size=5 is not a multiple of training.micro_batch_size=2"):
+        train(model, tokenizer, methods.method_of(model), examples[0], [], training(batch_size=5), seed=0, progress=False)
+
+
+def test_examples_without_answer_tokens_are_dropped(tiny_model, tokenizer, data_dir):
+    task = compose(["task.train_subset=8", "task.val_set_size=0"]).task
+    records, _ = commonsense.training_records(task, seed=0)
+    cut = [commonsense.tokenize(r, tokenizer, 16, train_on_inputs=False) for r in records]
+    model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    with pytest.raises(ValueError, match="none of the 8 training examples has a supervised token"):
+        train(model, tokenizer, methods.method_of(model), cut, [], training(), seed=0, progress=False)
+    kept = [commonsense.tokenize(r, tokenizer, 256, train_on_inputs=False) for r in records[:4]]
+    out = train(model, tokenizer, methods.method_of(model), cut + kept, [], training(max_steps=2), seed=0, progress=False)
+    assert out["stats"]["dropped_examples"] == 8 and out["stats"]["examples"] == 4
+    assert out["stats"]["final_loss"] == out["stats"]["final_loss"]  # not NaN
