@@ -28,7 +28,7 @@ def test_test_sets_take_a_fixed_prefix_and_skip_absent_sets(data_dir, capsys):
     full = json.loads((data_dir / "commonsense" / "piqa" / "test.json").read_text())
     assert sets["piqa"] == full[:7]
     assert "hellaswag" in capsys.readouterr().out
-    with pytest.raises(DataError, match="hellaswag"):
+    with pytest.raises(DataError, match="test set 'social_i_qa' not found.*missing_ok=false"):
         commonsense.test_sets(task_cfg(missing_ok=False))
 
 

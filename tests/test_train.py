@@ -43,11 +43,12 @@ def test_training_learns_and_only_trainable_weights_move(tiny_model, tokenizer, 
 def test_gradient_checkpointing_gives_the_same_training(tiny_model, tokenizer, examples):
     losses = []
     for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same LoRA A init both times
         model = methods.apply(copy.deepcopy(tiny_model), "lora", r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
         out = train(model, tokenizer, methods.method_of(model), examples[0], [], training(gradient_checkpointing=checkpointing),
                     seed=0, progress=False)
         losses.append((out["stats"]["first_loss"], out["stats"]["final_loss"]))
-    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
 def test_wandb_logs_offline_without_an_account(tiny_model, tokenizer, examples, tmp_path, monkeypatch):
