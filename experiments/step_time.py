@@ -20,14 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-METHOD_OVERRIDES = {"lora": [], "dora": [], "pissa": [], "milora": [], "neat": [], "full": []}
-
-
 def measure(method: str, overrides: list[str], micro_batch: int, steps: int, warmup: int) -> dict:
     import torch
 
     from harness import methods, models
-    from harness.config import compose, resolved
+    from harness.config import compose
+    from harness.run import method_options
     from harness.tasks import commonsense
     from harness.train import make_loader
 
@@ -36,9 +34,7 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
     model, tokenizer = models.load(cfg.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    options = resolved(cfg)["method"]
-    options.pop("name")
-    model = methods.apply(model, method, **options)
+    model = methods.apply(model, method, **method_options(cfg))
     records, _ = commonsense.training_records(cfg.task, cfg.seed)
     examples = [commonsense.tokenize(r, tokenizer, int(cfg.task.cutoff_len), True) for r in records[:micro_batch]]
     batch = {k: v.to(device) for k, v in next(iter(make_loader(examples, tokenizer, micro_batch, False, 0))).items()}

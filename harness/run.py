@@ -18,14 +18,9 @@ from omegaconf import DictConfig
 
 from harness import methods, models
 from harness.config import CONFIG_DIR, resolved, run_id, with_profile
-from harness.protocols import commonsense as commonsense_protocol
 from harness.results import environment, git_commit, result_path, versions, write_json_atomic
-from harness.tasks import commonsense as commonsense_task
+from harness.tasks import protocol_module, task_module
 from harness.train import train
-
-# Task name -> (data module, protocol name -> evaluation module). A new task or protocol adds a row here.
-TASKS = {"commonsense": commonsense_task}
-PROTOCOLS = {("commonsense", "paper_gen"): commonsense_protocol}
 
 
 def method_options(cfg: DictConfig) -> dict:
@@ -34,8 +29,25 @@ def method_options(cfg: DictConfig) -> dict:
     return options
 
 
-def peak_memory() -> dict:
-    peak = {"cpu_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+def reset_peak_memory() -> str:
+    """Starts a new peak-memory window for this run; returns the scope the CPU number will have."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM), so that several runs in one
+        # process (a reproduction) each report their own peak rather than the largest so far.
+        Path("/proc/self/clear_refs").write_text("5")
+        return "run"
+    except OSError:
+        return "process"
+
+
+def peak_memory(scope: str) -> dict:
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if scope == "run":
+        status = Path("/proc/self/status").read_text()
+        peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+    peak = {"cpu_peak_rss_mb": round(peak_kb / 1024, 1), "cpu_peak_scope": scope}
     if torch.cuda.is_available():
         peak["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return peak
@@ -54,11 +66,8 @@ def run_one(cfg: DictConfig) -> dict:
     if cfg.run.skip_existing and out_path.is_file():
         print(f"[harness] {rid}: result exists, skipping ({out_path})", flush=True)
         return json.loads(out_path.read_text())
-    try:
-        task = TASKS[cfg.task.name]
-        protocol = PROTOCOLS[(cfg.task.name, cfg.protocol.name)]
-    except KeyError:
-        raise ValueError(f"no protocol {cfg.protocol.name!r} for task {cfg.task.name!r}; known: {sorted(PROTOCOLS)}") from None
+    task = task_module(cfg.task.name)
+    protocol = protocol_module(task, cfg.task.name, cfg.protocol.name)
     progress = bool(cfg.run.progress)
     print(f"[harness] run {rid}", flush=True)
 
@@ -67,6 +76,7 @@ def run_one(cfg: DictConfig) -> dict:
     test_sets = task.test_sets(cfg.task)
 
     seed_everything(cfg.seed)
+    memory_scope = reset_peak_memory()
     load_start = time.perf_counter()
     model, tokenizer = models.load(cfg.model)
     # On the accelerator before the method: PiSSA / MiLoRA run an SVD per adapted matrix at init.
@@ -110,7 +120,7 @@ def run_one(cfg: DictConfig) -> dict:
         "eval": {"merged": merged, "seconds": round(eval_seconds, 2),
                  "examples": sum(m["n"] for m in metrics.values())},
         "timing": {"setup_seconds": round(setup_seconds, 2)},
-        "peak_memory": peak_memory(),
+        "peak_memory": peak_memory(memory_scope),
         "versions": versions(),
         "git": git_commit(),
         "environment": environment(),

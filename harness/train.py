@@ -34,7 +34,7 @@ def make_loader(examples: list[dict], tokenizer, batch_size: int, shuffle: bool,
 
 
 @torch.no_grad()
-def mean_loss(model, loader, accelerator) -> float:
+def mean_loss(model, loader) -> float:
     model.eval()
     total, count = 0.0, 0
     for batch in loader:
@@ -132,7 +132,7 @@ def train(model, tokenizer, method, train_examples: list[dict], val_examples: li
     }
     if val_examples:
         val_loader = accelerator.prepare(make_loader(val_examples, tokenizer, micro, shuffle=False, seed=seed))
-        stats["val_loss"] = mean_loss(model, val_loader, accelerator)
+        stats["val_loss"] = mean_loss(model, val_loader)
     if trackers:
         accelerator.log({f"final/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}, step=step)
         accelerator.end_training()

@@ -40,6 +40,7 @@ def test_single_run_writes_a_complete_result_and_is_reused(tmp_path):
     for key in ("versions", "git", "peak_memory", "environment", "timing"):
         assert result[key]
     assert "torch" in result["versions"] and "peft" in result["versions"]
+    assert result["peak_memory"]["cpu_peak_rss_mb"] > 0
     adapter = tmp_path / "adapters" / result["run_id"]
     assert (adapter / "adapter_model.safetensors").is_file()
     predictions = (tmp_path / "runs" / f"{result['run_id']}.predictions.jsonl").read_text().splitlines()

@@ -56,3 +56,12 @@ def test_bad_training_file_names_the_file_and_record(tmp_path):
         commonsense.training_records(task_cfg(train_file=str(bad), val_set_size=0), seed=0)
     with pytest.raises(DataError, match="no training data"):
         commonsense.training_records(task_cfg(data_dir=str(tmp_path)), seed=0)
+
+
+def test_unknown_task_or_protocol_is_named():
+    from harness.tasks import protocol_module, task_module
+
+    with pytest.raises(ValueError, match="no module harness/tasks/nope.py"):
+        task_module("nope")
+    with pytest.raises(ValueError, match="protocol='lmeval' is not defined for task 'commonsense'; it has \\['paper_gen'\\]"):
+        protocol_module(task_module("commonsense"), "commonsense", "lmeval")

@@ -10,6 +10,7 @@ from harness.prompts import train_prompt
 from harness.tasks.records import DataError, read_hub_records, read_json_records
 
 TEST_FIELDS = ("instruction", "answer")
+PROTOCOLS = {"paper_gen": "harness.protocols.commonsense"}
 
 
 def _train_records(task: Mapping) -> list[dict]:
