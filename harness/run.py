@@ -83,9 +83,7 @@ def run_one(cfg: DictConfig) -> dict:
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     total_params = methods.total_parameters(model)
     model = methods.apply(model, cfg.method.name, **method_options(cfg))
-    trainable = methods.trainable_parameters(model)
     setup_seconds = time.perf_counter() - load_start
-    print(f"[harness] {cfg.method.name}: {trainable:,} trainable of {total_params:,} parameters", flush=True)
 
     tokenize = lambda r: task.tokenize(r, tokenizer, int(cfg.task.cutoff_len), bool(cfg.task.train_on_inputs),
                                        bool(cfg.task.add_eos_token))
@@ -93,6 +91,9 @@ def run_one(cfg: DictConfig) -> dict:
         model, tokenizer, methods.method_of(model), [tokenize(r) for r in train_records],
         [tokenize(r) for r in val_records], cfg.training, cfg.seed, cfg.logging, progress, rid)
     model = trained["model"]
+    # Counted after training: a method may add parameters before its first step (RoSA's sparse part).
+    trainable = methods.trainable_parameters(model)
+    print(f"[harness] {cfg.method.name}: {trainable:,} trainable of {total_params:,} parameters", flush=True)
 
     if cfg.run.save_adapter:
         methods.save(model, Path(cfg.run.results_dir) / "adapters" / rid)

@@ -81,12 +81,14 @@ def train(model, tokenizer, method, train_examples: list[dict], val_examples: li
     steps_per_epoch = math.ceil(len(loader) / accumulation)
     total_steps = int(training["max_steps"]) if training.get("max_steps") else steps_per_epoch * int(training["epochs"])
 
+    # Before the optimizer exists: a method may add parameters here (RoSA's sparse part, from gradients).
+    model.to(accelerator.device)
+    method.before_training(model, {"loader": loader, "device": accelerator.device, "training": training})
     groups = method.param_groups(model, dict(training))
     optimizer = torch.optim.AdamW(groups, lr=float(training["lr"]), betas=tuple(training["adam_betas"]),
                                   eps=float(training["adam_eps"]), weight_decay=float(training["weight_decay"]))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(training["warmup_steps"]), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    method.before_training(model, {"loader": loader, "accelerator": accelerator, "training": training})
 
     model.train()
     step, losses, step_times = 0, [], []

@@ -67,3 +67,14 @@ def test_multirun_sweeps_write_one_result_per_point(tmp_path):
     cli("harness.run", "--multirun", "method=lora,dora", *SMALL, results=tmp_path)
     methods = sorted(json.loads(p.read_text())["method"] for p in (tmp_path / "runs").glob("*.json"))
     assert methods == ["dora", "lora"]
+
+
+def test_rosa_run_counts_its_sparse_part_and_saves_masks(tmp_path):
+    cli("harness.run", "method=rosa", "method.density=0.01", "method.mask_warmup_steps=2", "method.mask_grad_batches=2",
+        *SMALL, results=tmp_path)
+    result = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    # tiny-llama: LoRA r=4 on q,k,v,up,down of 2 layers, plus floor(0.01 * numel) entries per matrix
+    lora = 2 * 4 * ((64 + 64) + 2 * (64 + 32) + 2 * (64 + 128))
+    sparse = 2 * (40 + 20 + 20 + 81 + 81)
+    assert result["params"]["trainable"] == lora + sparse
+    assert (tmp_path / "adapters" / result["run_id"] / "rosa_sparse.safetensors").is_file()

@@ -30,7 +30,9 @@ class Method:
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
     def before_training(self, model: nn.Module, context: dict) -> None:
-        """Called once before the first step (e.g. to build masks from gradients)."""
+        """Called once before the optimizer is built (e.g. to add parameters built from gradients).
+
+        `context`: `loader` (training batches), `device`, `training` (the training config)."""
 
     def merge(self, model: nn.Module) -> nn.Module:
         from peft import PeftModel

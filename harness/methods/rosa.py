@@ -1,0 +1,280 @@
+"""RoSA (robust adaptation: W0 + s*B@A + S, S sparse with a fixed mask) and SpA (RoSA with r = 0).
+
+The low-rank part is a peft LoRA adapter; the sparse part is a `SparseDelta` attached to every adapted module
+and added to its output by a forward hook. Masks come from a file (`masks=`, e.g. those saved by an earlier
+run) or from the paper's recipe in `before_training`: train the LoRA part alone for `mask_warmup_steps`,
+accumulate the dense weight gradient G = grad_out^T @ x of every adapted matrix over `mask_grad_batches`
+batches (mean of G^2, or of G), keep the top floor(d * numel) entries per matrix, then restart from the
+pretrained weights with the initial LoRA values and train L and S jointly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type
+from harness.methods.registry import register
+from harness.methods.sparse import SparseDelta, topk_mask
+
+ROSA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "task_type", "density", "lr_sparse", "lr_lowrank",
+                "mask_warmup_steps", "mask_grad_batches", "mask_score", "masks"}
+SPARSE_FILE = "rosa_sparse.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class RosaState:
+    options: dict
+    targets: dict[str, nn.Module]                    # name (in the plain model) -> module whose output gets S x
+    initial_lora: dict[str, torch.Tensor] = field(default_factory=dict)
+    hooks: list = field(default_factory=list)
+    masks: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    ready: bool = False                              # masks attached (or none needed: density 0)
+
+
+def _state(model) -> RosaState:
+    return model._harness_rosa
+
+
+def _add_sparse_output(module, args, output):
+    return output + module.rosa_sparse(args[0])
+
+
+def _target_modules(model, names: list[str], wrapped: bool) -> dict[str, nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    targets = {}
+    for name, module in model.named_modules():
+        plain = name.removeprefix(PEFT_PREFIX)
+        if wrapped:
+            if isinstance(module, LoraLayer):
+                targets[plain] = module
+        elif isinstance(module, nn.Linear) and any(plain == n or plain.endswith("." + n) for n in names):
+            targets[plain] = module
+    if not targets:
+        raise MethodConfigError(f"method=rosa/spa: no linear module matches target_modules={names}")
+    return targets
+
+
+def _weight_shape(module) -> tuple[int, int]:
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    return base.out_features, base.in_features
+
+
+def attach_masks(model, masks: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Adds a zero-initialised S with the given mask to every target module."""
+    state = _state(model)
+    missing = sorted(set(state.targets) - set(masks))
+    if missing:
+        raise MethodConfigError(f"method=rosa/spa: the masks have no entry for {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    for name, module in state.targets.items():
+        rows, cols = masks[name]
+        d_out, d_in = _weight_shape(module)
+        device = next(module.parameters()).device
+        module.rosa_sparse = SparseDelta(d_out, d_in, rows, cols, device=device)
+        state.hooks.append(module.register_forward_hook(_add_sparse_output))
+        state.masks[name] = module.rosa_sparse.indices()
+    state.ready = True
+
+
+def load_masks(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / SPARSE_FILE
+    if not path.is_file():
+        raise MethodConfigError(f"method.masks={str(path)!r}: no such file (a {SPARSE_FILE} saved by a RoSA/SpA run)")
+    tensors = load_file(str(path))
+    names = {k.rsplit(".", 1)[0] for k in tensors}
+    return {n: (tensors[f"{n}.rows"], tensors[f"{n}.cols"]) for n in names}
+
+
+@torch.no_grad()
+def _reset_lora(model) -> None:
+    params = dict(model.named_parameters())
+    for name, value in _state(model).initial_lora.items():
+        params[name].copy_(value)
+
+
+def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], score: str) -> dict[str, torch.Tensor]:
+    """mean over batches of G^2 (or G), G = grad_out^T @ x the dense weight gradient of each target matrix."""
+    scores = {name: torch.zeros(_weight_shape(m), dtype=torch.float32, device=next(m.parameters()).device)
+              for name, m in targets.items()}
+    handles = []
+
+    def capture(name):
+        def forward_hook(module, args, output):
+            x2d = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+
+            def on_grad(grad):
+                G = grad.reshape(-1, grad.shape[-1]).float().t() @ x2d
+                scores[name].add_(G.square() if score == "mean_squared" else G)
+
+            if output.requires_grad:
+                output.register_hook(on_grad)
+        return forward_hook
+
+    for name, module in targets.items():
+        handles.append(module.register_forward_hook(capture(name)))
+    n = 0
+    try:
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+            n += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    if n == 0:
+        raise ValueError("RoSA mask generation saw no batch")
+    return {name: (s / n).abs() for name, s in scores.items()}
+
+
+class _RoSABase(Method):
+    def _options(self, options: dict) -> dict:
+        check_options(self.name, options, ROSA_OPTIONS)
+        o = {"r": 16, "alpha": 16, "dropout": 0.0, "density": 0.006, "target_modules": None, "task_type": None, "lr_sparse": None, "lr_lowrank": None,
+             "mask_warmup_steps": 64, "mask_grad_batches": 32, "mask_score": "mean_squared", "masks": None, **options}
+        if not (0.0 <= float(o["density"]) <= 1.0):
+            raise MethodConfigError(f"method={self.name}: density must be in [0, 1], got {o['density']}")
+        if o["mask_score"] not in ("mean_squared", "mean"):
+            raise MethodConfigError(f"method={self.name}: mask_score must be mean_squared or mean, got {o['mask_score']!r}")
+        if not isinstance(o["r"], int) or o["r"] < 0:
+            raise MethodConfigError(f"method={self.name}: r must be a non-negative integer, got {o['r']!r}")
+        if o["r"] == 0 and float(o["density"]) == 0.0:
+            raise MethodConfigError(f"method={self.name}: r=0 and density=0 train nothing")
+        return o
+
+    def apply(self, model, **options):
+        o = self._options(options)
+        names = list(o["target_modules"] or [])
+        if o["r"] > 0:
+            from harness.methods.lora import lora_config, wrap
+
+            model = wrap(model, lora_config(self.name, {k: o[k] for k in ("r", "alpha", "dropout", "target_modules", "task_type")}))
+            initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        else:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            initial = {}
+        model._harness_rosa = RosaState(options=o, targets=_target_modules(model, names, wrapped=o["r"] > 0),
+                                        initial_lora=initial)
+        if o["masks"] is not None:
+            attach_masks(model, load_masks(o["masks"]))
+        elif float(o["density"]) == 0.0:
+            _state(model).ready = True  # no sparse part: exactly LoRA
+        return model
+
+    def before_training(self, model, context: dict) -> None:
+        """Generates the masks (warm-up, gradient accumulation, top-k), then restarts from the initial L."""
+        state = _state(model)
+        if state.ready:
+            return
+        o = state.options
+        device = context["device"]
+        batches = (dict((k, v.to(device)) for k, v in b.items()) for b in _cycle(context["loader"]))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if o["r"] > 0 and int(o["mask_warmup_steps"]) > 0:
+            optimizer = torch.optim.AdamW(trainable, lr=float(o["lr_lowrank"] or context["training"]["lr"]))
+            model.train()
+            for _ in range(int(o["mask_warmup_steps"])):
+                model(**next(batches)).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        frozen_model = not trainable
+        if frozen_model and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()  # SpA: no trainable parameter, so let activations carry grads
+        scores = accumulate_gradient_scores(model, (next(batches) for _ in range(int(o["mask_grad_batches"]))),
+                                            state.targets, o["mask_score"])
+        if frozen_model and hasattr(model, "disable_input_require_grads"):
+            model.disable_input_require_grads()
+        _reset_lora(model)
+        attach_masks(model, {name: topk_mask(score, float(o["density"])) for name, score in scores.items()})
+
+    def param_groups(self, model, training: dict) -> list[dict]:
+        o = _state(model).options
+        sparse = [m.rosa_sparse.values for m in _state(model).targets.values() if hasattr(m, "rosa_sparse")]
+        sparse_ids = {id(p) for p in sparse}
+        lowrank = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
+        groups = []
+        if lowrank:
+            groups.append({"params": lowrank, **({"lr": float(o["lr_lowrank"])} if o["lr_lowrank"] else {})})
+        if sparse:
+            groups.append({"params": sparse, **({"lr": float(o["lr_sparse"])} if o["lr_sparse"] else {})})
+        return groups
+
+    @torch.no_grad()
+    def merge(self, model):
+        state = _state(model)
+        for h in state.hooks:
+            h.remove()
+        state.hooks.clear()
+        for module in state.targets.values():
+            if hasattr(module, "rosa_sparse"):
+                base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+                base.weight.add_(module.rosa_sparse.to_dense().to(base.weight.dtype))
+                del module.rosa_sparse
+        return super().merge(model)
+
+    def save(self, model, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        state = _state(model)
+        if state.options["r"] > 0:
+            model.save_pretrained(directory)
+        tensors = {}
+        for name, module in state.targets.items():
+            if hasattr(module, "rosa_sparse"):
+                rows, cols = module.rosa_sparse.indices()
+                tensors[f"{name}.rows"] = rows.contiguous().cpu()
+                tensors[f"{name}.cols"] = cols.contiguous().cpu()
+                tensors[f"{name}.values"] = module.rosa_sparse.values.detach().contiguous().cpu()
+        (Path(directory) / "rosa.json").write_text(json.dumps({"density": state.options["density"], "r": state.options["r"]}))
+        if tensors:
+            save_file(tensors, str(Path(directory) / SPARSE_FILE))
+
+    def load(self, base_model, directory, options):
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        has_sparse = (directory / SPARSE_FILE).is_file()
+        model = self.apply(base_model, **{**options, "masks": str(directory / SPARSE_FILE) if has_sparse else None})
+        if _state(model).options["r"] > 0:
+            set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
+        tensors = load_file(str(directory / SPARSE_FILE)) if has_sparse else {}
+        with torch.no_grad():
+            for name, module in _state(model).targets.items():
+                if f"{name}.values" in tensors:
+                    module.rosa_sparse.values.copy_(tensors[f"{name}.values"])
+        return model
+
+
+def _cycle(loader):
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError("RoSA mask generation: the training loader is empty")
+
+
+@register("rosa")
+class RoSA(_RoSABase):
+    pass
+
+
+@register("spa")
+class SpA(_RoSABase):
+    def _options(self, options: dict) -> dict:
+        if options.get("r", 0) != 0:
+            raise MethodConfigError("method=spa is RoSA with r=0; use method=rosa for a low-rank part")
+        return super()._options({**options, "r": 0})

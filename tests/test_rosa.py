@@ -1,0 +1,169 @@
+"""RoSA / SpA: sparse kernels against dense references, mask generation, the LoRA limit, save/reload."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from harness import methods
+from harness.config import compose
+from harness.methods.rosa import SPARSE_FILE
+from harness.methods.sparse import SparseDelta, topk_mask
+from harness.tasks import commonsense
+from harness.train import make_loader, train
+
+TARGETS = ["q_proj", "v_proj", "up_proj"]
+
+
+@pytest.fixture
+def loader(tokenizer, data_dir):
+    task = compose(["task.train_subset=12", "task.val_set_size=0"]).task
+    records, _ = commonsense.training_records(task, seed=0)
+    examples = [commonsense.tokenize(r, tokenizer, 96, train_on_inputs=True) for r in records]
+    return make_loader(examples, tokenizer, 4, shuffle=False, seed=0)
+
+
+def context(loader):
+    return {"loader": loader, "device": torch.device("cpu"), "training": {"lr": 1e-3}}
+
+
+def test_sparse_delta_matches_the_dense_masked_reference():
+    torch.manual_seed(0)
+    d_out, d_in = 24, 16
+    rows, cols = topk_mask(torch.rand(d_out, d_in), 0.1)
+    S = SparseDelta(d_out, d_in, rows, cols)
+    with torch.no_grad():
+        S.values.copy_(torch.randn(S.nnz))
+    dense = S.to_dense().detach().requires_grad_(True)  # the reference: a dense matrix that is zero off the mask
+    x = torch.randn(2, 5, d_in, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    g = torch.randn(2, 5, d_out)
+    (S(x) * g).sum().backward()
+    (x_ref @ dense.t() * g).sum().backward()
+    torch.testing.assert_close(S(x), x_ref @ dense.t())
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    r, c = S.indices()
+    torch.testing.assert_close(S.values.grad, dense.grad[r, c])  # the dense gradient restricted to the mask
+    assert S.nnz == math.floor(0.1 * d_out * d_in)
+
+
+def test_init_is_a_no_op_and_counts_add_up(tiny_model, inputs, loader):
+    with torch.no_grad():
+        before = tiny_model(**inputs).logits
+    lora_count = methods.trainable_parameters(methods.apply(copy.deepcopy(tiny_model), "lora", r=4, target_modules=TARGETS))
+    model = methods.apply(tiny_model, "rosa", r=4, density=0.05, mask_warmup_steps=2, mask_grad_batches=2, target_modules=TARGETS)
+    methods.method_of(model).before_training(model, context(loader))
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, before, atol=1e-5, rtol=1e-4)
+    cfg = tiny_model.config
+    kv = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
+    shapes = [(cfg.hidden_size, cfg.hidden_size), (kv, cfg.hidden_size), (cfg.intermediate_size, cfg.hidden_size)]
+    sparse = cfg.num_hidden_layers * sum(math.floor(0.05 * o * i) for o, i in shapes)
+    assert methods.trainable_parameters(model) == lora_count + sparse
+
+
+def test_mask_is_the_topk_of_accumulated_squared_gradients(tiny_model, loader):
+    density = 0.03
+    reference_model = copy.deepcopy(tiny_model)
+    model = methods.apply(tiny_model, "rosa", r=2, density=density, mask_warmup_steps=0, mask_grad_batches=3,
+                          target_modules=TARGETS)
+    methods.method_of(model).before_training(model, context(loader))
+    # Independently: autograd's dense weight gradient of each target matrix, squared, averaged over the batches.
+    for p in reference_model.parameters():
+        p.requires_grad_(False)
+    weights = {n.removesuffix(".weight"): p for n, p in reference_model.named_parameters() if n.endswith(tuple(f"{t}.weight" for t in TARGETS))}
+    for p in weights.values():
+        p.requires_grad_(True)
+    acc = {n: torch.zeros_like(p) for n, p in weights.items()}
+    batches = iter(loader)
+    for _ in range(3):
+        reference_model.zero_grad()
+        reference_model(**next(batches)).loss.backward()
+        for n, p in weights.items():
+            acc[n] += p.grad.square()
+    state = model._harness_rosa
+    assert set(state.masks) == set(acc)
+    for name, score in acc.items():
+        k = math.floor(density * score.numel())
+        rows, cols = state.masks[name]
+        assert rows.numel() == k  # density exact
+        expected = set(torch.topk(score.flatten(), k).indices.tolist())
+        got = set((rows * score.shape[1] + cols).tolist())
+        kth = torch.topk(score.flatten(), k).values[-1]
+        # identical up to ties at the k-th value
+        assert all(score.flatten()[i] >= kth * (1 - 1e-4) for i in got)
+        assert len(expected & got) >= k - 1
+
+
+def test_rosa_with_zero_density_is_lora(tiny_model, tokenizer, loader):
+    examples = list(loader.dataset)
+    cfg = compose(["training.batch_size=4", "training.micro_batch_size=4", "training.max_steps=3", "training.warmup_steps=1"]).training
+    outputs = []
+    for name, opts in (("lora", {}), ("rosa", {"density": 0.0})):
+        torch.manual_seed(0)
+        model = methods.apply(copy.deepcopy(tiny_model), name, r=4, alpha=8, dropout=0.0, target_modules=TARGETS, **opts)
+        out = train(model, tokenizer, methods.method_of(model), examples, [], cfg, seed=0, progress=False)
+        batch = next(iter(loader))
+        with torch.no_grad():
+            outputs.append(out["model"].eval()(**batch).logits)
+    torch.testing.assert_close(outputs[0], outputs[1])
+
+
+def test_spa_trains_only_masked_entries(tiny_model, tokenizer, loader):
+    original = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    model = methods.apply(tiny_model, "spa", density=0.02, mask_grad_batches=2, target_modules=TARGETS)
+    cfg = compose(["training.batch_size=4", "training.micro_batch_size=4", "training.max_steps=3", "training.warmup_steps=1",
+                   "training.lr=1e-2"]).training
+    out = train(model, tokenizer, methods.method_of(model), list(loader.dataset), [], cfg, seed=0, progress=False)
+    masks = {n: m for n, m in out["model"]._harness_rosa.masks.items()}
+    merged = methods.merge(out["model"])
+    for name, p in merged.named_parameters():
+        changed = (p.detach() != original[name])
+        module = name.removesuffix(".weight")
+        if module in masks:
+            rows, cols = masks[module]
+            allowed = torch.zeros_like(changed)
+            allowed[rows, cols] = True
+            assert changed.any() and not (changed & ~allowed).any(), name
+        else:
+            assert not changed.any(), name
+
+
+def test_save_reload_merge_and_mask_reuse(tiny_cfg, tokenizer, inputs, loader, tmp_path):
+    from harness.models import load_model
+
+    torch.manual_seed(0)
+    model = methods.apply(load_model(tiny_cfg.model, tokenizer), "rosa", r=4, density=0.05, mask_warmup_steps=1,
+                          mask_grad_batches=1, target_modules=TARGETS)
+    methods.method_of(model).before_training(model, context(loader))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+        expected = model.eval()(**inputs).logits
+    methods.save(model, tmp_path / "rosa")
+    assert (tmp_path / "rosa" / SPARSE_FILE).is_file()
+    torch.manual_seed(0)
+    reloaded = methods.load(load_model(tiny_cfg.model, tokenizer), tmp_path / "rosa").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(methods.merge(reloaded)(**inputs).logits, expected, atol=1e-4, rtol=1e-4)
+    # another run reuses the saved masks instead of generating them
+    reuse = methods.apply(load_model(tiny_cfg.model, tokenizer), "rosa", r=4, density=0.05, target_modules=TARGETS,
+                          masks=str(tmp_path / "rosa"))
+    for name, (rows, cols) in model._harness_rosa.masks.items():
+        r2, c2 = reuse._harness_rosa.masks[name]
+        assert torch.equal(rows, r2) and torch.equal(cols, c2)
+
+
+def test_rosa_options_are_checked(tiny_model):
+    from harness.methods.base import MethodConfigError
+
+    with pytest.raises(MethodConfigError, match="density must be in"):
+        methods.apply(copy.deepcopy(tiny_model), "rosa", density=2.0, target_modules=TARGETS)
+    with pytest.raises(MethodConfigError, match="method=spa is RoSA with r=0"):
+        methods.apply(copy.deepcopy(tiny_model), "spa", r=4, target_modules=TARGETS)
+    with pytest.raises(MethodConfigError, match="no such file"):
+        methods.apply(copy.deepcopy(tiny_model), "rosa", masks="/nonexistent/masks", target_modules=TARGETS)
