@@ -2,6 +2,8 @@
 
     .venv/bin/python experiments/step_time.py                       # SmolLM2-135M on this CPU
     .venv/bin/python experiments/step_time.py model=llama2-7b-random --methods lora,dora --micro-batch 4
+    # equal budget (RoSA table layout): LoRA solves r, RoSA keeps r=4 and solves d, SpA solves d
+    .venv/bin/python experiments/step_time.py --methods lora,rosa,spa --budget-fraction 0.012 --set rosa:method.r=4
 
 Each method runs in its own subprocess so that its peak memory (CUDA max allocated, or the process's peak
 RSS on CPU) is its own; the parent prints one table, all numbers from this one invocation.
@@ -12,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
 
     from harness import methods, models
     from harness.config import compose
-    from harness.run import method_options
+    from harness.run import method_options, peak_memory, reset_peak_memory, solve_budget
     from harness.tasks import commonsense
     from harness.train import make_loader
 
@@ -34,11 +35,15 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
     model, tokenizer = models.load(cfg.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
+    budget = solve_budget(cfg, model, methods.total_parameters(model))
     model = methods.apply(model, method, **method_options(cfg))
     records, _ = commonsense.training_records(cfg.task, cfg.seed)
     examples = [commonsense.tokenize(r, tokenizer, int(cfg.task.cutoff_len), True) for r in records[:micro_batch]]
-    batch = {k: v.to(device) for k, v in next(iter(make_loader(examples, tokenizer, micro_batch, False, 0))).items()}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    loader = make_loader(examples, tokenizer, micro_batch, False, 0)
+    batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
+    # RoSA / SpA build their sparse part here (from gradients), before the optimizer, as in training.
+    methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device(device), "training": cfg.training})
+    optimizer = torch.optim.AdamW(methods.method_of(model).param_groups(model, dict(cfg.training)), lr=1e-5)
     dtype = torch.bfloat16 if device == "cuda" else None
     model.train()
 
@@ -53,16 +58,18 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
         step()
     if device == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    # Peak of the timed steps only, not of loading or of RoSA's one-off mask generation.
+    scope = reset_peak_memory()
     start = time.perf_counter()
     for _ in range(steps):
         step()
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"method": method, "step_s": seconds, "peak_mb": peak, "trainable": methods.trainable_parameters(model),
+    memory = peak_memory(scope)
+    peak = memory.get("cuda_max_allocated_mb", memory["cpu_peak_rss_mb"])
+    knob = f"{budget['knob']}={budget['value']:.4g}" if budget else ""
+    return {"method": method, "knob": knob, "step_s": seconds, "peak_mb": peak, "trainable": methods.trainable_parameters(model),
             "tokens": int(batch["attention_mask"].sum()), "device": device, "model": cfg.model.name}
 
 
@@ -73,6 +80,9 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--budget-fraction", type=float, help="every method solves its knob for this budget")
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD:OVERRIDE",
+                        help="an override for one method only, e.g. rosa:method.r=4")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -80,8 +90,13 @@ def main() -> None:
         return
     rows = []
     for method in args.methods.split(","):
+        extra = [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == method]
+        if args.budget_fraction is not None:
+            extra.append(f"budget.fraction={args.budget_fraction}")
+        if method in ("rosa", "spa"):
+            extra += ["method.mask_warmup_steps=0", "method.mask_grad_batches=1"]  # the step cost is the same
         cmd = [sys.executable, __file__, "--one", method, "--micro-batch", str(args.micro_batch),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), *args.overrides]
+               "--steps", str(args.steps), "--warmup", str(args.warmup), *args.overrides, *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if proc.returncode:
             print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -90,9 +105,9 @@ def main() -> None:
     base = next((r for r in rows if r["method"] == "lora"), rows[0])
     print(f"model {base['model']} on {base['device']}, micro-batch {args.micro_batch} ({base['tokens']} tokens), "
           f"{args.steps} timed steps after {args.warmup} warm-up")
-    print(f"{'method':8} {'trainable':>12} {'step s':>8} {'x LoRA':>7} {'peak MB':>9} {'x LoRA':>7}")
+    print(f"{'method':8} {'knob':>14} {'trainable':>12} {'step s':>8} {'x LoRA':>7} {'peak MB':>9} {'x LoRA':>7}")
     for r in rows:
-        print(f"{r['method']:8} {r['trainable']:>12,} {r['step_s']:>8.3f} {r['step_s'] / base['step_s']:>7.2f} "
+        print(f"{r['method']:8} {r['knob']:>14} {r['trainable']:>12,} {r['step_s']:>8.3f} {r['step_s'] / base['step_s']:>7.2f} "
               f"{r['peak_mb']:>9.0f} {r['peak_mb'] / base['peak_mb']:>7.2f}")
 
 

@@ -78,6 +78,8 @@ def semantic_config(cfg: DictConfig) -> dict:
         data.pop(key, None)
     for key in NON_SEMANTIC_TASK_KEYS:
         data.get("task", {}).pop(key, None)
+    if not any(v is not None for v in (data.get("budget") or {}).values()):
+        data.pop("budget", None)  # no budget: the run is what it was before budgets existed
     return data
 
 

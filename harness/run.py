@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from harness import budget as budget_lib
 from harness import methods, models
 from harness.config import CONFIG_DIR, resolved, run_id, with_profile
 from harness.results import environment, git_commit, result_path, versions, write_json_atomic
@@ -40,6 +41,20 @@ def reset_peak_memory() -> str:
         return "run"
     except OSError:
         return "process"
+
+
+def solve_budget(cfg: DictConfig, model, total_params: int) -> dict | None:
+    """Sets the method's knob in `cfg.method` from `cfg.budget` (interpolations such as alpha = 2r follow)."""
+    target = budget_lib.target_count(cfg.get("budget") or {}, total_params)
+    if target is None:
+        return None
+    method = methods.get(cfg.method.name)
+    shapes = budget_lib.linear_shapes(model, cfg.method.get("target_modules"))
+    _, record = budget_lib.solve(method, shapes, method_options(cfg), target, total_params)
+    cfg.method[record["knob"]] = record["value"]
+    print(f"[harness] budget {target:,}: {cfg.method.name} {record['knob']}={record['value']:.6g} "
+          f"-> {record['predicted']:,} parameters", flush=True)
+    return record
 
 
 def peak_memory(scope: str) -> dict:
@@ -82,6 +97,7 @@ def run_one(cfg: DictConfig) -> dict:
     # On the accelerator before the method: PiSSA / MiLoRA run an SVD per adapted matrix at init.
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     total_params = methods.total_parameters(model)
+    budget = solve_budget(cfg, model, total_params)
     model = methods.apply(model, cfg.method.name, **method_options(cfg))
     setup_seconds = time.perf_counter() - load_start
 
@@ -116,7 +132,8 @@ def run_one(cfg: DictConfig) -> dict:
         "paper_model": cfg.model.paper_name,
         "method": cfg.method.name,
         "metrics": metrics,
-        "params": {"trainable": trainable, "total": total_params, "trainable_percent": 100.0 * trainable / total_params},
+        "params": {"trainable": trainable, "total": total_params, "trainable_percent": 100.0 * trainable / total_params,
+                   "budget": budget},
         "train": trained["stats"],
         "eval": {"merged": merged, "seconds": round(eval_seconds, 2),
                  "examples": sum(m["n"] for m in metrics.values())},

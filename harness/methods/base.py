@@ -22,8 +22,18 @@ class Method:
     #: whether `merge` folds the method into plain weights (the evaluation then runs on the merged model)
     mergeable: bool = True
 
+    #: the option a parameter budget solves for ("r", "density"), or None when the method has no knob
+    budget_knob: str | None = None
+
     def apply(self, model: nn.Module, **options: Any) -> nn.Module:
         raise NotImplementedError
+
+    def count(self, shapes: list[tuple[int, int]], options: dict) -> int:
+        """Trainable parameters this method would add on linear layers of these (d_out, d_in) shapes.
+
+        Used only to solve a budget before any model is adapted; the count a result records is always
+        `harness.methods.trainable_parameters` on the real model."""
+        raise MethodConfigError(f"method={self.name} has no parameter budget knob")
 
     def param_groups(self, model: nn.Module, training: dict) -> list[dict]:
         """Optimizer parameter groups; methods with several learning rates override this."""

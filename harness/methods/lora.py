@@ -39,21 +39,37 @@ def wrap(model: nn.Module, config) -> nn.Module:
     return get_peft_model(model, config)
 
 
+def lora_count(shapes, options) -> int:
+    return sum(int(options["r"]) * (d_out + d_in) for d_out, d_in in shapes)
+
+
+class LowRankBudget:
+    """Methods whose budget knob is the rank r of a LoRA-shaped adapter."""
+
+    budget_knob = "r"
+
+    def count(self, shapes, options):
+        return lora_count(shapes, options)
+
+
 @register("lora")
-class LoRA(Method):
+class LoRA(LowRankBudget, Method):
     def apply(self, model, **options):
         check_options(self.name, options, LORA_OPTIONS)
         return wrap(model, lora_config(self.name, options))
 
 
 @register("dora")
-class DoRA(Method):
+class DoRA(LowRankBudget, Method):
+    def count(self, shapes, options):
+        return lora_count(shapes, options) + sum(d_out for d_out, _ in shapes)  # + the magnitude vector
+
     def apply(self, model, **options):
         check_options(self.name, options, LORA_OPTIONS)
         return wrap(model, lora_config(self.name, options, use_dora=True))
 
 
-class ResidualInitLoRA(Method):
+class ResidualInitLoRA(LowRankBudget, Method):
     """A LoRA whose initialisation rewrites the frozen base weight (the residual): PiSSA, MiLoRA.
 
     The adapter alone would not reproduce the model on the original weights, so `save` converts the trained

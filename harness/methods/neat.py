@@ -69,6 +69,12 @@ def _peanut_config(options: dict):
 
 @register("neat")
 class Neat(Method):
+    budget_knob = "r"
+
+    def count(self, shapes, options):
+        r, depth = int(options["r"]), int(options.get("depth", 0))
+        side = 1 if options.get("convention", "d_out") == "d_out" else 0
+        return sum(2 * r * shape[1 - side] + 2 * depth * r * r for shape in shapes)
     def apply(self, model, **options):
         from peft import get_peft_model
         from peft.tuners.peanut.layer import Linear as PeanutLinear

@@ -138,6 +138,13 @@ def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], sc
 
 
 class _RoSABase(Method):
+    budget_knob = "density"  # r as stated; the budget left after the low-rank part goes to S
+
+    def count(self, shapes, options):
+        from harness.methods.lora import lora_count
+
+        lowrank = lora_count(shapes, options) if int(options.get("r", 0)) > 0 else 0
+        return lowrank + sum(int(float(options["density"]) * d_out * d_in) for d_out, d_in in shapes)
     def _options(self, options: dict) -> dict:
         check_options(self.name, options, ROSA_OPTIONS)
         o = {"r": 16, "alpha": 16, "dropout": 0.0, "density": 0.006, "target_modules": None, "task_type": None, "lr_sparse": None, "lr_lowrank": None,

@@ -1,0 +1,84 @@
+"""Parameter budgets: each method solves for its own knob so that methods compare at an equal budget.
+
+A budget is `budget.params` (a count) or `budget.fraction` (of the base model's parameters). The method's
+`count(shapes, options)` predicts its trainable parameters on the adapted linear layers; the knob (rank, or
+density for RoSA / SpA) is chosen so that the prediction lands as close as possible to the target.
+Infeasible budgets are rejected before any training, with the feasible range.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from torch import nn
+
+from harness.methods.base import Method
+
+
+class BudgetError(ValueError):
+    pass
+
+
+def linear_shapes(model: nn.Module, target_modules) -> list[tuple[int, int]]:
+    """(d_out, d_in) of every nn.Linear whose name ends with one of `target_modules`."""
+    names = list(target_modules or [])
+    shapes = [(m.out_features, m.in_features) for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in names)]
+    if not shapes:
+        raise BudgetError(f"no linear layer matches target_modules={names}")
+    return shapes
+
+
+def target_count(budget: Mapping, total_params: int) -> int | None:
+    params, fraction = budget.get("params"), budget.get("fraction")
+    if params is not None and fraction is not None:
+        raise BudgetError("give budget.params or budget.fraction, not both")
+    if params is not None:
+        return int(round(float(params)))
+    if fraction is not None:
+        return int(round(float(fraction) * total_params))
+    return None
+
+
+def _closest_int(method: Method, shapes, options: dict, target: int, lo: int, hi: int) -> int:
+    count = lambda r: method.count(shapes, {**options, "r": r})
+    while lo < hi:  # smallest r with count(r) >= target (count grows with r)
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if count(mid) < target else (lo, mid)
+    return min((max(lo - 1, 1), lo), key=lambda r: (abs(count(r) - target), r))
+
+
+def _closest_density(method: Method, shapes, options: dict, target: int) -> float:
+    count = lambda d: method.count(shapes, {**options, "density": d})
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # bisection on the (floor-stepped, non-decreasing) count
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
+    return min((lo, hi), key=lambda d: abs(count(d) - target))
+
+
+def solve(method: Method, shapes: list[tuple[int, int]], options: dict, target: int, total_params: int) -> tuple[dict, dict]:
+    """(options with the knob set, a record of target / knob / predicted count)."""
+    knob = method.budget_knob
+    if knob is None:
+        raise BudgetError(f"method={method.name} has no budget knob; remove budget.params / budget.fraction")
+    if knob == "r":
+        r_max = min(min(shape) for shape in shapes)
+        low, high = method.count(shapes, {**options, "r": 1}), method.count(shapes, {**options, "r": r_max})
+    else:
+        low = method.count(shapes, {**options, "density": 0.0})
+        low = max(low, 1) if low == 0 else low
+        high = method.count(shapes, {**options, "density": 1.0})
+    high = min(high, total_params)
+    if not low <= target <= high:
+        raise BudgetError(
+            f"budget of {target:,} parameters is infeasible for method={method.name}"
+            + (f" with r={options.get('r')}" if knob == "density" and int(options.get("r", 0)) > 0 else "")
+            + f": the feasible range is {low:,} to {high:,} ({low / total_params:.3%} to {high / total_params:.3%} "
+            f"of the {total_params:,}-parameter model)"
+        )
+    value = _closest_int(method, shapes, options, target, 1, r_max) if knob == "r" else _closest_density(method, shapes, options, target)
+    solved = {**options, knob: value}
+    predicted = method.count(shapes, solved)
+    return solved, {"target": target, "knob": knob, "value": value, "predicted": predicted,
+                    "relative_error": (predicted - target) / target}

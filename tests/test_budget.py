@@ -1,0 +1,74 @@
+"""Equal-budget solving: each method's knob lands as close as possible, and the real count agrees."""
+
+import copy
+
+import pytest
+import torch
+
+from harness import budget, methods
+from harness.config import compose, semantic_config
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+CASES = [("lora", {}), ("dora", {}), ("pissa", {}), ("milora", {}), ("neat", {}), ("neat", {"convention": "d_in"}),
+         ("rosa", {"r": 2}), ("spa", {})]
+
+
+def base_options(name, extra):
+    opts = {"r": 1, "alpha": 2, "target_modules": TARGETS, **extra}
+    if name in ("rosa", "spa"):
+        opts = {"r": 0, "density": 0.0, "target_modules": TARGETS, "mask_warmup_steps": 0, "mask_grad_batches": 1, **extra}
+    if name == "neat":
+        opts.pop("alpha")
+    return opts
+
+
+@pytest.mark.parametrize("name,extra", CASES)
+@pytest.mark.parametrize("fraction", [0.002, 0.01])
+def test_solved_knob_lands_closest_and_real_count_agrees(tiny_model, name, extra, fraction):
+    method = methods.get(name)
+    total = methods.total_parameters(tiny_model)
+    target = int(fraction * total)
+    shapes = budget.linear_shapes(tiny_model, TARGETS)
+    options = base_options(name, extra)
+    solved, record = budget.solve(method, shapes, options, target, total)
+    if record["knob"] == "r":
+        for neighbour in (record["value"] - 1, record["value"] + 1):
+            if neighbour >= 1:
+                assert abs(method.count(shapes, {**options, "r": neighbour}) - target) >= abs(record["predicted"] - target)
+    else:
+        assert abs(record["relative_error"]) < 0.01
+    model = methods.apply(copy.deepcopy(tiny_model), name, **solved)
+    if name in ("rosa", "spa"):
+        # masks from random scores: the count depends on the density alone, not on which entries are kept
+        from harness.methods.rosa import _weight_shape, attach_masks
+        from harness.methods.sparse import topk_mask
+
+        attach_masks(model, {n: topk_mask(torch.rand(_weight_shape(m)), solved["density"])
+                             for n, m in model._harness_rosa.targets.items()})
+    assert methods.trainable_parameters(model) == record["predicted"]
+
+
+def test_infeasible_budgets_name_the_feasible_range(tiny_model):
+    total = methods.total_parameters(tiny_model)
+    shapes = budget.linear_shapes(tiny_model, TARGETS)
+    with pytest.raises(budget.BudgetError, match=r"infeasible for method=lora: the feasible range is 1,408 to 45,056"):
+        budget.solve(methods.get("lora"), shapes, base_options("lora", {}), 10, total)
+    with pytest.raises(budget.BudgetError, match="feasible range"):
+        budget.solve(methods.get("spa"), shapes, base_options("spa", {}), total + 1, total)
+    with pytest.raises(budget.BudgetError, match="with r=16"):
+        budget.solve(methods.get("rosa"), shapes, base_options("rosa", {"r": 16}), 1000, total)
+    with pytest.raises(budget.BudgetError, match="method=full has no budget knob"):
+        budget.solve(methods.get("full"), shapes, {}, 1000, total)
+    with pytest.raises(budget.BudgetError, match="not both"):
+        budget.target_count({"params": 10, "fraction": 0.1}, total)
+
+
+def test_run_config_follows_the_solved_rank_and_hash_ignores_an_unset_budget(tiny_model):
+    from harness.run import solve_budget
+
+    cfg = compose(["model=tiny-llama", "method=lora", "budget.fraction=0.005"])
+    total = methods.total_parameters(tiny_model)
+    record = solve_budget(cfg, tiny_model, total)
+    assert cfg.method.r == record["value"] and cfg.method.alpha == 2 * record["value"]  # LoRA's alpha = 2r follows
+    assert "budget" in semantic_config(cfg)
+    assert "budget" not in semantic_config(compose(["model=tiny-llama"]))
