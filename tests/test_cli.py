@@ -78,3 +78,21 @@ def test_rosa_run_counts_its_sparse_part_and_saves_masks(tmp_path):
     sparse = 2 * (40 + 20 + 20 + 81 + 81)
     assert result["params"]["trainable"] == lora + sparse
     assert (tmp_path / "adapters" / result["run_id"] / "rosa_sparse.safetensors").is_file()
+
+
+def test_gsm8k_run_with_greedy_protocol(tmp_path):
+    small = [o for o in SMALL if not o.startswith(("protocol.", "task.val_set_size"))]
+    cli("harness.run", "task=gsm8k", "protocol=math_greedy", "method=lora", "protocol.max_new_tokens=8", *small,
+        results=tmp_path)
+    result = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    assert result["task"] == "math" and result["protocol"] == "math_greedy"
+    assert result["metrics"]["gsm8k"]["n"] == 3
+
+
+def test_budget_run_records_target_and_actual(tmp_path):
+    cli("harness.run", "method=lora", "budget.fraction=0.005", *SMALL, results=tmp_path)
+    result = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    budget = result["params"]["budget"]
+    assert budget["knob"] == "r" and result["config"]["method"]["r"] == budget["value"]
+    assert result["params"]["trainable"] == budget["predicted"]
+    assert abs(budget["predicted"] - budget["target"]) / budget["target"] < 0.2
