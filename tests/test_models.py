@@ -49,3 +49,15 @@ def test_smollm2_package_loads_from_the_dequantized_cache(capsys):
     capsys.readouterr()
     load(cfg.model)
     assert "dequantizing" not in capsys.readouterr().out  # the cached copy, not a new dequantization
+
+
+def test_local_directory_loads_the_saved_model(tiny_model, tokenizer, tmp_path, inputs):
+    import torch
+
+    tiny_model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    cfg = compose(["model=llama2-7b", "model.source=local", f"model.path={tmp_path / 'm'}", "model.dtype=float32"])
+    model, tok = load(cfg.model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, tiny_model(**inputs).logits)
+    assert tok("hello").input_ids == tokenizer("hello").input_ids
