@@ -12,7 +12,7 @@ from typing import Mapping
 
 from torch import nn
 
-from harness.methods.base import Method
+from harness.methods.base import Method, module_matches
 
 
 class BudgetError(ValueError):
@@ -23,7 +23,7 @@ def linear_shapes(model: nn.Module, target_modules) -> list[tuple[int, int]]:
     """(d_out, d_in) of every nn.Linear whose name ends with one of `target_modules`."""
     names = list(target_modules or [])
     shapes = [(m.out_features, m.in_features) for n, m in model.named_modules()
-              if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in names)]
+              if isinstance(m, nn.Linear) and module_matches(n, names)]
     if not shapes:
         raise BudgetError(f"no linear layer matches target_modules={names}")
     return shapes

@@ -87,3 +87,8 @@ def require_positive_int(method: str, key: str, value: Any) -> int:
 def svd_components(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Full (thin) SVD in float32: U [d_out,k], S [k] descending, Vh [k,d_in]."""
     return torch.linalg.svd(weight.float(), full_matrices=False)
+
+
+def module_matches(name: str, target_modules) -> bool:
+    """peft's list semantics: a module is targeted when its name is, or ends with `.`+, one of the names."""
+    return any(name == t or name.endswith("." + t) for t in target_modules or [])

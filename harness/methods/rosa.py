@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type
+from harness.methods.base import Method, MethodConfigError, check_options, module_matches
 from harness.methods.registry import register
 from harness.methods.sparse import SparseDelta, topk_mask
 
@@ -54,7 +54,7 @@ def _target_modules(model, names: list[str], wrapped: bool) -> dict[str, nn.Modu
         if wrapped:
             if isinstance(module, LoraLayer):
                 targets[plain] = module
-        elif isinstance(module, nn.Linear) and any(plain == n or plain.endswith("." + n) for n in names):
+        elif isinstance(module, nn.Linear) and module_matches(plain, names):
             targets[plain] = module
     if not targets:
         raise MethodConfigError(f"method=rosa/spa: no linear module matches target_modules={names}")

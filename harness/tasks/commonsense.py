@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Mapping
 
 from harness.prompts import train_prompt
-from harness.tasks.records import DataError, read_hub_records, read_json_records
+from harness.tasks.records import DataError, read_hub_records, read_json_records, subset_and_split
 
 TEST_FIELDS = ("instruction", "answer")
 PROTOCOLS = {"paper_gen": "harness.protocols.commonsense"}
@@ -41,20 +40,7 @@ def _train_records(task: Mapping) -> list[dict]:
 
 def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
     """(train, validation) records: an optional seeded subset, then LLM-Adapters' seeded validation hold-out."""
-    records = _train_records(task)
-    rng = random.Random(seed)
-    subset = task.get("train_subset")
-    if subset is not None:
-        if subset < 1:
-            raise DataError(f"task.train_subset must be >= 1 or null, got {subset}")
-        records = rng.sample(records, min(int(subset), len(records)))
-    else:
-        records = list(records)
-        rng.shuffle(records)
-    val_size = int(task.get("val_set_size") or 0)
-    if val_size >= len(records):
-        raise DataError(f"task.val_set_size={val_size} leaves no training records (only {len(records)})")
-    return records[val_size:], records[:val_size]
+    return subset_and_split(_train_records(task), task, seed)
 
 
 def test_sets(task: Mapping) -> dict[str, list[dict]]:

@@ -7,13 +7,12 @@ split converted to that format (calculator annotations dropped, "#### N" -> "The
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 from typing import Mapping
 
 from harness.protocols.math import ANSWER_MARKER
-from harness.tasks.records import DataError, read_hub_records, read_json_records
+from harness.tasks.records import DataError, read_hub_records, read_json_records, subset_and_split
 
 PROTOCOLS = {"math_greedy": "harness.protocols.math"}
 # MetaMath's training prompt (Alpaca without input).
@@ -62,14 +61,7 @@ def _train_records(task: Mapping) -> list[dict]:
 
 
 def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
-    records = list(_train_records(task))
-    rng = random.Random(seed)
-    if task.get("train_subset") is not None:
-        records = rng.sample(records, min(int(task["train_subset"]), len(records)))
-    else:
-        rng.shuffle(records)
-    val_size = int(task.get("val_set_size") or 0)
-    return records[val_size:], records[:val_size]
+    return subset_and_split(_train_records(task), task, seed)
 
 
 def test_sets(task: Mapping) -> dict[str, list[dict]]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
+from typing import Mapping
 
 REQUIRED_FIELDS = ("instruction", "output")
 
@@ -37,3 +39,21 @@ def read_hub_records(dataset_id: str, split: str = "train", what: str = "task.tr
 
     ensure_hub_available(dataset_id, "dataset", what=what)
     return [dict(r) for r in load_dataset(dataset_id, split=split)]
+
+
+def subset_and_split(records: list[dict], task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation): an optional seeded subset (`task.train_subset`), else a seeded shuffle, then the
+    first `task.val_set_size` records held out, as LLM-Adapters does."""
+    rng = random.Random(seed)
+    subset = task.get("train_subset")
+    if subset is not None:
+        if int(subset) < 1:
+            raise DataError(f"task.train_subset must be >= 1 or null, got {subset}")
+        records = rng.sample(records, min(int(subset), len(records)))
+    else:
+        records = list(records)
+        rng.shuffle(records)
+    val_size = int(task.get("val_set_size") or 0)
+    if val_size >= len(records):
+        raise DataError(f"task.val_set_size={val_size} leaves no training records (only {len(records)})")
+    return records[val_size:], records[:val_size]
