@@ -5,11 +5,12 @@ import pytest
 from harness.config import compose
 from harness.protocols.math import extract_gsm8k_answer, gsm8k_correct, gsm8k_gold, score
 from harness.tasks import math as math_task
+from harness.tasks.records import DataError, read_jsonl_records
 
 
 @pytest.fixture(scope="module")
 def gsm8k_test(data_dir):
-    return math_task.read_jsonl(data_dir / "math" / "gsm8k" / "test.jsonl", ("question", "answer"))
+    return read_jsonl_records(data_dir / "math" / "gsm8k" / "test.jsonl", ("question", "answer"))
 
 
 def test_gold_answers_score_100_and_wrong_numbers_0(gsm8k_test):
@@ -51,5 +52,5 @@ def test_tokenize_masks_the_prompt(tokenizer, data_dir):
 def test_bad_jsonl_names_file_and_line(tmp_path):
     bad = tmp_path / "test.jsonl"
     bad.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q"}\n')
-    with pytest.raises(math_task.DataError, match=r"test.jsonl: line 2 lacks field\(s\) \['answer'\]"):
-        math_task.read_jsonl(bad, ("question", "answer"))
+    with pytest.raises(DataError, match=r"test.jsonl: line 2 lacks field\(s\) \['answer'\]"):
+        read_jsonl_records(bad, ("question", "answer"))

@@ -33,8 +33,12 @@ class RosaState:
     targets: dict[str, nn.Module]                    # name (in the plain model) -> module whose output gets S x
     initial_lora: dict[str, torch.Tensor] = field(default_factory=dict)
     hooks: list = field(default_factory=list)
-    masks: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     ready: bool = False                              # masks attached (or none needed: density 0)
+
+    @property
+    def masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(rows, cols) of every attached sparse part, read from the parts themselves."""
+        return {n: m.rosa_sparse.indices() for n, m in self.targets.items() if hasattr(m, "rosa_sparse")}
 
 
 def _state(model) -> RosaState:
@@ -78,7 +82,6 @@ def attach_masks(model, masks: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> 
         device = next(module.parameters()).device
         module.rosa_sparse = SparseDelta(d_out, d_in, rows, cols, device=device)
         state.hooks.append(module.register_forward_hook(_add_sparse_output))
-        state.masks[name] = module.rosa_sparse.indices()
     state.ready = True
 
 

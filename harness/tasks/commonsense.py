@@ -6,19 +6,15 @@ from pathlib import Path
 from typing import Mapping
 
 from harness.prompts import train_prompt
-from harness.tasks.records import DataError, read_hub_records, read_json_records, subset_and_split
+from harness.tasks.records import DataError, read_json_records, read_train_file, subset_and_split
 
 TEST_FIELDS = ("instruction", "answer")
 PROTOCOLS = {"paper_gen": "harness.protocols.commonsense"}
 
 
 def _train_records(task: Mapping) -> list[dict]:
-    train_file = task.get("train_file")
-    if train_file:
-        path = Path(str(train_file))
-        if path.suffix == ".json" or path.exists():
-            return read_json_records(path)
-        return read_hub_records(str(train_file), what="task.train_file")
+    if task.get("train_file"):
+        return read_train_file(task["train_file"], ("instruction", "output"))
     data_dir = Path(task["data_dir"])
     records, found, missing = [], [], []
     for name in task["datasets"]:

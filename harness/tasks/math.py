@@ -6,39 +6,18 @@ split converted to that format (calculator annotations dropped, "#### N" -> "The
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Mapping
 
 from harness.protocols.math import ANSWER_MARKER
-from harness.tasks.records import DataError, read_hub_records, read_json_records, subset_and_split
+from harness.tasks.records import DataError, read_jsonl_records, read_train_file, subset_and_split
 
 PROTOCOLS = {"math_greedy": "harness.protocols.math"}
 # MetaMath's training prompt (Alpaca without input).
 TRAIN_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
                   "request.\n\n### Instruction:\n{query}\n\n### Response:\n")
 _CALCULATOR = re.compile(r"<<[^>]*>>")
-
-
-def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
-    records = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {i} is not valid JSON ({exc.msg})") from None
-        missing = [f for f in required if f not in record]
-        if missing:
-            raise DataError(f"{path}: line {i} lacks field(s) {missing}")
-        records.append(record)
-    return records
 
 
 def gsm8k_to_metamath(record: Mapping) -> dict:
@@ -48,16 +27,12 @@ def gsm8k_to_metamath(record: Mapping) -> dict:
 
 
 def _train_records(task: Mapping) -> list[dict]:
-    train_file = task.get("train_file")
-    if train_file:
-        path = Path(str(train_file))
-        if path.suffix == ".json" or path.exists():
-            return read_json_records(path, ("query", "response"))
-        return read_hub_records(str(train_file), what="task.train_file")
+    if task.get("train_file"):
+        return read_train_file(task["train_file"], ("query", "response"))
     path = Path(task["data_dir"]) / "gsm8k" / "train.jsonl"
     if not path.is_file():
         raise DataError(f"no training data: {path} does not exist; set data_dir, or task.train_file to MetaMathQA")
-    return [gsm8k_to_metamath(r) for r in read_jsonl(path, ("question", "answer"))]
+    return [gsm8k_to_metamath(r) for r in read_jsonl_records(path, ("question", "answer"))]
 
 
 def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
@@ -73,7 +48,7 @@ def test_sets(task: Mapping) -> dict[str, list[dict]]:
                 raise DataError(f"test set {name!r} not found at {path} (task.missing_ok=false)")
             print(f"[harness] no test set {name!r} at {path}; its column will show '-'", flush=True)
             continue
-        records = read_jsonl(path, ("question", "answer"))
+        records = read_jsonl_records(path, ("question", "answer"))
         limit = task.get("test_subset")
         sets[name] = records[: int(limit)] if limit is not None else records
     if not sets:

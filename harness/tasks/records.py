@@ -32,6 +32,35 @@ def read_json_records(path: Path, required: tuple[str, ...] = REQUIRED_FIELDS) -
     return data
 
 
+def read_jsonl_records(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """One JSON object per line (GSM8K's format); errors name the file and the line."""
+    records = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {i} is not valid JSON ({exc.msg})") from None
+        missing = [f for f in required if f not in record]
+        if missing:
+            raise DataError(f"{path}: line {i} lacks field(s) {missing}")
+        records.append(record)
+    return records
+
+
+def read_train_file(train_file: str, required: tuple[str, ...]) -> list[dict]:
+    """`task.train_file`: a local .json list of records, or else a hub dataset id."""
+    path = Path(str(train_file))
+    if path.suffix == ".json" or path.exists():
+        return read_json_records(path, required)
+    return read_hub_records(str(train_file), what="task.train_file")
+
+
 def read_hub_records(dataset_id: str, split: str = "train", what: str = "task.train_file") -> list[dict]:
     from datasets import load_dataset
 
