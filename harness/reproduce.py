@@ -12,7 +12,7 @@ import time
 
 from harness.config import experiment_cells, with_profile
 from harness.run import run_one
-from harness.tables import make_table
+from harness.tables import make_table, profile_description
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
         base, cells = experiment_cells(overrides)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    print(f"[harness] {base.experiment_name}: {len(cells)} runs, profile {base.profile.name}: {base.profile.description}",
+    print(f"[harness] {base.experiment_name}: {len(cells)} runs, profile {base.profile.name}: {profile_description(base)}",
           flush=True)
     start = time.perf_counter()
     for i, cfg in enumerate(cells, 1):

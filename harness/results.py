@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.config import PROJECT_ROOT
 
-VERSIONED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "hydra-core", "peft-harness")
+VERSIONED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "hydra-core", "lm_eval", "peft-harness")
 
 
 class ResultFileError(ValueError):

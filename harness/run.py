@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import resource
@@ -27,6 +28,7 @@ from harness.train import train
 def method_options(cfg: DictConfig) -> dict:
     options = resolved(cfg)["method"]
     options.pop("name")
+    options.pop("label", None)  # a preset's display name (Neat-S), not an option of the method
     return options
 
 
@@ -49,7 +51,7 @@ def solve_budget(cfg: DictConfig, model, total_params: int) -> dict | None:
     if target is None:
         return None
     method = methods.get(cfg.method.name)
-    shapes = budget_lib.linear_shapes(model, cfg.method.get("target_modules"))
+    shapes = budget_lib.linear_shapes(model, cfg.method.get("target_modules"), cfg.method.get("layers_to_transform"))
     _, record = budget_lib.solve(method, shapes, method_options(cfg), target, total_params)
     cfg.method[record["knob"]] = record["value"]
     print(f"[harness] budget {target:,}: {cfg.method.name} {record['knob']}={record['value']:.6g} "
@@ -76,6 +78,9 @@ def seed_everything(seed: int) -> None:
 
 def run_one(cfg: DictConfig) -> dict:
     """Runs (or reuses) one configured run and returns its result record."""
+    # A copy: solving a budget writes the knob into the config, and the caller's cell must keep the run id it
+    # was found by (a reproduction collects its table by those ids in the same process).
+    cfg = copy.deepcopy(cfg)
     rid = run_id(cfg)
     out_path = result_path(cfg.run.results_dir, rid)
     if cfg.run.skip_existing and out_path.is_file():
@@ -93,7 +98,9 @@ def run_one(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed)
     memory_scope = reset_peak_memory()
     load_start = time.perf_counter()
-    model, tokenizer = models.load(cfg.model)
+    # The task decides the head: a causal LM unless it trains a classifier (GLUE).
+    head = task.model_head(cfg.task) if hasattr(task, "model_head") else None
+    model, tokenizer = models.load(cfg.model, head)
     # On the accelerator before the method: PiSSA / MiLoRA run an SVD per adapted matrix at init.
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     total_params = methods.total_parameters(model)
@@ -105,11 +112,15 @@ def run_one(cfg: DictConfig) -> dict:
                                        bool(cfg.task.add_eos_token))
     trained = train(
         model, tokenizer, methods.method_of(model), [tokenize(r) for r in train_records],
-        [tokenize(r) for r in val_records], cfg.training, cfg.seed, cfg.logging, progress, rid)
+        [tokenize(r) for r in val_records], cfg.training, cfg.seed, cfg.logging, progress, rid,
+        collator=task.collator(tokenizer) if hasattr(task, "collator") else None)
     model = trained["model"]
     # Counted after training: a method may add parameters before its first step (RoSA's sparse part).
-    trainable = methods.trainable_parameters(model)
-    print(f"[harness] {cfg.method.name}: {trainable:,} trainable of {total_params:,} parameters", flush=True)
+    # A task's head (GLUE's classifier) trains with every method but is not the adapter's: counted apart.
+    head_params = methods.trainable_parameters(model, within=getattr(task, "HEAD_MODULES", ()))
+    trainable = methods.trainable_parameters(model) - head_params
+    print(f"[harness] {cfg.method.name}: {trainable:,} trainable of {total_params:,} parameters"
+          + (f" (+ {head_params:,} in the head)" if head_params else ""), flush=True)
 
     if cfg.run.save_adapter:
         methods.save(model, Path(cfg.run.results_dir) / "adapters" / rid)
@@ -119,7 +130,7 @@ def run_one(cfg: DictConfig) -> dict:
     eval_model = methods.merge(model) if merged else model
     eval_model.eval()
     eval_start = time.perf_counter()
-    metrics, predictions = protocol.evaluate(eval_model, tokenizer, test_sets, cfg.protocol, progress)
+    metrics, predictions = protocol.evaluate(eval_model, tokenizer, test_sets, cfg.protocol, progress, task_cfg=cfg.task)
     eval_seconds = time.perf_counter() - eval_start
 
     record = {
@@ -133,7 +144,7 @@ def run_one(cfg: DictConfig) -> dict:
         "method": cfg.method.name,
         "metrics": metrics,
         "params": {"trainable": trainable, "total": total_params, "trainable_percent": 100.0 * trainable / total_params,
-                   "budget": budget},
+                   "head": head_params, "budget": budget},
         "train": trained["stats"],
         "eval": {"merged": merged, "seconds": round(eval_seconds, 2),
                  "examples": sum(m["n"] for m in metrics.values())},

@@ -24,13 +24,43 @@ def precision_of(training: Mapping) -> str:
     return {"fp32": "no", "bf16": "bf16", "no": "no"}[choice]
 
 
-def make_loader(examples: list[dict], tokenizer, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0):
+def make_loader(examples: list[dict], tokenizer, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+                collator=None):
+    """Batches of examples; the default collator pads token-level labels with -100 (language modelling), a
+    task may bring its own (a classification label per example)."""
     from transformers import DataCollatorForSeq2Seq
 
-    collator = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True)
+    collator = collator or DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
                       generator=generator, num_workers=num_workers)
+
+
+def with_module_lrs(model, groups: list[dict], module_lrs: Mapping | None) -> list[dict]:
+    """Splits optimizer groups so that parameters under a named module (`training.module_lrs`, e.g.
+    {classifier: 4e-3} for a GLUE head) get their own learning rate."""
+    if not module_lrs:
+        return groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = []
+    for group in groups:
+        rest = dict(group, params=[])
+        special: dict[str, list] = {}
+        for p in group["params"]:
+            parts = names.get(id(p), "").split(".")
+            key = next((k for k in module_lrs if k in parts), None)
+            (special.setdefault(key, []) if key else rest["params"]).append(p)
+        if rest["params"]:
+            out.append(rest)
+        out.extend(dict(group, params=params, lr=float(module_lrs[key])) for key, params in special.items())
+    return out
+
+
+def warmup_steps(training: Mapping, total_steps: int) -> int:
+    """`training.warmup_steps`, or else `training.warmup_ratio` of the run's optimizer steps (GLUE scripts: 6%)."""
+    if training.get("warmup_steps") is not None:
+        return int(training["warmup_steps"])
+    return int(math.ceil(float(training.get("warmup_ratio") or 0.0) * total_steps))
 
 
 @torch.no_grad()
@@ -45,15 +75,16 @@ def mean_loss(model, loader) -> float:
 
 
 def train(model, tokenizer, method, train_examples: list[dict], val_examples: list[dict], training: Mapping,
-          seed: int, logging: Mapping | None = None, progress: bool = True, run_name: str = "run") -> dict:
-    """Trains `model` in place; returns training statistics."""
+          seed: int, logging: Mapping | None = None, progress: bool = True, run_name: str = "run", collator=None) -> dict:
+    """Trains `model` in place; returns training statistics. `collator`: the task's, if it has one."""
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
     logging = logging or {}
     # An example whose answer was cut off by cutoff_len has no supervised token; a micro-batch of only such
     # examples gives a NaN loss that would poison the weights, so they are dropped (and counted).
-    supervised = [e for e in train_examples if any(label != -100 for label in e["labels"])]
+    supervised = [e for e in train_examples
+                  if not isinstance(e["labels"], (list, tuple)) or any(label != -100 for label in e["labels"])]
     dropped = len(train_examples) - len(supervised)
     if not supervised:
         raise ValueError(f"none of the {len(train_examples)} training examples has a supervised token: "
@@ -77,17 +108,18 @@ def train(model, tokenizer, method, train_examples: list[dict], val_examples: li
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     loader = make_loader(train_examples, tokenizer, micro, shuffle=True, seed=seed,
-                         num_workers=int(training.get("num_workers", 0)))
+                         num_workers=int(training.get("num_workers", 0)), collator=collator)
     steps_per_epoch = math.ceil(len(loader) / accumulation)
     total_steps = int(training["max_steps"]) if training.get("max_steps") else steps_per_epoch * int(training["epochs"])
 
     # Before the optimizer exists: a method may add parameters here (RoSA's sparse part, from gradients).
     model.to(accelerator.device)
-    method.before_training(model, {"loader": loader, "device": accelerator.device, "training": training})
-    groups = method.param_groups(model, dict(training))
+    method.before_training(model, {"loader": loader, "device": accelerator.device, "training": training,
+                                   "accumulation": accumulation})
+    groups = with_module_lrs(model, method.param_groups(model, dict(training)), training.get("module_lrs"))
     optimizer = torch.optim.AdamW(groups, lr=float(training["lr"]), betas=tuple(training["adam_betas"]),
                                   eps=float(training["adam_eps"]), weight_decay=float(training["weight_decay"]))
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(training["warmup_steps"]), total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps(training, total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     model.train()
@@ -133,7 +165,7 @@ def train(model, tokenizer, method, train_examples: list[dict], val_examples: li
         "final_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
     }
     if val_examples:
-        val_loader = accelerator.prepare(make_loader(val_examples, tokenizer, micro, shuffle=False, seed=seed))
+        val_loader = accelerator.prepare(make_loader(val_examples, tokenizer, micro, shuffle=False, seed=seed, collator=collator))
         stats["val_loss"] = mean_loss(model, val_loader)
     if trackers:
         accelerator.log({f"final/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}, step=step)

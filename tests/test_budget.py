@@ -72,3 +72,20 @@ def test_run_config_follows_the_solved_rank_and_hash_ignores_an_unset_budget(tin
     assert cfg.method.r == record["value"] and cfg.method.alpha == 2 * record["value"]  # LoRA's alpha = 2r follows
     assert "budget" in semantic_config(cfg)
     assert "budget" not in semantic_config(compose(["model=tiny-llama"]))
+
+
+def test_a_budget_run_leaves_the_callers_cell_and_its_run_id_alone(tmp_path):
+    """A reproduction finds its results by the run ids of its (unsolved) cells, in the same process."""
+    from harness.config import run_id
+    from harness.results import result_path
+    from harness.run import run_one
+
+    cell = compose(["model=tiny-llama", "method=lora", "budget.fraction=0.005", "task.train_subset=8",
+                    "task.val_set_size=0", "task.test_subset=1", "training.micro_batch_size=8", "training.max_steps=1",
+                    "training.warmup_steps=0", "protocol.max_new_tokens=2", "run.progress=false",
+                    "run.save_adapter=false", f"run.results_dir={tmp_path}"])
+    before = run_id(cell)
+    result = run_one(cell)
+    assert run_id(cell) == before == result["run_id"] and cell.method.r == 32  # the cell still says r=32
+    assert result["config"]["method"]["r"] == result["params"]["budget"]["value"] != 32
+    assert result_path(tmp_path, before).is_file()

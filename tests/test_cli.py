@@ -89,6 +89,16 @@ def test_gsm8k_run_with_greedy_protocol(tmp_path):
     assert result["metrics"]["gsm8k"]["n"] == 3
 
 
+def test_gsm8k_run_in_rosa_format_scored_by_lmeval(tmp_path):
+    small = [o for o in SMALL if not o.startswith(("protocol.", "task.val_set_size"))]
+    cli("harness.run", "task=gsm8k", "task.train_format=rosa", "protocol=lmeval", "protocol.max_gen_toks=8",
+        "method=lora", *small, results=tmp_path)
+    result = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    gsm8k = result["metrics"]["gsm8k"]
+    assert result["protocol"] == "lmeval" and gsm8k["n"] == 3 and gsm8k["num_fewshot"] == 0
+    assert gsm8k["metric"] == "exact_match,strict-match" and "lm_eval" in result["versions"]
+
+
 def test_budget_run_records_target_and_actual(tmp_path):
     cli("harness.run", "method=lora", "budget.fraction=0.005", *SMALL, results=tmp_path)
     result = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())

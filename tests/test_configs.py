@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from harness import methods
-from harness.config import CONFIG_DIR, compose, run_id, with_profile
+from harness.config import CONFIG_DIR, compose, experiment_cells, run_id, with_profile
 
 GROUPS = ["model", "method", "task", "protocol", "training", "profile", "experiment"]
 
@@ -22,12 +22,14 @@ def test_every_config_composes(group, name):
     assert cfg.method.name in methods.names()
 
 
-@pytest.mark.parametrize("profile", options("profile"))
-def test_experiment_grid_cells_compose(profile):
-    base = compose(["experiment=table1", f"profile={profile}"])
-    for cell in base.grid[profile]:
-        cfg = compose(list(cell) + ["experiment=table1", f"profile={profile}"])
+@pytest.mark.parametrize("experiment,profile", [(e, p) for e in options("experiment") for p in options("profile")])
+def test_experiment_grid_cells_compose(experiment, profile):
+    base, cells = experiment_cells([f"experiment={experiment}", f"profile={profile}"])
+    assert cells and base.table.published in options("published")
+    for cfg in cells:
         OmegaConf.to_container(cfg, resolve=True)
+        assert cfg.profile.name == profile
+    assert len({run_id(cfg) for cfg in cells}) == len(cells)  # no two cells are the same run
 
 
 def test_method_alpha_follows_rank_by_paper_convention():
@@ -56,3 +58,13 @@ def test_mini_profile_uses_the_offline_model():
     assert cfg.model.name == "smollm2-135m" and cfg.profile.name == "mini"
     paper = compose(["profile=paper", "model=llama2-7b"])
     assert paper.task.train_file == "zwhe99/commonsense_170k" and paper.task.test_subset is None
+    assert compose(["profile=paper", "task=gsm8k"]).task.train_file == "meta-math/MetaMathQA"
+
+
+def test_budget_sweep_trains_on_gsm8k_and_sizes_the_mini_cells():
+    _, paper = experiment_cells(["experiment=sweep_budget", "profile=paper"])
+    assert all(cfg.task.train_file is None and cfg.task.name == "math" for cfg in paper)  # GSM8K train, as RoSA
+    assert {cfg.model.name for cfg in paper} == {"llama2-7b"}
+    _, mini = experiment_cells(["experiment=sweep_budget", "profile=mini", "task.test_subset=5"])
+    assert all(cfg.task.train_subset == 64 and cfg.task.test_subset == 5 for cfg in mini)  # the user's override wins
+    assert "o_proj" in mini[0].method.target_modules and "gate_proj" in mini[0].method.target_modules

@@ -63,5 +63,5 @@ def test_unknown_task_or_protocol_is_named():
 
     with pytest.raises(ValueError, match="no module harness/tasks/nope.py"):
         task_module("nope")
-    with pytest.raises(ValueError, match="protocol='lmeval' is not defined for task 'commonsense'; it has \\['paper_gen'\\]"):
-        protocol_module(task_module("commonsense"), "commonsense", "lmeval")
+    with pytest.raises(ValueError, match="protocol='glue_dev' is not defined for task 'commonsense'; it has \\['lmeval', 'paper_gen'\\]"):
+        protocol_module(task_module("commonsense"), "commonsense", "glue_dev")

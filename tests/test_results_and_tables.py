@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from harness.results import load_results, write_json_atomic
-from harness.tables import build, caption, published, write
+from harness.tables.common import published, write
+from harness.tables.datasets import build, caption
 
 DATASETS = ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa"]
 
@@ -57,3 +58,46 @@ def test_atomic_write_and_damaged_files_are_skipped_not_deleted(tmp_path, capsys
     out = capsys.readouterr().out
     assert "bad.json: not valid JSON" in out and "other.json: not a harness result file" in out
     assert (runs / "bad.json").exists() and not list(runs.glob("*.tmp"))
+
+
+def budget_result(method, trainable, gsm8k, **options):
+    return {"run_id": f"x-{method}-{trainable}", "protocol": "math_greedy", "model": "smollm2-135m", "method": method,
+            "config": {"method": {"name": method, **options}},
+            "metrics": {"gsm8k": {"accuracy": gsm8k, "n": 20, "correct": gsm8k / 5}},
+            "params": {"trainable": trainable, "total": 134_515_008, "trainable_percent": 100 * trainable / 134_515_008},
+            "train": {"step_seconds_mean": 27.0}}
+
+
+def test_budget_table_groups_runs_by_nearest_budget_beside_the_papers_rows(tmp_path):
+    from harness.tables import budget
+
+    fractions, labels = [0.0059361135, 0.011872227, 0.0237444541], ["~40M", "~80M", "~160M"]
+    results = [
+        budget_result("spa", 798_400, 5.0, r=0, density=0.0075),
+        budget_result("lora", 915_840, 10.0, r=3, alpha=16),                   # 15% over the smallest budget
+        budget_result("rosa", 1_596_990, 15.0, r=1, density=0.012167848),
+        budget_result("rosa", 1_596_990, 20.0, r=3, density=0.006416980),
+        budget_result("full", 134_515_008, 25.0, r=None),
+    ]
+    df = budget.build(results, ["gsm8k"], published("rosa_gsm8k"), fractions, labels)
+    assert df["budget"].tolist() == ["~40M", "~40M", "~80M", "~80M", "-"]
+    assert df["method"].tolist() == ["LoRA r=3", "SpA d=0.75%", "RoSA r=3 d=0.64%", "RoSA r=1 d=1.22%", "Full FT"]
+    rosa = df.iloc[2]
+    assert rosa["paper method"] == "RoSA r=16 d=0.6%" and rosa["paper GSM8K"] == 32.2
+    assert rosa["Δ GSM8K"] == pytest.approx(20.0 - 32.2) and rosa["params"] == "1.60M (1.19%)"
+    assert df.iloc[4]["paper GSM8K"] == 32.3 and df.iloc[4]["paper params"] == "6.70B"
+    text = budget.caption("T", results, "mini", ["gsm8k"], published("rosa_gsm8k"), fractions, labels)
+    assert "~80M = 1.19%" in text and "math_greedy" in text and "GSM8K 20 (20 in all)" in text
+    md, _, _ = write(df, text, tmp_path, "sweep")
+    body = " ".join(md.read_text().split())  # markdown pads its columns
+    assert "| -12.2 |" in body and "| ~80M | RoSA r=3 d=0.64% | 1.60M (1.19%) | 20.0 |" in body
+
+
+def test_unknown_table_layout_is_an_error(tmp_path):
+    from harness.config import experiment_cells
+    from harness.tables import make_table
+
+    base, cells = experiment_cells(["experiment=sweep_budget", "profile=mini", f"run.results_dir={tmp_path}",
+                                    "table.layout=pie"])
+    with pytest.raises(ValueError, match="table.layout='pie'"):
+        make_table(base, cells)

@@ -96,6 +96,28 @@ def test_mask_is_the_topk_of_accumulated_squared_gradients(tiny_model, loader):
         assert len(expected & got) >= k - 1
 
 
+def test_a_batch_of_micro_batches_scores_as_one_batch(tiny_model, tokenizer):
+    """Gradient accumulation: the score of a batch split in micro-batches is the square of the whole batch's G."""
+    from harness.methods.rosa import accumulate_gradient_scores
+
+    task = compose(["task.train_subset=8", "task.val_set_size=0"]).task
+    records, _ = commonsense.training_records(task, seed=0)
+    # equal lengths, so that the mean loss of the batch is the mean of the micro-batches' mean losses
+    examples = [commonsense.tokenize(r, tokenizer, 40, train_on_inputs=True) for r in records]
+    examples = [e for e in examples if len(e["input_ids"]) == 40][:4]
+    assert len(examples) == 4
+    whole = next(iter(make_loader(examples, tokenizer, 4, shuffle=False, seed=0)))
+    halves = list(make_loader(examples, tokenizer, 2, shuffle=False, seed=0))
+    model = methods.apply(tiny_model, "rosa", r=2, density=0.05, target_modules=TARGETS)
+    targets = model._harness_rosa.targets
+    one = accumulate_gradient_scores(model, [[whole]], targets, "mean_squared")
+    split = accumulate_gradient_scores(model, [halves], targets, "mean_squared")
+    per_micro = accumulate_gradient_scores(model, [[h] for h in halves], targets, "mean_squared")
+    for name in targets:
+        torch.testing.assert_close(split[name], one[name], rtol=1e-4, atol=1e-10)
+        assert not torch.allclose(per_micro[name], one[name], rtol=1e-3)  # squaring each half is different
+
+
 def test_rosa_with_zero_density_is_lora(tiny_model, tokenizer, loader):
     examples = list(loader.dataset)
     cfg = compose(["training.batch_size=4", "training.micro_batch_size=4", "training.max_steps=3", "training.warmup_steps=1"]).training

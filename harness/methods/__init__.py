@@ -52,8 +52,14 @@ def _unique_parameters(model: nn.Module, trainable_only: bool):
         yield p
 
 
-def trainable_parameters(model: nn.Module) -> int:
-    """Trainable parameter count, the same function for every method (no method reports its own)."""
+def trainable_parameters(model: nn.Module, within: tuple[str, ...] | None = None) -> int:
+    """Trainable parameter count, the same function for every method (no method reports its own).
+    `within`: only parameters under modules of these names (e.g. ("classifier",) for a task's head)."""
+    if within is not None:
+        if not within:
+            return 0
+        inside = {id(p) for n, p in model.named_parameters() if any(m in n.split(".") for m in within)}
+        return sum(p.numel() for p in _unique_parameters(model, trainable_only=True) if id(p) in inside)
     return sum(p.numel() for p in _unique_parameters(model, trainable_only=True))
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from harness.methods.base import Method, check_options, infer_task_type, require_positive_int
 from harness.methods.registry import register
 
-LORA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "task_type", "modules_to_save"}
+LORA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "layers_to_transform", "task_type", "modules_to_save"}
 
 
 def lora_config(method: str, options: dict, **extra: Any):
@@ -26,6 +26,7 @@ def lora_config(method: str, options: dict, **extra: Any):
         lora_dropout=float(options.get("dropout", 0.0)),
         target_modules=list(options["target_modules"]) if options.get("target_modules") else None,
         modules_to_save=list(options["modules_to_save"]) if options.get("modules_to_save") else None,
+        layers_to_transform=list(options["layers_to_transform"]) if options.get("layers_to_transform") else None,
         task_type=options.get("task_type"),
         **extra,
     )

@@ -19,7 +19,8 @@ from torch import nn
 from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type, require_positive_int
 from harness.methods.registry import register
 
-NEAT_OPTIONS = {"r", "scaling", "depth", "act_fn", "convention", "target_modules", "task_type", "modules_to_save"}
+NEAT_OPTIONS = {"r", "scaling", "depth", "act_fn", "convention", "target_modules", "layers_to_transform", "task_type",
+                "modules_to_save"}
 CONVENTION_FILE = "harness_neat.json"
 
 
@@ -63,6 +64,7 @@ def _peanut_config(options: dict):
         scaling=float(options.get("scaling", 1.0)),
         target_modules=list(options["target_modules"]) if options.get("target_modules") else None,
         modules_to_save=list(options["modules_to_save"]) if options.get("modules_to_save") else None,
+        layers_to_transform=list(options["layers_to_transform"]) if options.get("layers_to_transform") else None,
         task_type=options.get("task_type"),
     )
 

@@ -10,6 +10,7 @@ pretrained weights with the initial LoRA values and train L and S jointly.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,9 +107,15 @@ def _reset_lora(model) -> None:
 
 
 def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], score: str) -> dict[str, torch.Tensor]:
-    """mean over batches of G^2 (or G), G = grad_out^T @ x the dense weight gradient of each target matrix."""
-    scores = {name: torch.zeros(_weight_shape(m), dtype=torch.float32, device=next(m.parameters()).device)
-              for name, m in targets.items()}
+    """mean over batches of G^2 (or G), G = grad_out^T @ x the dense weight gradient of each target matrix.
+
+    Each batch is a list of micro-batches (gradient accumulation): G is the gradient of the batch's mean loss,
+    summed over its micro-batches before it is squared, so a batch of 32 in 8 micro-batches scores as one of 32.
+    The first batch's G becomes the running score in place: one dense fp32 buffer per matrix for the paper's
+    single gradient batch, two from a second batch on.
+    """
+    scores: dict[str, torch.Tensor] = {}
+    batch_grads: dict[str, torch.Tensor] = {}
     handles = []
 
     def capture(name):
@@ -116,8 +123,7 @@ def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], sc
             x2d = args[0].detach().reshape(-1, args[0].shape[-1]).float()
 
             def on_grad(grad):
-                G = grad.reshape(-1, grad.shape[-1]).float().t() @ x2d
-                scores[name].add_(G.square() if score == "mean_squared" else G)
+                batch_grads[name].add_(grad.reshape(-1, grad.shape[-1]).float().t() @ x2d)
 
             if output.requires_grad:
                 output.register_hook(on_grad)
@@ -127,9 +133,17 @@ def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], sc
         handles.append(module.register_forward_hook(capture(name)))
     n = 0
     try:
-        for batch in batches:
-            model.zero_grad(set_to_none=True)
-            model(**batch).loss.backward()
+        for micro_batches in batches:
+            micro_batches = list(micro_batches)
+            batch_grads.update({name: torch.zeros(_weight_shape(m), dtype=torch.float32, device=next(m.parameters()).device)
+                                for name, m in targets.items()})
+            for batch in micro_batches:
+                model.zero_grad(set_to_none=True)
+                (model(**batch).loss / len(micro_batches)).backward()
+            for name, g in batch_grads.items():
+                g = g.square_() if score == "mean_squared" else g
+                scores[name] = scores[name].add_(g) if name in scores else g
+            batch_grads.clear()
             n += 1
     finally:
         for h in handles:
@@ -137,7 +151,7 @@ def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], sc
         model.zero_grad(set_to_none=True)
     if n == 0:
         raise ValueError("RoSA mask generation saw no batch")
-    return {name: (s / n).abs() for name, s in scores.items()}
+    return {name: s.div_(n).abs_() for name, s in scores.items()}
 
 
 class _RoSABase(Method):
@@ -151,7 +165,7 @@ class _RoSABase(Method):
     def _options(self, options: dict) -> dict:
         check_options(self.name, options, ROSA_OPTIONS)
         o = {"r": 16, "alpha": 16, "dropout": 0.0, "density": 0.006, "target_modules": None, "task_type": None, "lr_sparse": None, "lr_lowrank": None,
-             "mask_warmup_steps": 64, "mask_grad_batches": 32, "mask_score": "mean_squared", "masks": None, **options}
+             "mask_warmup_steps": 64, "mask_grad_batches": 1, "mask_score": "mean_squared", "masks": None, **options}
         if not (0.0 <= float(o["density"]) <= 1.0):
             raise MethodConfigError(f"method={self.name}: density must be in [0, 1], got {o['density']}")
         if o["mask_score"] not in ("mean_squared", "mean"):
@@ -189,13 +203,20 @@ class _RoSABase(Method):
             return
         o = state.options
         device = context["device"]
-        batches = (dict((k, v.to(device)) for k, v in b.items()) for b in _cycle(context["loader"]))
+        # Warm-up steps and gradient batches are optimizer batches (training.batch_size), as in the paper's
+        # scripts, made of `accumulation` micro-batches each.
+        accumulation = int(context.get("accumulation", 1))
+        micro_batches = (dict((k, v.to(device)) for k, v in b.items()) for b in _cycle(context["loader"]))
+        batches = ([next(micro_batches) for _ in range(accumulation)] for _ in itertools.count())
         trainable = [p for p in model.parameters() if p.requires_grad]
         if o["r"] > 0 and int(o["mask_warmup_steps"]) > 0:
+            # The LoRA-only warm-up runs at the low-rank learning rate without a schedule; only the masks it
+            # leads to are kept (L restarts from its initial values below).
             optimizer = torch.optim.AdamW(trainable, lr=float(o["lr_lowrank"] or context["training"]["lr"]))
             model.train()
             for _ in range(int(o["mask_warmup_steps"])):
-                model(**next(batches)).loss.backward()
+                for batch in next(batches):
+                    (model(**batch).loss / accumulation).backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         frozen_model = not trainable

@@ -45,7 +45,8 @@ def score(dataset_name: str, records: list[dict], decoded: list[str]) -> tuple[d
     return {"accuracy": 100.0 * correct / n if n else float("nan"), "correct": correct, "n": n}, predictions
 
 
-def evaluate(model, tokenizer, test_sets: Mapping[str, list[dict]], protocol: Mapping, progress: bool = True):
+def evaluate(model, tokenizer, test_sets: Mapping[str, list[dict]], protocol: Mapping, progress: bool = True,
+             task_cfg: Mapping | None = None):
     """({dataset: {accuracy, correct, n, seconds}}, {dataset: per-example predictions})."""
     metrics, predictions = {}, {}
     for name, records in test_sets.items():

@@ -1,10 +1,13 @@
-"""Math word problems with greedy decoding (SPEC 2.3): `The answer is:` extraction, numeric comparison (GSM8K).
+"""Math problems with greedy decoding (SPEC 2.3): `The answer is:` extraction; GSM8K compared as numbers,
+MATH by equivalence after normalisation (`math_equivalence`).
 
-The extraction follows MetaMath's GSM8K evaluation: the text after the last "The answer is: ", its first
-number (a fraction evaluated), rounded; the gold answer is the number after "####". One deliberate difference:
-thousands separators are removed before matching, since MetaMath's pattern reads "1,450,000" as 1450 (a gold
-answer of the GSM8K test set that it would mark wrong).
-MATH's `\\boxed{}` equivalence is not here yet.
+GSM8K follows MetaMath's evaluation: the text after the last "The answer is: ", its first number (a fraction
+evaluated), rounded; the gold answer is the number after "####". One deliberate difference: thousands
+separators are removed before matching, since MetaMath's pattern reads "1,450,000" as 1450 (a gold answer of
+the GSM8K test set that it would mark wrong).
+MATH: the prediction is the text after the last "The answer is: " up to the first ".\\n", without a final
+period; the gold answer is the content of the last `\\boxed{}` of the solution.
+Generation is greedy and stops at `protocol.stop_strings` (MetaMath's: "Instruction:", "Response:", ...).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from fractions import Fraction
 from typing import Mapping
 
 from harness.generation import generate
-from harness.prompts import response_of
+from harness.protocols.math_equivalence import last_boxed, math_equiv, math_gold, normalize_math_answer, unbox  # noqa: F401
 
 ANSWER_MARKER = "The answer is: "
 _NUMBER = re.compile(r"[\-+]?\d*[\./]?\d+")
@@ -53,28 +56,73 @@ def gsm8k_correct(completion: str, gold: float) -> bool:
     return predicted is not None and float(predicted) == float(gold)
 
 
-def score(records: list[dict], completions: list[str]) -> tuple[dict, list[dict]]:
-    predictions, correct = [], 0
+def extract_math_answer(completion: str) -> str | None:
+    """MetaMath's MATH extraction: after the last "The answer is: ", up to the first ".\\n", without a final
+    period; None when there is no marker."""
+    parts = completion.split(ANSWER_MARKER)
+    if len(parts) < 2:
+        return None
+    answer = parts[-1].split(".\n")[0].strip()
+    return answer[:-1].strip() if answer.endswith(".") else answer
+
+
+def cut_at_stop(completion: str, stop_strings) -> str:
+    """The completion up to the first stop string (the generator stops a row there, or at EOS)."""
+    cut = min((i for i in (completion.find(s) for s in stop_strings) if i >= 0), default=len(completion))
+    return completion[:cut]
+
+
+def math_correct(completion: str, solution: str) -> bool:
+    predicted = extract_math_answer(completion)
+    return predicted is not None and math_equiv(predicted, math_gold(solution))
+
+
+def score_gsm8k(records: list[dict], completions: list[str]) -> tuple[dict, list[dict]]:
+    rows = []
     for record, completion in zip(records, completions):
         gold = gsm8k_gold(record["answer"])
-        ok = gsm8k_correct(completion, gold)
-        correct += ok
-        predictions.append({"response": completion, "prediction": extract_gsm8k_answer(completion), "answer": gold,
-                            "correct": ok})
-    n = len(records)
-    return {"accuracy": 100.0 * correct / n if n else float("nan"), "correct": correct, "n": n}, predictions
+        rows.append({"response": completion, "prediction": extract_gsm8k_answer(completion), "answer": gold,
+                     "correct": gsm8k_correct(completion, gold)})
+    return _summary(rows), rows
 
 
-def evaluate(model, tokenizer, test_sets: Mapping[str, list[dict]], protocol: Mapping, progress: bool = True):
+def score_math(records: list[dict], completions: list[str]) -> tuple[dict, list[dict]]:
+    rows = [{"response": completion, "prediction": extract_math_answer(completion),
+             "answer": math_gold(record["solution"]), "correct": math_correct(completion, record["solution"])}
+            for record, completion in zip(records, completions)]
+    return _summary(rows), rows
+
+
+def _summary(rows: list[dict]) -> dict:
+    n, correct = len(rows), sum(r["correct"] for r in rows)
+    return {"accuracy": 100.0 * correct / n if n else float("nan"), "correct": correct, "n": n}
+
+
+SCORERS = {"gsm8k": score_gsm8k, "MATH": score_math}
+
+
+def _continuation(decoded: str) -> str:
+    """What the model wrote after the prompt's "### Response: Let's think step by step."."""
+    response = decoded.split("### Response:", 1)[1] if "### Response:" in decoded else ""
+    return response.removeprefix(" Let's think step by step.")
+
+
+def evaluate(model, tokenizer, test_sets: Mapping[str, list[dict]], protocol: Mapping, progress: bool = True,
+             task_cfg: Mapping | None = None):
+    from harness.tasks.math import question_of
+
     metrics, predictions = {}, {}
     for name, records in test_sets.items():
-        if name != "gsm8k":
-            raise ValueError(f"the math protocol scores gsm8k only so far, not {name!r}")
+        if name not in SCORERS:
+            raise ValueError(f"the math protocol scores {sorted(SCORERS)}, not {name!r}")
         start = time.perf_counter()
-        prompts = [EVAL_TEMPLATE.format(query=r["question"]) for r in records]
-        decoded = generate(model, tokenizer, prompts, num_beams=1, max_new_tokens=int(protocol["max_new_tokens"]),
-                           batch_size=int(protocol["batch_size"]), progress=progress, desc=f"eval {name}")
-        metrics[name], predictions[name] = score(records, [response_of(d) for d in decoded])
+        prompts = [EVAL_TEMPLATE.format(query=question_of(name, r)) for r in records]
+        max_new_tokens = int((protocol.get("max_new_tokens_per_set") or {}).get(name) or protocol["max_new_tokens"])
+        decoded = generate(model, tokenizer, prompts, num_beams=1, max_new_tokens=max_new_tokens,
+                           batch_size=int(protocol["batch_size"]), progress=progress, desc=f"eval {name}",
+                           stop_strings=list(protocol.get("stop_strings") or []))
+        completions = [cut_at_stop(_continuation(d), protocol.get("stop_strings") or []) for d in decoded]
+        metrics[name], predictions[name] = SCORERS[name](records, completions)
         metrics[name]["seconds"] = round(time.perf_counter() - start, 2)
         if progress:
             print(f"[harness] {name}: {metrics[name]['accuracy']:.1f}% of {metrics[name]['n']}", flush=True)

@@ -1,7 +1,9 @@
 """Tasks: where training examples and test sets come from. One module per task, named as the task config.
 
 A task module provides `training_records(task_cfg, seed)`, `test_sets(task_cfg)`, `tokenize(...)` and
-`PROTOCOLS`: protocol name -> the module (with `evaluate(...)`) that scores it on this task. Adding a task is
+`PROTOCOLS`: protocol name -> the module that scores it on this task, whose
+`evaluate(model, tokenizer, test_sets, protocol_cfg, progress, task_cfg=None)` returns (metrics, predictions)
+per test set. Adding a task is
 a module here plus `conf/task/<name>.yaml`; nothing else changes.
 """
 

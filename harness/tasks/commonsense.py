@@ -9,7 +9,7 @@ from harness.prompts import train_prompt
 from harness.tasks.records import DataError, read_json_records, read_train_file, subset_and_split
 
 TEST_FIELDS = ("instruction", "answer")
-PROTOCOLS = {"paper_gen": "harness.protocols.commonsense"}
+PROTOCOLS = {"paper_gen": "harness.protocols.commonsense", "lmeval": "harness.protocols.lmeval"}
 
 
 def _train_records(task: Mapping) -> list[dict]:

@@ -1,7 +1,9 @@
-"""MetaMathQA-style training (query / response ending in "The answer is: X") and the GSM8K test set.
+"""MetaMathQA-style training (query / response ending in "The answer is: X"); GSM8K and MATH test sets.
 
 Training data: a MetaMathQA json file or hub id (`meta-math/MetaMathQA`), or, offline, GSM8K's own train
 split converted to that format (calculator annotations dropped, "#### N" -> "The answer is: N").
+Test sets: `<data_dir>/gsm8k/test.jsonl` (question / answer ending in "#### N") and `<data_dir>/MATH/test.jsonl`
+(problem / solution with a final \\boxed{}), or a file or hub id per set in `task.test_files`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from pathlib import Path
 from typing import Mapping
 
 from harness.protocols.math import ANSWER_MARKER
-from harness.tasks.records import DataError, read_jsonl_records, read_train_file, subset_and_split
+from harness.tasks.records import DataError, read_hub_records, read_jsonl_records, read_train_file, subset_and_split
 
-PROTOCOLS = {"math_greedy": "harness.protocols.math"}
+PROTOCOLS = {"math_greedy": "harness.protocols.math", "lmeval": "harness.protocols.lmeval"}
+# name -> (file under data_dir, the fields each record needs, the field that holds the question)
+TEST_SETS = {"gsm8k": ("gsm8k/test.jsonl", ("question", "answer"), "question"),
+             "MATH": ("MATH/test.jsonl", ("problem", "solution"), "problem")}
 # MetaMath's training prompt (Alpaca without input).
 TRAIN_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
                   "request.\n\n### Instruction:\n{query}\n\n### Response:\n")
@@ -26,29 +31,64 @@ def gsm8k_to_metamath(record: Mapping) -> dict:
             "response": f"{_CALCULATOR.sub('', reasoning).strip()}\n{ANSWER_MARKER}{answer.strip()}"}
 
 
-def _train_records(task: Mapping) -> list[dict]:
-    if task.get("train_file"):
-        return read_train_file(task["train_file"], ("query", "response"))
+def _gsm8k_train(task: Mapping) -> list[dict]:
     path = Path(task["data_dir"]) / "gsm8k" / "train.jsonl"
     if not path.is_file():
         raise DataError(f"no training data: {path} does not exist; set data_dir, or task.train_file to MetaMathQA")
-    return [gsm8k_to_metamath(r) for r in read_jsonl_records(path, ("question", "answer"))]
+    return read_jsonl_records(path, ("question", "answer"))
+
+
+def _train_records(task: Mapping) -> list[dict]:
+    """Records with the text to train on: `prompt` (no loss unless train_on_inputs) and `response`.
+
+    train_format=metamath: MetaMath's Alpaca prompt around the query, the response ending in "The answer is: X"
+    (MetaMathQA as it is; GSM8K converted). train_format=rosa: GSM8K as RoSA trained on it, the bare question
+    followed by the original answer (calculator annotations and "#### N" kept), which lm-eval's gsm8k scores.
+    """
+    fmt = task.get("train_format", "metamath")
+    if fmt == "metamath":
+        if task.get("train_file"):
+            records = read_train_file(task["train_file"], ("query", "response"))
+        else:
+            records = [gsm8k_to_metamath(r) for r in _gsm8k_train(task)]
+        return [{"prompt": TRAIN_TEMPLATE.format(query=r["query"]), "response": r["response"], "joint": True}
+                for r in records]
+    if fmt == "rosa":
+        records = read_train_file(task["train_file"], ("question", "answer")) if task.get("train_file") else _gsm8k_train(task)
+        return [{"prompt": r["question"], "response": r["answer"], "joint": False} for r in records]
+    raise DataError(f"task.train_format={fmt!r}: use metamath or rosa")
 
 
 def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
     return subset_and_split(_train_records(task), task, seed)
 
 
+def _read_test_set(name: str, source: str | None, task: Mapping) -> list[dict] | None:
+    """A test set from `task.test_files[name]` (a .jsonl file, or a hub id read with its test split), else
+    from the data dir; None when the local file is absent."""
+    relative, fields, _ = TEST_SETS[name]
+    if source and not Path(source).suffix == ".jsonl" and not Path(source).exists():
+        records = read_hub_records(source, split="test", what=f"task.test_files.{name}")
+        missing = [f for f in fields if records and f not in records[0]]
+        if missing:
+            raise DataError(f"task.test_files.{name}={source!r}: records lack field(s) {missing}")
+        return records
+    path = Path(source) if source else Path(task["data_dir"]) / relative
+    return read_jsonl_records(path, fields) if path.is_file() or source else None
+
+
 def test_sets(task: Mapping) -> dict[str, list[dict]]:
     sets = {}
     for name in task["datasets"]:
-        path = Path(task["data_dir"]) / name / "test.jsonl"
-        if not path.is_file():
+        if name not in TEST_SETS:
+            raise DataError(f"task.datasets: unknown math test set {name!r}; known: {sorted(TEST_SETS)}")
+        records = _read_test_set(name, (task.get("test_files") or {}).get(name), task)
+        if records is None:
+            path = Path(task["data_dir"]) / TEST_SETS[name][0]
             if not task.get("missing_ok", True):
                 raise DataError(f"test set {name!r} not found at {path} (task.missing_ok=false)")
             print(f"[harness] no test set {name!r} at {path}; its column will show '-'", flush=True)
             continue
-        records = read_jsonl_records(path, ("question", "answer"))
         limit = task.get("test_subset")
         sets[name] = records[: int(limit)] if limit is not None else records
     if not sets:
@@ -56,10 +96,18 @@ def test_sets(task: Mapping) -> dict[str, list[dict]]:
     return sets
 
 
+def question_of(dataset: str, record: Mapping) -> str:
+    return record[TEST_SETS[dataset][2]]
+
+
 def tokenize(record: Mapping, tokenizer, cutoff_len: int, train_on_inputs: bool, add_eos_token: bool = True) -> dict:
-    prompt = TRAIN_TEMPLATE.format(query=record["query"])
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    ids = tokenizer(prompt + record["response"])["input_ids"]
+    """MetaMath / MiLoRA tokenize prompt and response together (`joint`), masking the prompt's own token count;
+    RoSA's llm-foundry data path tokenizes them apart and concatenates the ids."""
+    prompt_ids = tokenizer(record["prompt"])["input_ids"]
+    if record.get("joint", True):
+        ids = tokenizer(record["prompt"] + record["response"])["input_ids"]
+    else:
+        ids = prompt_ids + tokenizer(record["response"], add_special_tokens=False)["input_ids"]
     if add_eos_token:
         ids = ids + [tokenizer.eos_token_id]
     ids = ids[:cutoff_len]

@@ -62,12 +62,14 @@ def read_train_file(train_file: str, required: tuple[str, ...]) -> list[dict]:
 
 
 def read_hub_records(dataset_id: str, split: str = "train", what: str = "task.train_file") -> list[dict]:
+    """A hub dataset's split; `owner/name:config` names a config (e.g. `openai/gsm8k:main`)."""
     from datasets import load_dataset
 
     from harness.offline import ensure_hub_available
 
-    ensure_hub_available(dataset_id, "dataset", what=what)
-    return [dict(r) for r in load_dataset(dataset_id, split=split)]
+    repo, _, config = dataset_id.partition(":")
+    ensure_hub_available(repo, "dataset", what=what)
+    return [dict(r) for r in load_dataset(repo, config or None, split=split)]
 
 
 def subset_and_split(records: list[dict], task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:

@@ -1,0 +1,65 @@
+"""GLUE dev-set scoring (SPEC 2.4): the head's argmax (or STS-B's regression value) against the labels.
+
+Metrics are computed here with scikit-learn / scipy, not `evaluate.load` (which fetches its scripts from the
+hub): CoLA Matthews correlation, STS-B Pearson and Spearman, MRPC and QQP accuracy and F1, the rest accuracy.
+`accuracy` in the result is the task's headline metric x 100 (what a table shows); every metric is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+
+def glue_metrics(name: str, predictions: list, labels: list) -> dict[str, float]:
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    if name == "stsb":
+        return {"pearson": float(pearsonr(predictions, labels)[0]), "spearman": float(spearmanr(predictions, labels)[0])}
+    metrics = {"accuracy": float(accuracy_score(labels, predictions))}
+    if name == "cola":
+        metrics["matthews"] = float(matthews_corrcoef(labels, predictions))
+    if name in ("mrpc", "qqp"):
+        metrics["f1"] = float(f1_score(labels, predictions))
+    return metrics
+
+
+@torch.no_grad()
+def predict(model, tokenizer, records: list[dict], batch_size: int, max_length: int, progress: bool, desc: str) -> list:
+    from harness.tasks.glue import collator, tokenize
+
+    collate = collator(tokenizer)
+    device = next(model.parameters()).device
+    out = []
+    for start in tqdm(range(0, len(records), batch_size), desc=desc, disable=not progress, leave=False):
+        features = [tokenize(r, tokenizer, max_length) for r in records[start:start + batch_size]]
+        for f in features:
+            f.pop("labels")
+        batch = {k: v.to(device) for k, v in collate(features).items()}
+        logits = model(**batch).logits.float()
+        out.extend(logits[:, 0].tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist())
+    return out
+
+
+def evaluate(model, tokenizer, test_sets: Mapping[str, list[dict]], protocol: Mapping, progress: bool = True,
+             task_cfg: Mapping | None = None):
+    from harness.tasks.glue import GLUE_SETS
+
+    metrics, predictions = {}, {}
+    for name, records in test_sets.items():
+        start = time.perf_counter()
+        predicted = predict(model, tokenizer, records, int(protocol["batch_size"]), int(protocol["max_length"]),
+                            progress, f"eval {name}")
+        labels = [r["label"] for r in records]
+        values = glue_metrics(name, predicted, labels)
+        headline = GLUE_SETS[name].metric
+        metrics[name] = {"accuracy": 100.0 * values[headline], "metric": headline, "n": len(records),
+                         **{k: 100.0 * v for k, v in values.items()}, "seconds": round(time.perf_counter() - start, 2)}
+        predictions[name] = [{"prediction": p, "label": l, "correct": p == l} for p, l in zip(predicted, labels)]
+        if progress:
+            print(f"[harness] {name}: {headline} {metrics[name]['accuracy']:.1f} on {len(records)}", flush=True)
+    return metrics, predictions

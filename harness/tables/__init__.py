@@ -1,0 +1,55 @@
+"""Result files -> paper-style tables (markdown, CSV, LaTeX), with the published numbers beside ours.
+
+An experiment names its layout in `table.layout`: `datasets` (a column per test set, MiLoRA Table 1) or
+`budget` (rows grouped by parameter budget, RoSA's table). `python -m harness.tables experiment=<name>`
+rebuilds a table from the result files already written, without running anything.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from harness.config import experiment_cells, with_profile
+from harness.tables import budget, datasets
+from harness.tables.common import collect, published, write
+
+LAYOUTS = ("datasets", "budget")
+
+
+def profile_description(base) -> str:
+    """The experiment's own words for the active profile's sizing, else the profile's."""
+    return (base.table.get("profile_descriptions") or {}).get(base.profile.name) or base.profile.description
+
+
+def make_table(base, cells) -> list[Path]:
+    """Builds the table of an experiment (`base`) from the result files of its grid cells."""
+    results, absent = collect(base.run.results_dir, cells)
+    if absent:
+        print(f"[harness] {len(absent)} of {len(cells)} runs have no result yet: {', '.join(absent)}", flush=True)
+    table = base.table
+    layout = table.get("layout", "datasets")
+    names = list(base.task.datasets)
+    paper = published(table.published)
+    description = profile_description(base)
+    if layout == "datasets":
+        df = datasets.build(results, names, paper, table.get("reference_model"))
+        text = datasets.caption(table.title, results, description, names, table.get("reference_model"), table.get("note"))
+    elif layout == "budget":
+        fractions, labels = [float(f) for f in table.budget_fractions], list(table.budget_labels)
+        df = budget.build(results, names, paper, fractions, labels)
+        text = budget.caption(table.title, results, description, names, paper, fractions, labels, table.get("note"))
+    else:
+        raise ValueError(f"table.layout={layout!r} in experiment {base.experiment_name}: use one of {LAYOUTS}")
+    paths = write(df, text, Path(base.run.results_dir) / "tables", base.experiment_name)
+    print(f"[harness] {len(results)} runs -> {', '.join(str(p) for p in paths)}", flush=True)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        base, cells = experiment_cells(with_profile(sys.argv[1:] if argv is None else argv))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    paths = make_table(base, cells)
+    print(paths[0].read_text())

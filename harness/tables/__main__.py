@@ -1,0 +1,3 @@
+from harness.tables import main
+
+main()

@@ -1,0 +1,87 @@
+"""GLUE: the real TSV files, locally computed metrics, the head counted apart, head learning rates."""
+
+import math
+
+import pytest
+import torch
+
+from harness import methods
+from harness.config import compose
+from harness.offline import HubUnavailableError
+from harness.protocols.glue import glue_metrics
+from harness.tasks import glue
+from harness.tasks.records import DataError
+from harness.train import with_module_lrs
+
+
+def task(*overrides):
+    return compose(["task=glue", *overrides]).task
+
+
+def test_real_dev_files_read_with_their_labels(data_dir):
+    sst2 = glue.test_sets(task("task.dataset=sst2", "task.test_subset=null"))["sst2"]
+    cola = glue.test_sets(task("task.dataset=cola", "task.test_subset=null"))["cola"]
+    rte = glue.test_sets(task("task.dataset=rte", "task.test_subset=50"))["rte"]
+    assert len(sst2) == 872 and {r["label"] for r in sst2} == {0, 1} and sst2[0]["text_b"] is None
+    assert len(cola) == 1043 and cola[0]["text_a"] == "The sailors rode the breeze clear of the rocks."
+    assert len(rte) == 50 and rte[0]["label"] == 1 and rte[1]["label"] == 0  # not_entailment, entailment
+    assert rte[0]["text_b"] == "Christopher Reeve had an accident."
+    train, _ = glue.training_records(task("task.dataset=rte", "task.train_subset=40"), seed=0)
+    assert len(train) == 40
+
+
+def test_bad_files_and_unknown_tasks_are_named(tmp_path, monkeypatch):
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
+    with pytest.raises(DataError, match=r"dev.tsv: line 2: label 'maybe' is not valid for rte"):
+        glue.test_sets(task("task.dataset=rte", f"task.data_dir={tmp_path}"))
+    (tmp_path / "RTE" / "dev.tsv").write_text("index\tsentence1\tlabel\n0\ta\t0\n")
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['sentence2'\]"):
+        glue.test_sets(task("task.dataset=rte", f"task.data_dir={tmp_path}"))
+    with pytest.raises(DataError, match="not a GLUE task"):
+        glue.test_sets(task("task.dataset=squad"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubUnavailableError, match="nyu-mll/glue"):  # MRPC has no local file here
+        glue.test_sets(task("task.dataset=mrpc", f"task.data_dir={tmp_path}"))
+
+
+def test_metrics_match_their_definitions():
+    labels, predicted = [1, 0, 1, 1, 0, 0], [1, 0, 0, 1, 1, 0]
+    tp, tn, fp, fn = 2, 2, 1, 1
+    cola = glue_metrics("cola", predicted, labels)
+    assert cola["accuracy"] == pytest.approx(4 / 6)
+    assert cola["matthews"] == pytest.approx((tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+    assert glue_metrics("mrpc", predicted, labels)["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    stsb = glue_metrics("stsb", [0.1, 0.4, 0.35, 0.8], [0.0, 1.0, 2.0, 3.0])
+    assert stsb["spearman"] == pytest.approx(0.8) and 0.8 < stsb["pearson"] < 1.0
+
+
+def test_head_trains_apart_from_the_adapter_at_its_own_rate():
+    from harness.models import load
+
+    cfg = compose(["model=minilm-l6", "task=glue", "task.dataset=rte"])
+    model, tokenizer = load(cfg.model, glue.model_head(cfg.task))
+    model = methods.apply(model, "lora", r=4, alpha=8, target_modules=["query", "value"])
+    head = methods.trainable_parameters(model, within=glue.HEAD_MODULES)
+    assert head == 384 * 2 + 2  # the new classifier, trained with the adapter (peft's modules_to_save)
+    assert methods.trainable_parameters(model) - head == 6 * 2 * 4 * (384 + 384)
+    groups = with_module_lrs(model, methods.method_of(model).param_groups(model, {}), {"classifier": 5e-3})
+    by_lr = {g.get("lr"): sum(p.numel() for p in g["params"]) for g in groups}
+    assert by_lr == {None: 6 * 2 * 4 * 768, 5e-3: head}
+    batch = glue.collator(tokenizer)([glue.tokenize({"text_a": "a b", "text_b": "c", "label": 1}, tokenizer, 32),
+                                      glue.tokenize({"text_a": "a", "text_b": None, "label": 0}, tokenizer, 32)])
+    out = model(**batch)
+    assert out.logits.shape == (2, 2) and torch.isfinite(out.loss)
+
+
+def test_neat_s_preset_adapts_only_the_listed_layers():
+    from harness.budget import linear_shapes
+    from harness.models import load
+
+    cfg = compose(["model=minilm-l6", "method=neat_s", "method.layers_to_transform=[2,3,4,5]"])
+    model, _ = load(cfg.model, {"kind": "sequence_classification", "num_labels": 2})
+    shapes = linear_shapes(model, cfg.method.target_modules, cfg.method.layers_to_transform)
+    options = {k: v for k, v in dict(cfg.method).items() if k not in ("name", "label")}
+    adapted = methods.apply(model, "neat", **options)
+    adapter = methods.trainable_parameters(adapted) - methods.trainable_parameters(adapted, within=glue.HEAD_MODULES)
+    assert len(shapes) == 8 and adapter == methods.get("neat").count(shapes, options) == 8 * 2 * 1 * 384
