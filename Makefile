@@ -60,4 +60,4 @@ table-sweep-budget:
 	$(PY) -m harness.tables experiment=sweep_budget $(ARGS)
 
 clean-results:
-	rm -rf results/runs/*.json results/runs/*.jsonl results/tables/table*.*
+	rm -rf results/runs/*.json results/runs/*.jsonl results/tables/*.md results/tables/*.csv results/tables/*.tex

@@ -93,7 +93,8 @@ def run_one(cfg: DictConfig) -> dict:
 
     # Data first: a bad data file fails before minutes of model loading.
     train_records, val_records = task.training_records(cfg.task, cfg.seed)
-    test_sets = task.test_sets(cfg.task)
+    # (a protocol that reads its own test data, lm-eval, is given none)
+    test_sets = {} if getattr(protocol, "OWN_TEST_DATA", False) else task.test_sets(cfg.task)
 
     seed_everything(cfg.seed)
     memory_scope = reset_peak_memory()

@@ -38,11 +38,12 @@ def make_loader(examples: list[dict], tokenizer, batch_size: int, shuffle: bool,
 
 def with_module_lrs(model, groups: list[dict], module_lrs: Mapping | None) -> list[dict]:
     """Splits optimizer groups so that parameters under a named module (`training.module_lrs`, e.g.
-    {classifier: 4e-3} for a GLUE head) get their own learning rate."""
+    {classifier: 5e-3} for a GLUE head) get their own learning rate. A name that matches no trainable
+    parameter is an error (a head under another name would silently train at the base rate)."""
     if not module_lrs:
         return groups
     names = {id(p): n for n, p in model.named_parameters()}
-    out = []
+    out, matched = [], set()
     for group in groups:
         rest = dict(group, params=[])
         special: dict[str, list] = {}
@@ -53,6 +54,10 @@ def with_module_lrs(model, groups: list[dict], module_lrs: Mapping | None) -> li
         if rest["params"]:
             out.append(rest)
         out.extend(dict(group, params=params, lr=float(module_lrs[key])) for key, params in special.items())
+        matched.update(special)
+    unmatched = sorted(set(module_lrs) - matched)
+    if unmatched:
+        raise ValueError(f"training.module_lrs: no trainable parameter under module(s) {unmatched}")
     return out
 
 

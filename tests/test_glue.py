@@ -68,10 +68,33 @@ def test_head_trains_apart_from_the_adapter_at_its_own_rate():
     groups = with_module_lrs(model, methods.method_of(model).param_groups(model, {}), {"classifier": 5e-3})
     by_lr = {g.get("lr"): sum(p.numel() for p in g["params"]) for g in groups}
     assert by_lr == {None: 6 * 2 * 4 * 768, 5e-3: head}
+    with pytest.raises(ValueError, match=r"module_lrs: no trainable parameter under module\(s\) \['pooler'\]"):
+        with_module_lrs(model, methods.method_of(model).param_groups(model, {}), {"classifier": 5e-3, "pooler": 1e-3})
     batch = glue.collator(tokenizer)([glue.tokenize({"text_a": "a b", "text_b": "c", "label": 1}, tokenizer, 32),
                                       glue.tokenize({"text_a": "a", "text_b": None, "label": 0}, tokenizer, 32)])
+    assert batch["token_type_ids"][0].tolist()[:6] == [0, 0, 0, 0, 1, 1]  # [CLS] a b [SEP] | c [SEP]
     out = model(**batch)
     assert out.logits.shape == (2, 2) and torch.isfinite(out.loss)
+
+
+def test_cola_reports_matthews_as_its_headline():
+    from harness.protocols import glue as glue_protocol
+
+    class Constant(torch.nn.Module):  # predicts class 1 for every input
+        def parameters(self):
+            return iter([torch.zeros(1)])
+
+        def forward(self, input_ids, **kwargs):
+            return type("Out", (), {"logits": torch.tensor([[0.0, 1.0]]).repeat(input_ids.shape[0], 1)})()
+
+    from harness.models import load_tokenizer
+
+    tokenizer = load_tokenizer(compose(["model=minilm-l6"]).model)
+    records = [{"text_a": "a", "text_b": None, "label": label} for label in (1, 1, 1, 0)]
+    protocol = compose(["task=glue", "protocol=glue_dev"]).protocol
+    metrics, _ = glue_protocol.evaluate(Constant(), tokenizer, {"cola": records}, protocol, progress=False)
+    assert metrics["cola"]["metric"] == "matthews" and metrics["cola"]["accuracy"] == 0.0  # MCC of a constant: 0
+    assert metrics["cola"]["matthews"] == 0.0 and abs(metrics["cola"]["accuracy"] - 75.0) > 1  # not the accuracy
 
 
 def test_neat_s_preset_adapts_only_the_listed_layers():

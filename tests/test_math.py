@@ -79,6 +79,7 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
     ("5\\text{ cm}", "5"), ("10\\%", "10"), ("90^\\circ", "90"), ("\\$18", "18"), ("x = 5", "5"),
     ("(-\\infty, 3]", "\\left(-\\infty,3\\right]"), ("[1, 2) \\cup (2, 5]", "[1,2)\\cup(2,5]"),
     ("\\sqrt2", "\\sqrt{2}"), ("\\frac{\\sqrt{3}}{2}", "\\dfrac{\\sqrt3}{2}"), (".75", "0.75"), ("3 \\sqrt{5}", "3\\sqrt{5}"),
+    ("\\pi / 2", "\\pi/2"), ("\\left( 1/2, 3\\right)", "(1/2,3)"),
 ])
 def test_math_answers_that_are_equivalent(a, b):
     from harness.protocols.math import math_equiv

@@ -79,3 +79,11 @@ def test_examples_without_answer_tokens_are_dropped(tiny_model, tokenizer, data_
     out = train(model, tokenizer, methods.method_of(model), cut + kept, [], training(max_steps=2), seed=0, progress=False)
     assert out["stats"]["dropped_examples"] == 8 and out["stats"]["examples"] == 4
     assert out["stats"]["final_loss"] == out["stats"]["final_loss"]  # not NaN
+
+
+def test_warmup_from_steps_or_from_a_ratio_of_the_run():
+    from harness.train import warmup_steps
+
+    assert warmup_steps({"warmup_steps": 100, "warmup_ratio": 0.06}, 48) == 100
+    assert warmup_steps({"warmup_steps": None, "warmup_ratio": 0.06}, 48) == 3  # ceil(2.88), GLUE's 6%
+    assert warmup_steps({"warmup_steps": None}, 48) == 0

@@ -33,7 +33,9 @@ LMEVAL_TASKS = {
     "openbookqa": ("openbookqa", "openbookqa/openbookqa.yaml", "allenai/openbookqa"),
     "gsm8k": ("gsm8k", "gsm8k/gsm8k.yaml", "openai/gsm8k"),
 }
-LMEVAL_TASKS_BY_LMEVAL = {task: (builtin, hub) for task, builtin, hub in LMEVAL_TASKS.values()}
+BUILTIN_YAML = {task: builtin for task, builtin, _ in LMEVAL_TASKS.values()}
+# lm-eval reads its own records: the run does not load the task's test sets first.
+OWN_TEST_DATA = True
 SPLIT_KEYS = {"train": ("training_split", "fewshot_split"), "validation": ("validation_split",), "test": ("test_split",)}
 
 
@@ -46,7 +48,7 @@ def _builtin_yaml(relative: str) -> Path:
 def local_task_yaml(task: str, files: Mapping[str, str], directory: Path) -> str:
     """Writes `<task>_harness.yaml`: the built-in task with its dataset replaced by local json files; returns
     the new task's name. Splits without a file are switched off (lm-eval fails on a named split it cannot load)."""
-    builtin, _ = LMEVAL_TASKS_BY_LMEVAL[task]
+    builtin = BUILTIN_YAML[task]
     unknown = sorted(set(files) - set(SPLIT_KEYS))
     if unknown:
         raise ValueError(f"protocol.local_files.{task}: splits must be among {sorted(SPLIT_KEYS)}, got {unknown}")
@@ -74,8 +76,11 @@ def _sources(task_cfg: Mapping, protocol: Mapping) -> dict[str, Mapping | None]:
         if name not in LMEVAL_TASKS:
             raise ValueError(f"protocol=lmeval has no lm-eval task for test set {name!r}; known: {sorted(LMEVAL_TASKS)}")
         task, _, hub = LMEVAL_TASKS[name]
+        test_file = (task_cfg.get("test_files") or {}).get(name)
         if task in local:
             sources[name] = dict(local[task])
+        elif test_file and str(test_file).endswith(".jsonl"):  # the math task's own override, GSM8K's format
+            sources[name] = {"test": str(test_file)}
         elif name == "gsm8k" and (data_dir / "gsm8k" / "test.jsonl").is_file():
             sources[name] = {"test": str(data_dir / "gsm8k" / "test.jsonl")}
             if (data_dir / "gsm8k" / "train.jsonl").is_file():  # the few-shot examples

@@ -5,7 +5,8 @@ score with: two answers are equivalent when their normalised strings are equal. 
 drop line breaks, `\\!`, double backslashes; `\\tfrac`/`\\dfrac` -> `\\frac`; drop `\\left`/`\\right`, degree
 signs, `\\$`, a trailing `\\text{ unit}`, `\\%`; give leading decimal points a 0; drop a short `x =` prefix;
 brace `\\sqrt3` and `\\frac12`; drop spaces; `0.5` and integer `a/b` -> `\\frac{a}{b}`. Where a rule cannot
-parse an answer (two units, a non-integer `a/b`), the two answers are compared as written, as the original does.
+parse an answer (two units, a `\\frac` or `\\sqrt` with nothing after it), the two answers are compared as written,
+as the original does.
 No library ships these functions without pulling in lm-eval[math]'s sympy/antlr pins (which break Hydra's
 antlr), so they are written here from the published rules.
 """
@@ -56,6 +57,8 @@ def _fix_fracs(s: str) -> str:
     out = parts[0]
     for part in parts[1:]:
         out += "\\frac"
+        if not part:
+            raise IndexError("\\frac at the end")  # as the original: the answers are compared as written
         if part.startswith("{"):
             out += part
             continue
@@ -70,7 +73,10 @@ def _fix_a_slash_b(s: str) -> str:
     parts = s.split("/")
     if len(parts) != 2:
         return s
-    a, b = int(parts[0]), int(parts[1])  # not integers: raises, and math_equiv compares the raw strings
+    try:
+        a, b = int(parts[0]), int(parts[1])
+    except ValueError:  # not integers (x/2, \\pi/2): left as they are, as the original
+        return s
     return s if s != f"{a}/{b}" else "\\frac{" + str(a) + "}{" + str(b) + "}"
 
 

@@ -17,7 +17,7 @@ from harness.tasks.records import DataError, read_hub_records, subset_and_split
 
 PROTOCOLS = {"glue_dev": "harness.protocols.glue"}
 # The classification head: trained with every method, reported apart from the adapter's count.
-HEAD_MODULES = ("classifier",)
+HEAD_MODULES = ("classifier", "score")  # BERT/RoBERTa name it classifier, decoder models score
 HUB_DATASET = "nyu-mll/glue"
 
 
@@ -70,7 +70,7 @@ def _label(name: str, raw: str, where: str):
 def read_glue_tsv(path: Path, name: str) -> list[dict]:
     """A GLUE TSV file: CoLA without a header (source, label, mark, sentence); the others with one."""
     spec = GLUE_SETS[name]
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # MRPC's header may start with a BOM
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     if not rows:
         raise DataError(f"{path}: empty file")
@@ -126,7 +126,7 @@ def model_head(task: Mapping) -> dict:
 
 def tokenize(record: Mapping, tokenizer, cutoff_len: int, train_on_inputs: bool = False, add_eos_token: bool = False) -> dict:
     encoded = tokenizer(record["text_a"], record["text_b"], truncation=True, max_length=cutoff_len)
-    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": record["label"]}
+    return {**encoded, "labels": record["label"]}  # token_type_ids too, where the model has them (BERT)
 
 
 def collator(tokenizer):

@@ -34,7 +34,8 @@ def gsm8k_to_metamath(record: Mapping) -> dict:
 def _gsm8k_train(task: Mapping) -> list[dict]:
     path = Path(task["data_dir"]) / "gsm8k" / "train.jsonl"
     if not path.is_file():
-        raise DataError(f"no training data: {path} does not exist; set data_dir, or task.train_file to MetaMathQA")
+        raise DataError(f"no training data: {path} does not exist; set data_dir, or task.train_file (MetaMathQA for "
+                        "train_format=metamath, a GSM8K-format hub id such as openai/gsm8k:main for train_format=rosa)")
     return read_jsonl_records(path, ("question", "answer"))
 
 
@@ -91,6 +92,12 @@ def test_sets(task: Mapping) -> dict[str, list[dict]]:
             continue
         limit = task.get("test_subset")
         sets[name] = records[: int(limit)] if limit is not None else records
+        if name == "MATH":  # a solution without a gold answer fails here, not after hours of generation
+            from harness.protocols.math_equivalence import last_boxed
+
+            bad = next((i for i, r in enumerate(sets[name]) if last_boxed(r["solution"]) is None), None)
+            if bad is not None:
+                raise DataError(f"MATH test record {bad} has no \\boxed{{}} answer in its solution")
     if not sets:
         raise DataError(f"no test set of {list(task['datasets'])} found under {task['data_dir']}")
     return sets
@@ -102,7 +109,7 @@ def question_of(dataset: str, record: Mapping) -> str:
 
 def tokenize(record: Mapping, tokenizer, cutoff_len: int, train_on_inputs: bool, add_eos_token: bool = True) -> dict:
     """MetaMath / MiLoRA tokenize prompt and response together (`joint`), masking the prompt's own token count;
-    RoSA's llm-foundry data path tokenizes them apart and concatenates the ids."""
+    for RoSA's format the response is tokenized apart (without special tokens) and its ids appended."""
     prompt_ids = tokenizer(record["prompt"])["input_ids"]
     if record.get("joint", True):
         ids = tokenizer(record["prompt"] + record["response"])["input_ids"]
