@@ -29,30 +29,19 @@ test:
 test-fast:
 	$(PY) -m pytest -q -m "not slow"
 
-# Runs the Table 1 grid (paper profile on CUDA, mini profile otherwise), then writes results/tables/table1.*
-reproduce-table1:
-	$(PY) -m harness.reproduce experiment=table1 $(ARGS)
+# The experiments of conf/experiment/: `make reproduce-<name>` runs its grid (paper profile on CUDA, mini
+# otherwise) and writes results/tables/<name>.*; `make <name>` rebuilds that table from the result files
+# already in results/runs, without running anything.
+#   table1: MiLoRA Table 1 (commonsense)     table2: MiLoRA Table 2 (GSM8K, MATH)
+#   table3: Neat Table 3 (GLUE dev)          sweep-budget: RoSA's equal-budget table on GSM8K
+TABLES := table1 table2 table3
 
-# Rebuilds the table from the result files already in results/runs, without running anything.
-table1:
-	$(PY) -m harness.tables experiment=table1 $(ARGS)
+$(addprefix reproduce-,$(TABLES)): reproduce-%:
+	$(PY) -m harness.reproduce experiment=$* $(ARGS)
 
-# MiLoRA's Table 2 (Full FT, LoRA, PiSSA, MiLoRA; GSM8K, MATH), then results/tables/table2.*
-reproduce-table2:
-	$(PY) -m harness.reproduce experiment=table2 $(ARGS)
+$(TABLES): %:
+	$(PY) -m harness.tables experiment=$* $(ARGS)
 
-table2:
-	$(PY) -m harness.tables experiment=table2 $(ARGS)
-
-# Neat's Table 3 (GLUE dev: full FT, LoRA, DoRA, Neat-S, Neat-L; MiniLM-L6 on SST-2 / CoLA / RTE here)
-reproduce-table3:
-	$(PY) -m harness.reproduce experiment=table3 $(ARGS)
-
-table3:
-	$(PY) -m harness.tables experiment=table3 $(ARGS)
-
-# RoSA's equal-budget table on GSM8K: LoRA / RoSA splits / SpA at three budgets and full FT, then
-# results/tables/sweep_budget.*
 sweep-budget:
 	$(PY) -m harness.reproduce experiment=sweep_budget $(ARGS)
 

@@ -1,6 +1,5 @@
 """Every config composes, alone and in the combinations the CLI uses."""
 
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf

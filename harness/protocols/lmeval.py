@@ -65,26 +65,24 @@ def local_task_yaml(task: str, files: Mapping[str, str], directory: Path) -> str
     return name
 
 
-
 def _sources(task_cfg: Mapping, protocol: Mapping) -> dict[str, Mapping | None]:
     """Our test-set name -> local files for its lm-eval task, or None (the built-in task, from the hub).
     A set with neither is left out when `task.missing_ok` (its column shows '-'), an error otherwise."""
+    from harness.tasks.math import gsm8k_train_file, local_test_file
+
     local = dict(protocol.get("local_files") or {})
-    data_dir = Path(task_cfg["data_dir"])
     sources, unavailable = {}, []
     for name in task_cfg["datasets"]:
         if name not in LMEVAL_TASKS:
             raise ValueError(f"protocol=lmeval has no lm-eval task for test set {name!r}; known: {sorted(LMEVAL_TASKS)}")
         task, _, hub = LMEVAL_TASKS[name]
-        test_file = (task_cfg.get("test_files") or {}).get(name)
+        gsm8k_file = local_test_file(name, task_cfg) if name == "gsm8k" else None  # the math task's own file
         if task in local:
             sources[name] = dict(local[task])
-        elif test_file and str(test_file).endswith(".jsonl"):  # the math task's own override, GSM8K's format
-            sources[name] = {"test": str(test_file)}
-        elif name == "gsm8k" and (data_dir / "gsm8k" / "test.jsonl").is_file():
-            sources[name] = {"test": str(data_dir / "gsm8k" / "test.jsonl")}
-            if (data_dir / "gsm8k" / "train.jsonl").is_file():  # the few-shot examples
-                sources[name]["train"] = str(data_dir / "gsm8k" / "train.jsonl")
+        elif gsm8k_file:
+            sources[name] = {"test": str(gsm8k_file)}
+            if gsm8k_train_file(task_cfg).is_file():  # the few-shot examples
+                sources[name]["train"] = str(gsm8k_train_file(task_cfg))
         else:
             try:
                 ensure_hub_available(hub, "dataset", what=f"lm-eval task {task}")

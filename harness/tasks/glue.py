@@ -32,6 +32,10 @@ class GlueSet:
     dev_split: str = "validation"
     dev_file: str = "dev.tsv"
 
+    def label(self, raw):
+        """A label as the head trains on it: a float for regression (STS-B), else a class index."""
+        return float(raw) if self.num_labels == 1 else int(raw)
+
 
 GLUE_SETS = {
     "sst2": GlueSet("SST-2", "sst2", ("sentence", None), ("sentence", None, "label"), 2, "accuracy"),
@@ -57,12 +61,10 @@ def glue_set(task: Mapping) -> GlueSet:
 
 
 def _label(name: str, raw: str, where: str):
-    if name == "stsb":
-        return float(raw)
     if name in STRING_LABELS and raw in STRING_LABELS[name]:
         return STRING_LABELS[name][raw]
     try:
-        return int(raw)
+        return GLUE_SETS[name].label(raw)
     except ValueError:
         raise DataError(f"{where}: label {raw!r} is not valid for {name}") from None
 
@@ -105,8 +107,7 @@ def _read(task: Mapping, split: str) -> list[dict]:
     hub_split = "train" if split == "train" else spec.dev_split
     rows = read_hub_records(f"{HUB_DATASET}:{spec.hub_config}", split=hub_split, what=f"GLUE {name} (no {path})")
     a, b = spec.fields
-    return [{"text_a": r[a], "text_b": r[b] if b else None, "label": float(r["label"]) if name == "stsb" else int(r["label"])}
-            for r in rows]
+    return [{"text_a": r[a], "text_b": r[b] if b else None, "label": spec.label(r["label"])} for r in rows]
 
 
 def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:

@@ -31,8 +31,12 @@ def gsm8k_to_metamath(record: Mapping) -> dict:
             "response": f"{_CALCULATOR.sub('', reasoning).strip()}\n{ANSWER_MARKER}{answer.strip()}"}
 
 
+def gsm8k_train_file(task: Mapping) -> Path:
+    return Path(task["data_dir"]) / "gsm8k" / "train.jsonl"
+
+
 def _gsm8k_train(task: Mapping) -> list[dict]:
-    path = Path(task["data_dir"]) / "gsm8k" / "train.jsonl"
+    path = gsm8k_train_file(task)
     if not path.is_file():
         raise DataError(f"no training data: {path} does not exist; set data_dir, or task.train_file (MetaMathQA for "
                         "train_format=metamath, a GSM8K-format hub id such as openai/gsm8k:main for train_format=rosa)")
@@ -64,18 +68,28 @@ def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
     return subset_and_split(_train_records(task), task, seed)
 
 
-def _read_test_set(name: str, source: str | None, task: Mapping) -> list[dict] | None:
-    """A test set from `task.test_files[name]` (a .jsonl file, or a hub id read with its test split), else
-    from the data dir; None when the local file is absent."""
-    relative, fields, _ = TEST_SETS[name]
-    if source and not Path(source).suffix == ".jsonl" and not Path(source).exists():
+def local_test_file(name: str, task: Mapping) -> Path | None:
+    """The .jsonl a test set is read from: `task.test_files[name]` when that is a path, else the data dir's
+    file when it exists; None when there is none (or the set comes from a hub id)."""
+    source = (task.get("test_files") or {}).get(name)
+    if source:
+        return Path(source) if Path(source).suffix == ".jsonl" or Path(source).exists() else None
+    path = Path(task["data_dir"]) / TEST_SETS[name][0]
+    return path if path.is_file() else None
+
+
+def _read_test_set(name: str, task: Mapping) -> list[dict] | None:
+    """A test set from its local file, or from `task.test_files[name]` as a hub id (its test split); None when
+    neither exists."""
+    fields = TEST_SETS[name][1]
+    path, source = local_test_file(name, task), (task.get("test_files") or {}).get(name)
+    if path is None and source:
         records = read_hub_records(source, split="test", what=f"task.test_files.{name}")
         missing = [f for f in fields if records and f not in records[0]]
         if missing:
             raise DataError(f"task.test_files.{name}={source!r}: records lack field(s) {missing}")
         return records
-    path = Path(source) if source else Path(task["data_dir"]) / relative
-    return read_jsonl_records(path, fields) if path.is_file() or source else None
+    return read_jsonl_records(path, fields) if path else None
 
 
 def test_sets(task: Mapping) -> dict[str, list[dict]]:
@@ -83,7 +97,7 @@ def test_sets(task: Mapping) -> dict[str, list[dict]]:
     for name in task["datasets"]:
         if name not in TEST_SETS:
             raise DataError(f"task.datasets: unknown math test set {name!r}; known: {sorted(TEST_SETS)}")
-        records = _read_test_set(name, (task.get("test_files") or {}).get(name), task)
+        records = _read_test_set(name, task)
         if records is None:
             path = Path(task["data_dir"]) / TEST_SETS[name][0]
             if not task.get("missing_ok", True):
