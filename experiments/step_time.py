@@ -114,7 +114,7 @@ def main() -> None:
                         help="an override for one method only, e.g. rosa:method.r=4")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--masks-into", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # Hydra overrides before or after the options
     if args.one and args.masks_into:
         make_masks(args.one, args.overrides, args.micro_batch, args.masks_into)
         return
@@ -147,6 +147,9 @@ def main() -> None:
             print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"[step_time] {json.dumps(rows[-1])}", flush=True)  # as it comes: a later failure loses nothing
+    if not rows:
+        raise SystemExit("no method could be measured")
     base = next((r for r in rows if r["method"] == "lora"), rows[0])
     print(f"model {base['model']} on {base['device']}, micro-batch {args.micro_batch} ({base['tokens']} tokens), "
           f"{args.steps} timed steps after {args.warmup} warm-up")

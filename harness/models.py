@@ -122,12 +122,36 @@ def load_tokenizer(model_cfg: Mapping[str, Any]):
     return tokenizer
 
 
+def load_image_processor(model_cfg: Mapping[str, Any]):
+    """The image processor of a pretrained vision model (its resize and normalisation, e.g. ViT's 224 px and
+    mean = std = 0.5), or for a random model the one its config describes (`model.processor`)."""
+    import transformers
+
+    if model_cfg.get("source") == "random":
+        spec = model_cfg.get("processor") or {}
+        if hasattr(spec, "_get_node"):  # an OmegaConf node: plain containers for transformers
+            from omegaconf import OmegaConf
+
+            spec = OmegaConf.to_container(spec, resolve=True)
+        spec = dict(spec)
+        cls_name = spec.pop("class", None)
+        if not cls_name or not hasattr(transformers, str(cls_name)):
+            raise ModelConfigError(f"model.processor.class={cls_name!r}: a random vision model needs an image processor "
+                                   "class of transformers (e.g. ViTImageProcessor) with its size, image_mean, image_std")
+        return getattr(transformers, str(cls_name))(**spec)
+    return transformers.AutoImageProcessor.from_pretrained(pretrained_location(model_cfg))
+
+
+IMAGE_HEADS = ("image_classification",)
+
+
 def _auto_class(head: Mapping[str, Any] | None):
     """The transformers class for a task's head: a causal LM unless the task asks for a classifier."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
 
     kind = (head or {}).get("kind", "causal_lm")
-    classes = {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification}
+    classes = {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification,
+               "image_classification": AutoModelForImageClassification}
     if kind not in classes:
         raise ModelConfigError(f"model head {kind!r} is not one of {sorted(classes)}")
     return classes[kind]
@@ -140,6 +164,8 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer=None, head: Mapping[str, 
 
     auto = _auto_class(head)
     head_kwargs = {"num_labels": int(head["num_labels"])} if head and "num_labels" in head else {}
+    # a new head even where the checkpoint has one of another size (a ViT fine-tuned on ImageNet-1k, say)
+    mismatch = {"ignore_mismatched_sizes": True} if head_kwargs else {}
     dtype = resolve_dtype(model_cfg.get("dtype"))
     if model_cfg.get("source") == "random":
         arch = model_cfg.get("architecture")
@@ -153,14 +179,24 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer=None, head: Mapping[str, 
             kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
             kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
         config = AutoConfig.for_model(arch, **kwargs, **head_kwargs)
-        model = auto.from_config(config, dtype=dtype)
+        if tokenizer is not None and getattr(config, "vocab_size", None) is not None and config.vocab_size < len(tokenizer):
+            # token ids past the embedding: an IndexError on CPU, a device-side assert on CUDA
+            raise ModelConfigError(f"model.config.vocab_size={config.vocab_size} is smaller than the tokenizer's "
+                                   f"{len(tokenizer)} tokens; leave it out to take the tokenizer's size")
+        # Built on the GPU where there is one: initialising a 7B-shaped model on the CPU takes minutes.
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = auto.from_config(config, dtype=dtype)
         model.name_or_path = f"random:{model_cfg.get('name')}"
         return model
-    return auto.from_pretrained(pretrained_location(model_cfg), dtype=dtype, **head_kwargs)
+    return auto.from_pretrained(pretrained_location(model_cfg), dtype=dtype, **head_kwargs, **mismatch)
 
 
 def load(model_cfg: Mapping[str, Any], head: Mapping[str, Any] | None = None):
-    """(model, tokenizer) for a model config and the task's head."""
+    """(model, processor) for a model config and the task's head: the tokenizer for text, the image processor
+    for an image head."""
+    if (head or {}).get("kind") in IMAGE_HEADS:
+        processor = load_image_processor(model_cfg)
+        return load_model(model_cfg, None, head), processor
     tokenizer = load_tokenizer(model_cfg)
     model = load_model(model_cfg, tokenizer, head)
     if model.config.pad_token_id is None:

@@ -106,15 +106,15 @@ def run_one(cfg: DictConfig) -> dict:
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     total_params = methods.total_parameters(model)
     budget = solve_budget(cfg, model, total_params)
-    model = methods.apply(model, cfg.method.name, **method_options(cfg))
+    # A task's new head (a classifier) trains with every method, each in its own way.
+    model = methods.apply(model, cfg.method.name, head_modules=getattr(task, "HEAD_MODULES", ()), **method_options(cfg))
     setup_seconds = time.perf_counter() - load_start
 
-    tokenize = lambda r: task.tokenize(r, tokenizer, int(cfg.task.cutoff_len), bool(cfg.task.train_on_inputs),
-                                       bool(cfg.task.add_eos_token))
+    encode = task.encoder(cfg.task, tokenizer)  # record -> training example (token ids, or an image to process)
     trained = train(
-        model, tokenizer, methods.method_of(model), [tokenize(r) for r in train_records],
-        [tokenize(r) for r in val_records], cfg.training, cfg.seed, cfg.logging, progress, rid,
-        collator=task.collator(tokenizer) if hasattr(task, "collator") else None)
+        model, tokenizer, methods.method_of(model), [encode(r) for r in train_records],
+        [encode(r) for r in val_records], cfg.training, cfg.seed, cfg.logging, progress, rid,
+        collator=task.collator(tokenizer, cfg.task) if hasattr(task, "collator") else None)
     model = trained["model"]
     # Counted after training: a method may add parameters before its first step (RoSA's sparse part).
     # A task's head (GLUE's classifier) trains with every method but is not the adapter's: counted apart.

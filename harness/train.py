@@ -73,8 +73,9 @@ def mean_loss(model, loader) -> float:
     model.eval()
     total, count = 0.0, 0
     for batch in loader:
-        total += model(**batch).loss.item() * batch["input_ids"].shape[0]
-        count += batch["input_ids"].shape[0]
+        size = batch["labels"].shape[0]  # examples (token ids, or images)
+        total += model(**batch).loss.item() * size
+        count += size
     model.train()
     return total / max(count, 1)
 

@@ -61,3 +61,11 @@ def test_local_directory_loads_the_saved_model(tiny_model, tokenizer, tmp_path, 
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, tiny_model(**inputs).logits)
     assert tok("hello").input_ids == tokenizer("hello").input_ids
+
+
+def test_a_random_model_smaller_than_its_tokenizer_is_refused(tokenizer):
+    from harness.models import load_model
+
+    cfg = compose(["model=tiny-llama", "+model.config.vocab_size=1000"])
+    with pytest.raises(ModelConfigError, match=r"vocab_size=1000 is smaller than the tokenizer's 49152"):
+        load_model(cfg.model, tokenizer)

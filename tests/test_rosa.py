@@ -189,3 +189,26 @@ def test_rosa_options_are_checked(tiny_model):
         methods.apply(copy.deepcopy(tiny_model), "spa", r=4, target_modules=TARGETS)
     with pytest.raises(MethodConfigError, match="no such file"):
         methods.apply(copy.deepcopy(tiny_model), "rosa", masks="/nonexistent/masks", target_modules=TARGETS)
+
+
+def test_sparse_delta_trains_under_bf16_autocast():
+    """Training on CUDA runs under bf16 autocast, where the sparse kernels have no bf16 product; the sparse part
+    computes in fp32 outside autocast (found on an H100: cuSPARSE refused the mixed product)."""
+    from harness.methods.sparse import SparseDelta, topk_mask
+
+    torch.manual_seed(0)
+    rows, cols = topk_mask(torch.rand(8, 6), 0.3)
+    delta = SparseDelta(8, 6, rows, cols)
+    with torch.no_grad():
+        delta.values.normal_()
+    x = torch.randn(3, 6)
+    reference = delta(x)
+    reference.sum().backward()
+    grad_fp32 = delta.values.grad.clone()
+    delta.values.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = delta(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert torch.allclose(out.float(), reference, atol=0.05)
+    assert torch.allclose(delta.values.grad, grad_fp32, atol=0.05)

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from harness.methods import full, lora, milora, neat, rosa  # noqa: F401  (registers the methods)
+from harness.methods import full, linear_probe, lora, milora, neat, rosa  # noqa: F401  (registers the methods)
 from harness.methods.base import METHOD_ATTR, Method, MethodConfigError
 from harness.methods.registry import get, names
 
@@ -25,9 +25,19 @@ __all__ = ["apply", "trainable_parameters", "total_parameters", "merge", "save",
            "method_of", "Method", "MethodConfigError"]
 
 
-def apply(model: nn.Module, name: str, **options: Any) -> nn.Module:
-    """Adds method `name` to `model` (options as in `conf/method/<name>.yaml`); returns the model to train."""
+def present_modules(model: nn.Module, names) -> list[str]:
+    """Those of `names` that name a module of `model` (a task lists its head's possible names)."""
+    last_parts = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    return [n for n in names or () if n in last_parts]
+
+
+def apply(model: nn.Module, name: str, head_modules=(), **options: Any) -> nn.Module:
+    """Adds method `name` to `model` (options as in `conf/method/<name>.yaml`); returns the model to train.
+
+    `head_modules`: the task's new head (e.g. `classifier`), trained with every method; how is the method's
+    business (`Method.with_head`)."""
     method = get(name)
+    options = method.with_head(dict(options), present_modules(model, head_modules))
     adapted = method.apply(model, **options)
     setattr(adapted, METHOD_ATTR, name)
     setattr(adapted, "_harness_method_options", dict(options))

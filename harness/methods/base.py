@@ -35,6 +35,15 @@ class Method:
         `harness.methods.trainable_parameters` on the real model."""
         raise MethodConfigError(f"method={self.name} has no parameter budget knob")
 
+    def with_head(self, options: dict, head_modules: list[str]) -> dict:
+        """The options that also train a task's new head (a classifier under these module names).
+
+        peft-based methods keep it as `modules_to_save` (peft trains a copy and saves it with the adapter, and a
+        merge puts it back); a method that trains everything anyway overrides this to add nothing."""
+        if not head_modules:
+            return options
+        return {**options, "modules_to_save": sorted(set(options.get("modules_to_save") or []) | set(head_modules))}
+
     def param_groups(self, model: nn.Module, training: dict) -> list[dict]:
         """Optimizer parameter groups; methods with several learning rates override this."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -75,7 +84,7 @@ def infer_task_type(model: nn.Module) -> str | None:
         return "CAUSAL_LM"
     if cls.endswith("ForSequenceClassification"):
         return "SEQ_CLS"
-    return None
+    return None  # e.g. ViTForImageClassification: peft has no task type; the head comes as modules_to_save
 
 
 def require_positive_int(method: str, key: str, value: Any) -> int:

@@ -8,6 +8,9 @@ from harness.methods.registry import register
 
 @register("full")
 class FullFineTuning(Method):
+    def with_head(self, options, head_modules):
+        return options  # the head trains with everything else
+
     def apply(self, model, **options):
         check_options(self.name, options, set())
         for p in model.parameters():
@@ -15,6 +18,5 @@ class FullFineTuning(Method):
         return model
 
     def load(self, base_model, directory, options):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(str(directory))
+        # the saved model is the whole model with the base model's class (a causal LM, or a classifier)
+        return type(base_model).from_pretrained(str(directory))

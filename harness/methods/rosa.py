@@ -23,9 +23,10 @@ from harness.methods.registry import register
 from harness.methods.sparse import SparseDelta, topk_mask
 
 ROSA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "task_type", "density", "lr_sparse", "lr_lowrank",
-                "mask_warmup_steps", "mask_grad_batches", "mask_score", "masks"}
+                "mask_warmup_steps", "mask_grad_batches", "mask_score", "masks", "modules_to_save"}
 SPARSE_FILE = "rosa_sparse.safetensors"
 PEFT_PREFIX = "base_model.model."
+HEAD_PREFIX = "head."  # SpA's saved head parameters, beside the sparse parts
 
 
 @dataclass
@@ -95,7 +96,7 @@ def load_masks(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]
     if not path.is_file():
         raise MethodConfigError(f"method.masks={str(path)!r}: no such file (a {SPARSE_FILE} saved by a RoSA/SpA run)")
     tensors = load_file(str(path))
-    names = {k.rsplit(".", 1)[0] for k in tensors}
+    names = {k.rsplit(".", 1)[0] for k in tensors if not k.startswith(HEAD_PREFIX)}
     return {n: (tensors[f"{n}.rows"], tensors[f"{n}.cols"]) for n in names}
 
 
@@ -116,6 +117,7 @@ def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], sc
     """
     scores: dict[str, torch.Tensor] = {}
     batch_grads: dict[str, torch.Tensor] = {}
+    reached: set[str] = set()
     handles = []
 
     def capture(name):
@@ -124,6 +126,7 @@ def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], sc
 
             def on_grad(grad):
                 batch_grads[name].add_(grad.reshape(-1, grad.shape[-1]).float().t() @ x2d)
+                reached.add(name)
 
             if output.requires_grad:
                 output.register_hook(on_grad)
@@ -151,6 +154,9 @@ def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], sc
         model.zero_grad(set_to_none=True)
     if n == 0:
         raise ValueError("RoSA mask generation saw no batch")
+    unreached = sorted(set(targets) - reached)
+    if unreached:  # all-zero scores would give an arbitrary mask
+        raise ValueError(f"RoSA mask generation: no gradient reached {len(unreached)} target(s), e.g. {unreached[:3]}")
     return {name: s.div_(n).abs_() for name, s in scores.items()}
 
 
@@ -165,7 +171,8 @@ class _RoSABase(Method):
     def _options(self, options: dict) -> dict:
         check_options(self.name, options, ROSA_OPTIONS)
         o = {"r": 16, "alpha": 16, "dropout": 0.0, "density": 0.006, "target_modules": None, "task_type": None, "lr_sparse": None, "lr_lowrank": None,
-             "mask_warmup_steps": 64, "mask_grad_batches": 1, "mask_score": "mean_squared", "masks": None, **options}
+             "mask_warmup_steps": 64, "mask_grad_batches": 1, "mask_score": "mean_squared", "masks": None,
+             "modules_to_save": None, **options}
         if not (0.0 <= float(o["density"]) <= 1.0):
             raise MethodConfigError(f"method={self.name}: density must be in [0, 1], got {o['density']}")
         if o["mask_score"] not in ("mean_squared", "mean"):
@@ -182,12 +189,14 @@ class _RoSABase(Method):
         if o["r"] > 0:
             from harness.methods.lora import lora_config, wrap
 
-            model = wrap(model, lora_config(self.name, {k: o[k] for k in ("r", "alpha", "dropout", "target_modules", "task_type")}))
+            model = wrap(model, lora_config(self.name, {k: o[k] for k in ("r", "alpha", "dropout", "target_modules", "task_type",
+                                                                          "modules_to_save")}))
             initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         else:
-            for p in model.parameters():
-                p.requires_grad_(False)
-            initial = {}
+            heads = list(o["modules_to_save"] or [])  # a task's new head trains in place (no peft wrapper here)
+            for name, p in model.named_parameters():
+                p.requires_grad_(any(m in name.split(".") for m in heads))
+            initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         model._harness_rosa = RosaState(options=o, targets=_target_modules(model, names, wrapped=o["r"] > 0),
                                         initial_lora=initial)
         if o["masks"] is not None:
@@ -219,9 +228,10 @@ class _RoSABase(Method):
                     (model(**batch).loss / accumulation).backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        frozen_model = not trainable
+        # SpA trains nothing below the targets (a task's head at most): let activations carry the gradients
+        frozen_model = o["r"] == 0
         if frozen_model and hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()  # SpA: no trainable parameter, so let activations carry grads
+            model.enable_input_require_grads()
         scores = accumulate_gradient_scores(model, (next(batches) for _ in range(int(o["mask_grad_batches"]))),
                                             state.targets, o["mask_score"])
         if frozen_model and hasattr(model, "disable_input_require_grads"):
@@ -260,7 +270,9 @@ class _RoSABase(Method):
         state = _state(model)
         if state.options["r"] > 0:
             model.save_pretrained(directory)
-        tensors = {}
+        # SpA: a task's head trained in place (with r > 0 it is in the peft adapter as modules_to_save)
+        tensors = {f"{HEAD_PREFIX}{n}": p.detach().contiguous().cpu() for n, p in model.named_parameters()
+                   if p.requires_grad and state.options["r"] == 0 and not n.endswith(".rosa_sparse.values")}
         for name, module in state.targets.items():
             if hasattr(module, "rosa_sparse"):
                 rows, cols = module.rosa_sparse.indices()
@@ -285,6 +297,10 @@ class _RoSABase(Method):
             for name, module in _state(model).targets.items():
                 if f"{name}.values" in tensors:
                     module.rosa_sparse.values.copy_(tensors[f"{name}.values"])
+            parameters = dict(model.named_parameters())
+            for key, value in tensors.items():
+                if key.startswith(HEAD_PREFIX):
+                    parameters[key[len(HEAD_PREFIX):]].copy_(value)
         return model
 
 

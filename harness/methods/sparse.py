@@ -39,7 +39,7 @@ class _SparseDeltaFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x2d, values, crow, col, t_crow, t_col, t_order = ctx.saved_tensors
         d_out, d_in = ctx.shape
-        grad_out = grad_out.contiguous()
+        grad_out = grad_out.float().contiguous()
         grad_x = grad_values = None
         if ctx.needs_input_grad[0]:
             S_t = torch.sparse_csr_tensor(t_crow, t_col, values[t_order], (d_in, d_out), check_invariants=False)
@@ -76,8 +76,11 @@ class SparseDelta(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2d = x.reshape(-1, self.shape[1]).to(torch.float32)
-        out = _SparseDeltaFunction.apply(x2d, self.values, self.crow, self.col, self.t_crow, self.t_col,
-                                         self.t_order, self.shape)
+        # Outside autocast: under bf16 autocast (training on CUDA) `mm` would cast to bf16, which the sparse
+        # kernels lack (MKL on the CPU; cuSPARSE refuses the mixed fp32-S / bf16-gradient product).
+        with torch.autocast(x.device.type, enabled=False):
+            out = _SparseDeltaFunction.apply(x2d, self.values, self.crow, self.col, self.t_crow, self.t_col,
+                                             self.t_order, self.shape)
         return out.reshape(*x.shape[:-1], self.shape[0]).to(x.dtype)
 
     def to_dense(self) -> torch.Tensor:

@@ -29,7 +29,8 @@ def make_table(base, cells) -> list[Path]:
         print(f"[harness] {len(absent)} of {len(cells)} runs have no result yet: {', '.join(absent)}", flush=True)
     table = base.table
     layout = table.get("layout", "datasets")
-    names = list(base.task.datasets)
+    # the columns: the profile's own where its data differ (image mini: Fashion-MNIST, digits), else the task's
+    names = list((table.get("columns") or {}).get(base.profile.name) or base.task.datasets)
     paper = published(table.published)
     description = profile_description(base)
     if layout == "datasets":

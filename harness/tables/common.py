@@ -15,14 +15,18 @@ from harness.results import read_result, result_path
 SHORT_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "hellaswag": "HellaS", "winogrande": "WinoG",
                "ARC-Easy": "ARC-e", "ARC-Challenge": "ARC-c", "openbookqa": "OBQA", "gsm8k": "GSM8K",
                "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "rte": "RTE", "stsb": "STS-B",
-               "mnli": "MNLI", "qqp": "QQP"}
-METHOD_NAMES = {"lora": "LoRA", "dora": "DoRA", "pissa": "PiSSA", "milora": "MiLoRA", "neat": "Neat", "full": "Full FT",
+               "mnli": "MNLI", "qqp": "QQP", "oxford_pets": "Pets", "stanford_cars": "Cars", "cifar10": "CIFAR10",
+               "dtd": "DTD", "eurosat": "EuroSAT", "fgvc_aircraft": "FGVC", "resisc45": "RESISC45",
+               "cifar100": "CIFAR100", "fashion_mnist": "F-MNIST", "digits": "Digits"}
+METHOD_NAMES = {"linear_probe": "LP", "lora": "LoRA", "dora": "DoRA", "pissa": "PiSSA", "milora": "MiLoRA", "neat": "Neat", "full": "Full FT",
                 "rosa": "RoSA", "spa": "SpA"}
 PROTOCOL_DESCRIPTIONS = {
     "paper_gen": "paper_gen (Alpaca prompt, beam search with 4 beams, 32 new tokens, first-match answer extraction, exact match)",
     "math_greedy": "math_greedy (MetaMath prompt, greedy decoding, the answer after the last 'The answer is:'; GSM8K "
                    "compared as numbers, MATH by is_equiv normalisation)",
     "glue_dev": "glue_dev (GLUE dev sets, the trained head's prediction, metrics computed locally)",
+    "image_accuracy": "image_accuracy (top-1 accuracy of the new head on each set's test split, the model's own "
+                      "resize and normalisation, no test-time augmentation)",
     "lmeval": "lmeval (lm-eval's own tasks through its Python API on the merged model: acc for multiple choice, "
               "exact match with the strict '#### N' filter for gsm8k; shots as in the result files)",
 }

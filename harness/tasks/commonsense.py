@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Mapping
 
 from harness.prompts import train_prompt
+from harness.tasks import text_encoder
 from harness.tasks.records import DataError, read_json_records, read_train_file, subset_and_split
 
 TEST_FIELDS = ("instruction", "answer")
@@ -75,3 +76,7 @@ def tokenize(record: Mapping, tokenizer, cutoff_len: int, train_on_inputs: bool,
         prompt_len = len(encode(train_prompt(instruction, input_, ""), False)["input_ids"])
         example["labels"] = [-100] * prompt_len + example["labels"][prompt_len:]
     return example
+
+
+def encoder(task_cfg, tokenizer):
+    return text_encoder(tokenize, task_cfg, tokenizer)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from harness.tasks import text_encoder
 from harness.tasks.records import DataError, read_hub_records, subset_and_split
 
 PROTOCOLS = {"glue_dev": "harness.protocols.glue"}
@@ -130,8 +131,12 @@ def tokenize(record: Mapping, tokenizer, cutoff_len: int, train_on_inputs: bool 
     return {**encoded, "labels": record["label"]}  # token_type_ids too, where the model has them (BERT)
 
 
-def collator(tokenizer):
+def collator(tokenizer, task_cfg=None):
     """Pads a batch of variable-length examples; labels are one number per example."""
     from transformers import DataCollatorWithPadding
 
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+
+
+def encoder(task_cfg, tokenizer):
+    return text_encoder(tokenize, task_cfg, tokenizer)

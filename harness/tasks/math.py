@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 from harness.protocols.math import ANSWER_MARKER
+from harness.tasks import text_encoder
 from harness.tasks.records import DataError, read_hub_records, read_jsonl_records, read_train_file, subset_and_split
 
 PROTOCOLS = {"math_greedy": "harness.protocols.math", "lmeval": "harness.protocols.lmeval"}
@@ -134,3 +135,7 @@ def tokenize(record: Mapping, tokenizer, cutoff_len: int, train_on_inputs: bool,
     ids = ids[:cutoff_len]
     labels = list(ids) if train_on_inputs else [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def encoder(task_cfg, tokenizer):
+    return text_encoder(tokenize, task_cfg, tokenizer)
