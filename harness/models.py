@@ -21,11 +21,12 @@ from typing import Any, Mapping
 
 import torch
 
+from harness.errors import HarnessError
 from harness.offline import ensure_hub_available
 
 
-class ModelConfigError(ValueError):
-    pass
+class ModelConfigError(HarnessError, ValueError):
+    default_hint = "see conf/model/ for the model fields (source, path, dtype)"
 
 
 def cache_dir() -> Path:
@@ -106,6 +107,32 @@ def pretrained_location(spec: Mapping[str, Any], what: str = "model") -> str:
             raise ModelConfigError(f"{directory} has no config.json ({what}.source=package, {what}.subdir)")
         return str(directory)
     raise ModelConfigError(f"{what}.source={source!r} is not one of hub, local, gguf_package, package, random")
+
+
+def _weight_sources(spec: Mapping[str, Any], role: str) -> list:
+    from harness.provenance import Hub, LocalFile
+
+    source, path = spec.get("source"), spec.get("path")
+    if source == "hub":
+        return [Hub(role, str(path), "model", revision=spec.get("revision"))]
+    if source == "gguf_package":
+        file = _package_dir(str(path)) / str(spec.get("gguf_file"))
+        if not file.is_file():
+            raise ModelConfigError(f"{file} does not exist (model.gguf_file={spec.get('gguf_file')!r})")
+        return [LocalFile(role, file)]
+    if source in ("local", "package"):
+        directory = Path(pretrained_location(spec, role))
+        return [LocalFile(f"{role}:{f.name}", f) for f in sorted(directory.iterdir())
+                if f.is_file() and not f.name.startswith((".", "README"))]
+    return []  # random: the config and the seed are the whole identity
+
+
+def weight_sources(model_cfg: Mapping[str, Any]) -> list:
+    """What the model reads (provenance.Source): its weights (and a random model's tokenizer)."""
+    sources = _weight_sources(model_cfg, "weights")
+    if model_cfg.get("tokenizer"):
+        sources += _weight_sources(model_cfg["tokenizer"], "tokenizer")
+    return sources
 
 
 def load_tokenizer(model_cfg: Mapping[str, Any]):
@@ -189,6 +216,25 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer=None, head: Mapping[str, 
         model.name_or_path = f"random:{model_cfg.get('name')}"
         return model
     return auto.from_pretrained(pretrained_location(model_cfg), dtype=dtype, **head_kwargs, **mismatch)
+
+
+def empty_model(model_cfg: Mapping[str, Any], head: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """The model's architecture with the task's head on the meta device: every shape, no weights and no memory.
+    Options that cannot work for the model (a rank above a layer's size) are checked on it before any training."""
+    from transformers import AutoConfig
+
+    auto = _auto_class(head)
+    head_kwargs = {"num_labels": int(head["num_labels"])} if head and "num_labels" in head else {}
+    if model_cfg.get("source") == "random":
+        tokenizer = None if (head or {}).get("kind") in IMAGE_HEADS else load_tokenizer(model_cfg)
+        kwargs = dict(model_cfg.get("config") or {})
+        if "vocab_size" not in kwargs and tokenizer is not None:
+            kwargs["vocab_size"] = len(tokenizer)
+        config = AutoConfig.for_model(model_cfg.get("architecture"), **kwargs, **head_kwargs)
+    else:
+        config = AutoConfig.from_pretrained(pretrained_location(model_cfg), **head_kwargs)
+    with torch.device("meta"):
+        return auto.from_config(config)
 
 
 def load(model_cfg: Mapping[str, Any], head: Mapping[str, Any] | None = None):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 
+from harness.errors import HarnessError
+
 HUB_PROBE_TIMEOUT_S = 5.0
 
 
-class HubUnavailableError(RuntimeError):
+class HubUnavailableError(HarnessError, RuntimeError):
     pass
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import PROJECT_ROOT
+from harness.errors import HarnessError
 
 VERSIONED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "hydra-core", "lm_eval", "peft-harness")
 
 
-class ResultFileError(ValueError):
-    pass
+class ResultFileError(HarnessError, ValueError):
+    default_hint = "move the damaged file away; the run is redone when its result file is absent"
 
 
 def runs_dir(results_dir: str | Path) -> Path:
@@ -42,15 +43,31 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         raise
 
 
+STATUSES = ("finished", "failed", "diverged")
+
+
 def read_result(path: Path) -> dict:
+    """A result file: finished (with metrics) or a failure record. Files written before statuses existed are
+    finished ones."""
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise ResultFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    for key in ("run_id", "config", "metrics"):
+    if not isinstance(data, dict):
+        raise ResultFileError(f"{path}: not a harness result file (a JSON {type(data).__name__})")
+    data.setdefault("status", "finished")
+    required = ("run_id", "config", "metrics") if data["status"] == "finished" else ("run_id", "config", "error")
+    for key in required:
         if key not in data:
             raise ResultFileError(f"{path}: not a harness result file (no {key!r})")
+    if data["status"] not in STATUSES:
+        raise ResultFileError(f"{path}: unknown status {data['status']!r} (one of {list(STATUSES)})")
     return data
+
+
+def previous_result(path: Path) -> dict | None:
+    """The result file of a run id if there is one (finished or failed); a damaged one raises ResultFileError."""
+    return read_result(path) if Path(path).is_file() else None
 
 
 def load_results(results_dir: str | Path) -> list[dict]:
@@ -91,4 +108,7 @@ def environment() -> dict[str, Any]:
            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
+    from harness.envlock import lock_status
+
+    env["lock"] = lock_status()  # which requirements lock, its sha256, and whether the installed versions match
     return env

@@ -1,17 +1,25 @@
-"""One run: config -> model -> method -> train -> evaluate -> result file.
+"""One run: identity -> data -> model -> budget -> method -> train -> score -> result file.
 
     python -m harness.run method=milora model=smollm2-135m task=commonsense training.lr=2e-4
     python -m harness.run --multirun method=lora,pissa,milora
+
+A run that fails writes its result file with `status: failed` (or `diverged`), the phase it failed in, the
+error and the traceback's last lines; a finished result is never overwritten by a failure. A run holds a lock
+on its run id while it lives (harness.runlock), so two sweeps over the same grid never run the same cell.
+Everything a run writes (adapter, predictions) is moved into place before the result file, the last write, so
+a process killed at any point leaves nothing that reads as finished.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,16 +28,25 @@ from omegaconf import DictConfig
 from harness import budget as budget_lib
 from harness import methods, models
 from harness.config import CONFIG_DIR, resolved, run_id, with_profile
-from harness.results import environment, git_commit, result_path, versions, write_json_atomic
+from harness.errors import describe, exit_status, traceback_tail
+from harness.preflight import method_options
+from harness.provenance import describe as describe_sources
+from harness.results import (environment, git_commit, previous_result, result_path, runs_dir, versions,
+                             write_json_atomic)
+from harness.runlock import RunLock
 from harness.tasks import protocol_module, task_module
-from harness.train import train
+from harness.train import DivergedError, train
+
+PHASES = ("data", "load", "method", "train", "eval", "write")
+# HARNESS_PAUSE_AT=<phase> (or "result": after the adapter and predictions, before the result file) stops the
+# run there for an hour: the kill tests interrupt a run at a known point with it.
+PAUSE_ENV = "HARNESS_PAUSE_AT"
 
 
-def method_options(cfg: DictConfig) -> dict:
-    options = resolved(cfg)["method"]
-    options.pop("name")
-    options.pop("label", None)  # a preset's display name (Neat-S), not an option of the method
-    return options
+def pause_point(name: str) -> None:
+    if os.environ.get(PAUSE_ENV) == name:
+        print(f"[harness] paused at {name} ({PAUSE_ENV})", flush=True)
+        time.sleep(3600)
 
 
 def reset_peak_memory() -> str:
@@ -43,20 +60,6 @@ def reset_peak_memory() -> str:
         return "run"
     except OSError:
         return "process"
-
-
-def solve_budget(cfg: DictConfig, model, total_params: int) -> dict | None:
-    """Sets the method's knob in `cfg.method` from `cfg.budget` (interpolations such as alpha = 2r follow)."""
-    target = budget_lib.target_count(cfg.get("budget") or {}, total_params)
-    if target is None:
-        return None
-    method = methods.get(cfg.method.name)
-    shapes = budget_lib.linear_shapes(model, cfg.method.get("target_modules"), cfg.method.get("layers_to_transform"))
-    _, record = budget_lib.solve(method, shapes, method_options(cfg), target, total_params)
-    cfg.method[record["knob"]] = record["value"]
-    print(f"[harness] budget {target:,}: {cfg.method.name} {record['knob']}={record['value']:.6g} "
-          f"-> {record['predicted']:,} parameters", flush=True)
-    return record
 
 
 def peak_memory(scope: str) -> dict:
@@ -76,26 +79,94 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def run_one(cfg: DictConfig) -> dict:
-    """Runs (or reuses) one configured run and returns its result record."""
-    # A copy: solving a budget writes the knob into the config, and the caller's cell must keep the run id it
-    # was found by (a reproduction collects its table by those ids in the same process).
-    cfg = copy.deepcopy(cfg)
-    rid = run_id(cfg)
-    out_path = result_path(cfg.run.results_dir, rid)
-    if cfg.run.skip_existing and out_path.is_file():
-        print(f"[harness] {rid}: result exists, skipping ({out_path})", flush=True)
-        return json.loads(out_path.read_text())
+@dataclass
+class Outcome:
+    """What became of one cell: finished, reused, failed, diverged, or running (locked by another process)."""
+
+    run_id: str
+    status: str
+    record: dict | None = None
+    error: str | None = None
+    exception: BaseException | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("finished", "reused")
+
+
+class RunFailed(Exception):
+    def __init__(self, outcome: Outcome):
+        super().__init__(outcome.error)
+        self.outcome = outcome
+
+
+def run_info(cfg: DictConfig, rid: str) -> dict:
+    """What every result file says about its run, finished or failed."""
+    return {"run_id": rid, "experiment": cfg.experiment_name, "profile": cfg.profile.name, "task": cfg.task.name,
+            "protocol": cfg.protocol.name, "model": cfg.model.name, "paper_model": cfg.model.paper_name,
+            "method": cfg.method.name}
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Replaces `target` (a file or folder) by `tmp` with renames, so a reader never sees half of either."""
+    if target.is_dir():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def save_adapter(model, adapters_dir: Path, rid: str) -> Path:
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=adapters_dir, prefix=f".{rid}.tmp-"))
+    try:
+        methods.save(model, tmp)
+        _move_into_place(tmp, adapters_dir / rid)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return adapters_dir / rid
+
+
+def write_predictions(path: Path, predictions: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            for name, rows in predictions.items():
+                for i, row in enumerate(rows):
+                    f.write(json.dumps({"dataset": name, "index": i, **row}) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Phases:
+    """The phase a run is in (a failure record names it); entering one honours HARNESS_PAUSE_AT."""
+
+    def __init__(self):
+        self.current = "identity"
+
+    def enter(self, name: str) -> None:
+        self.current = name
+        pause_point(name)
+
+
+def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases) -> dict:
     task = task_module(cfg.task.name)
     protocol = protocol_module(task, cfg.task.name, cfg.protocol.name)
     progress = bool(cfg.run.progress)
     print(f"[harness] run {rid}", flush=True)
 
-    # Data first: a bad data file fails before minutes of model loading.
+    phases.enter("data")  # data first: a bad data file fails before minutes of model loading
+    sources = task.data_sources(cfg.task) + models.weight_sources(cfg.model)
     train_records, val_records = task.training_records(cfg.task, cfg.seed)
     # (a protocol that reads its own test data, lm-eval, is given none)
     test_sets = {} if getattr(protocol, "OWN_TEST_DATA", False) else task.test_sets(cfg.task)
 
+    phases.enter("load")
     seed_everything(cfg.seed)
     memory_scope = reset_peak_memory()
     load_start = time.perf_counter()
@@ -104,12 +175,21 @@ def run_one(cfg: DictConfig) -> dict:
     model, tokenizer = models.load(cfg.model, head)
     # On the accelerator before the method: PiSSA / MiLoRA run an SVD per adapted matrix at init.
     model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+    phases.enter("method")
     total_params = methods.total_parameters(model)
-    budget = solve_budget(cfg, model, total_params)
+    options = method_options(cfg)
+    shapes = (budget_lib.linear_shapes(model, options.get("target_modules"), options.get("layers_to_transform"))
+              if budget_lib.target_count(cfg.get("budget") or {}, total_params) is not None else [])
+    solved, budget = budget_lib.solved_config(cfg, shapes, total_params)
+    if budget:
+        print(f"[harness] budget {budget['target']:,}: {cfg.method.name} {budget['knob']}={budget['value']:.6g} "
+              f"-> {budget['predicted']:,} parameters", flush=True)
     # A task's new head (a classifier) trains with every method, each in its own way.
-    model = methods.apply(model, cfg.method.name, head_modules=getattr(task, "HEAD_MODULES", ()), **method_options(cfg))
+    model = methods.apply(model, cfg.method.name, head_modules=getattr(task, "HEAD_MODULES", ()), **method_options(solved))
     setup_seconds = time.perf_counter() - load_start
 
+    phases.enter("train")
     encode = task.encoder(cfg.task, tokenizer)  # record -> training example (token ids, or an image to process)
     trained = train(
         model, tokenizer, methods.method_of(model), [encode(r) for r in train_records],
@@ -123,26 +203,21 @@ def run_one(cfg: DictConfig) -> dict:
     print(f"[harness] {cfg.method.name}: {trainable:,} trainable of {total_params:,} parameters"
           + (f" (+ {head_params:,} in the head)" if head_params else ""), flush=True)
 
-    if cfg.run.save_adapter:
-        methods.save(model, Path(cfg.run.results_dir) / "adapters" / rid)
-
+    phases.enter("eval")
     method = methods.method_of(model)
     merged = bool(cfg.protocol.merge_before_eval and method.mergeable)
+    if cfg.run.save_adapter:  # before a merge folds the adapter into the weights
+        save_adapter(model, Path(cfg.run.results_dir) / "adapters", rid)
     eval_model = methods.merge(model) if merged else model
     eval_model.eval()
     eval_start = time.perf_counter()
     metrics, predictions = protocol.evaluate(eval_model, tokenizer, test_sets, cfg.protocol, progress, task_cfg=cfg.task)
     eval_seconds = time.perf_counter() - eval_start
 
+    phases.enter("write")
     record = {
-        "run_id": rid,
-        "experiment": cfg.experiment_name,
-        "profile": cfg.profile.name,
-        "task": cfg.task.name,
-        "protocol": cfg.protocol.name,
-        "model": cfg.model.name,
-        "paper_model": cfg.model.paper_name,
-        "method": cfg.method.name,
+        "status": "finished",
+        **run_info(cfg, rid),
         "metrics": metrics,
         "params": {"trainable": trainable, "total": total_params, "trainable_percent": 100.0 * trainable / total_params,
                    "head": head_params, "budget": budget},
@@ -151,34 +226,109 @@ def run_one(cfg: DictConfig) -> dict:
                  "examples": sum(m["n"] for m in metrics.values())},
         "timing": {"setup_seconds": round(setup_seconds, 2)},
         "peak_memory": peak_memory(memory_scope),
+        "inputs": describe_sources(sources),
+        "versions": versions(),
+        "git": git_commit(),
+        "environment": environment(),
+        "config": resolved(solved),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_predictions(out_path.with_suffix(".predictions.jsonl"), predictions)
+    pause_point("result")
+    write_json_atomic(out_path, record)  # last: its presence with status finished means the run finished
+    print(f"[harness] wrote {out_path}", flush=True)
+    return record
+
+
+def failure_record(cfg: DictConfig, rid: str, phase: str, exc: BaseException) -> dict:
+    return {
+        "status": "diverged" if isinstance(exc, DivergedError) else "failed",
+        **run_info(cfg, rid),
+        "phase": phase,
+        "error": describe(exc),
+        "error_type": type(exc).__name__,
+        "traceback": traceback_tail(exc),
         "versions": versions(),
         "git": git_commit(),
         "environment": environment(),
         "config": resolved(cfg),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    predictions_path = out_path.with_suffix(".predictions.jsonl")
-    predictions_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(predictions_path, "w") as f:
-        for name, rows in predictions.items():
-            for i, row in enumerate(rows):
-                f.write(json.dumps({"dataset": name, "index": i, **row}) + "\n")
-    write_json_atomic(out_path, record)  # last: its presence means the run finished
-    print(f"[harness] wrote {out_path}", flush=True)
-    return record
+
+
+def run_cell(cfg: DictConfig) -> Outcome:
+    """Runs one configured cell unless it is finished (reused) or running elsewhere (locked); never raises for
+    the cell's own failure, which is written as its result file and returned."""
+    rid = run_id(cfg)
+    out_path = result_path(cfg.run.results_dir, rid)
+    previous = previous_result(out_path)  # a damaged file is an error: it is never overwritten
+    if cfg.run.skip_existing and previous and previous.get("status", "finished") == "finished":
+        print(f"[harness] {rid}: result exists, skipping ({out_path})", flush=True)
+        return Outcome(rid, "reused", previous)
+    lock = RunLock(runs_dir(cfg.run.results_dir), rid, stale_after_s=float(cfg.run.lock_stale_seconds))
+    if not lock.acquire():
+        holder = lock.holder() or {}
+        where = f"host {holder.get('host')} pid {holder.get('pid')}" + (
+            f" (Slurm job {holder['slurm_job_id']})" if holder.get("slurm_job_id") else "")
+        print(f"[harness] {rid}: running elsewhere ({where}, since {holder.get('started')}), skipping", flush=True)
+        return Outcome(rid, "running", error=f"running on {where}")
+    phases = _Phases()
+    try:
+        # finished by another process between the check above and the lock
+        previous = previous_result(out_path)
+        if cfg.run.skip_existing and previous and previous.get("status", "finished") == "finished":
+            return Outcome(rid, "reused", previous)
+        if previous:
+            print(f"[harness] {rid}: retrying (last attempt {previous.get('status')} in phase "
+                  f"{previous.get('phase')}: {previous.get('error')})", flush=True)
+        return Outcome(rid, "finished", _train_and_score(cfg, rid, out_path, phases))
+    except Exception as exc:
+        record = failure_record(cfg, rid, phases.current, exc)
+        write_json_atomic(out_path, record)
+        print(f"[harness] {rid}: {record['status']} in phase {phases.current}: {record['error']} "
+              f"(record: {out_path})", flush=True)
+        return Outcome(rid, record["status"], record, record["error"], exc)
+    finally:
+        lock.release()
+
+
+def run_one(cfg: DictConfig) -> dict:
+    """Runs (or reuses) one cell and returns its finished result; raises RunFailed when it did not finish."""
+    outcome = run_cell(cfg)
+    if not outcome.ok:
+        raise RunFailed(outcome)
+    return outcome.record
 
 
 def main() -> None:
     import hydra
 
-    sys.argv = [sys.argv[0]] + with_profile(sys.argv[1:])
+    from harness.errors import cli_errors
+    from harness.preflight import check
+    from harness.sweep import preflight_points
+
+    argv = with_profile(sys.argv[1:])
+    with cli_errors():
+        preflight_points(argv, check)
+    sys.argv = [sys.argv[0]] + argv
     torch.set_num_threads(int(os.environ.get("HARNESS_THREADS", torch.get_num_threads())))
+    outcomes: list[Outcome] = []
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
-        run_one(cfg)
+        with cli_errors():
+            outcomes.append(run_cell(cfg))
 
     _main()
+    failed = [o for o in outcomes if not o.ok and o.status != "running"]
+    if len(outcomes) > 1:
+        from harness.sweep import print_summary
+
+        print_summary(outcomes)
+    for o in failed if len(outcomes) == 1 else []:
+        print(o.error, file=sys.stderr, flush=True)
+    if failed:
+        raise SystemExit(max(exit_status(o.exception) for o in failed))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,22 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from harness.errors import ConfigError
+from harness.tasks.records import DataError
+
+# Bumped by a change to the loop that alters what a run computes (it enters the run id; README, "For developers").
+BEHAVIOUR_VERSION = 1
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite; raised in that step, before the optimizer applies it."""
+
+    hint = "lower training.lr, set training.max_grad_norm, or check the data"
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"training diverged: loss {loss} at optimizer step {step + 1}")
+        self.step, self.loss = step, loss
+
 
 def precision_of(training: Mapping) -> str:
     choice = training.get("precision", "auto")
@@ -57,7 +73,7 @@ def with_module_lrs(model, groups: list[dict], module_lrs: Mapping | None) -> li
         matched.update(special)
     unmatched = sorted(set(module_lrs) - matched)
     if unmatched:
-        raise ValueError(f"training.module_lrs: no trainable parameter under module(s) {unmatched}")
+        raise ConfigError(f"training.module_lrs: no trainable parameter under module(s) {unmatched}")
     return out
 
 
@@ -93,7 +109,7 @@ def train(model, tokenizer, method, train_examples: list[dict], val_examples: li
                   if not isinstance(e["labels"], (list, tuple)) or any(label != -100 for label in e["labels"])]
     dropped = len(train_examples) - len(supervised)
     if not supervised:
-        raise ValueError(f"none of the {len(train_examples)} training examples has a supervised token: "
+        raise DataError(f"none of the {len(train_examples)} training examples has a supervised token: "
                          "raise task.cutoff_len or set task.train_on_inputs=true")
     if dropped:
         print(f"[harness] dropped {dropped} of {len(train_examples)} training examples with no answer token "
@@ -101,7 +117,7 @@ def train(model, tokenizer, method, train_examples: list[dict], val_examples: li
     train_examples = supervised
     batch_size, micro = int(training["batch_size"]), int(training["micro_batch_size"])
     if batch_size % micro:
-        raise ValueError(f"training.batch_size={batch_size} is not a multiple of training.micro_batch_size={micro}")
+        raise ConfigError(f"training.batch_size={batch_size} is not a multiple of training.micro_batch_size={micro}")
     accumulation = batch_size // micro
     trackers = "wandb" if logging.get("wandb") else None
     accelerator = Accelerator(mixed_precision=precision_of(training), gradient_accumulation_steps=accumulation,
@@ -138,8 +154,11 @@ def train(model, tokenizer, method, train_examples: list[dict], val_examples: li
         for batch in loader:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
+                value = loss.item()
+                if not math.isfinite(value):  # before backward and step: no NaN ever reaches the weights
+                    raise DivergedError(step, value)
                 accelerator.backward(loss)
-                window_loss += loss.item() / accumulation
+                window_loss += value / accumulation
                 if accelerator.sync_gradients and training.get("max_grad_norm"):
                     accelerator.clip_grad_norm_(model.parameters(), float(training["max_grad_norm"]))
                 optimizer.step()

@@ -64,12 +64,12 @@ def test_infeasible_budgets_name_the_feasible_range(tiny_model):
 
 
 def test_run_config_follows_the_solved_rank_and_hash_ignores_an_unset_budget(tiny_model):
-    from harness.run import solve_budget
-
-    cfg = compose(["model=tiny-llama", "method=lora", "budget.fraction=0.005"])
+    cell = compose(["model=tiny-llama", "method=lora", "budget.fraction=0.005"])
     total = methods.total_parameters(tiny_model)
-    record = solve_budget(cfg, tiny_model, total)
+    shapes = budget.linear_shapes(tiny_model, cell.method.target_modules)
+    cfg, record = budget.solved_config(cell, shapes, total)
     assert cfg.method.r == record["value"] and cfg.method.alpha == 2 * record["value"]  # LoRA's alpha = 2r follows
+    assert cell.method.r == 32  # pure: the cell keeps its own knob (and so its run id)
     assert "budget" in semantic_config(cfg)
     assert "budget" not in semantic_config(compose(["model=tiny-llama"]))
 

@@ -21,7 +21,7 @@ from harness.methods.registry import get, names
 
 SAVED_METHOD_FILE = "harness_method.json"
 
-__all__ = ["apply", "trainable_parameters", "total_parameters", "merge", "save", "load", "get", "names",
+__all__ = ["apply", "validate", "trainable_parameters", "total_parameters", "merge", "save", "load", "get", "names",
            "method_of", "Method", "MethodConfigError"]
 
 
@@ -42,6 +42,13 @@ def apply(model: nn.Module, name: str, head_modules=(), **options: Any) -> nn.Mo
     setattr(adapted, METHOD_ATTR, name)
     setattr(adapted, "_harness_method_options", dict(options))
     return adapted
+
+
+def validate(model: nn.Module, name: str, head_modules=(), **options: Any) -> None:
+    """Checks method `name` with these options against `model` (the architecture on the meta device) as
+    `apply` would set it up; raises MethodConfigError."""
+    method = get(name)
+    method.validate(model, **method.with_head(dict(options), present_modules(model, head_modules)))
 
 
 def method_of(model: nn.Module) -> Method:

@@ -8,11 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.errors import HarnessError
+
 METHOD_ATTR = "_harness_method"  # set on a model by `harness.methods.apply`
 
 
-class MethodConfigError(ValueError):
-    pass
+class MethodConfigError(HarnessError, ValueError):
+    default_hint = "see conf/method/<name>.yaml for the method's options"
 
 
 class Method:
@@ -25,8 +27,20 @@ class Method:
     #: the option a parameter budget solves for ("r", "density"), or None when the method has no knob
     budget_knob: str | None = None
 
+    #: bumped by a change that alters what a run of this method computes; it enters the run id, so results made
+    #: before the change are not reused as if made after it
+    behaviour_version: int = 1
+
     def apply(self, model: nn.Module, **options: Any) -> nn.Module:
         raise NotImplementedError
+
+    def validate(self, model: nn.Module, **options: Any) -> None:
+        """Raises MethodConfigError for options that cannot work on this model, before any weights load.
+
+        `model` is the architecture on the meta device (`harness.models.empty_model`); by default the method is
+        applied to it, which checks every option at no memory cost. A method whose set-up reads the weights
+        (an SVD) overrides this with the checks that need only the shapes."""
+        self.apply(model, **options)
 
     def count(self, shapes: list[tuple[int, int]], options: dict) -> int:
         """Trainable parameters this method would add on linear layers of these (d_out, d_in) shapes.

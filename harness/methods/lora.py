@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from harness.methods.base import Method, check_options, infer_task_type, require_positive_int
+from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type, require_positive_int
 from harness.methods.registry import register
 
 LORA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "layers_to_transform", "task_type", "modules_to_save"}
@@ -85,6 +85,21 @@ class ResidualInitLoRA(LowRankBudget, Method):
         atexit.register(shutil.rmtree, initial_parent, ignore_errors=True)
         model.save_pretrained(initial_parent / "initial")
         setattr(model, self.INITIAL_ATTR, initial_parent / "initial")
+
+    def validate(self, model, **options):
+        """The SVD needs real weights: check the options and that r fits every adapted matrix (a rank above
+        min(d_out, d_in) has no singular components to take), then apply a plain LoRA to the meta model."""
+        from harness.budget import linear_shapes
+
+        options = {k: v for k, v in options.items() if k != "svd_niter"}
+        check_options(self.name, options, LORA_OPTIONS)
+        r = require_positive_int(self.name, "r", options.get("r", 8))
+        shapes = linear_shapes(model, options.get("target_modules"), options.get("layers_to_transform"))
+        too_small = sorted({shape for shape in shapes if r > min(shape)})
+        if too_small:
+            raise MethodConfigError(f"method={self.name}: r={r} exceeds min(d_out, d_in) of the adapted matrices of "
+                                    f"shape {too_small}", f"use method.r <= {min(min(s) for s in shapes)}")
+        wrap(model, lora_config(self.name, options))
 
     def save(self, model, directory: Path) -> None:
         initial = getattr(model, self.INITIAL_ATTR, None)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.methods.base import svd_components
+from harness.methods.base import MethodConfigError, check_options, svd_components
 from harness.methods.lora import LORA_OPTIONS, ResidualInitLoRA, lora_config, wrap
-from harness.methods.base import check_options
 from harness.methods.registry import register
 
 
@@ -25,7 +24,7 @@ def milora_init_layer(layer, adapter_name: str = "default") -> None:
     weight = transpose(base.weight, layer.fan_in_fan_out)  # [d_out, d_in]
     r, scale = layer.r[adapter_name], layer.scaling[adapter_name]
     if r > min(weight.shape):
-        raise ValueError(f"MiLoRA rank r={r} exceeds min(d_out, d_in)={min(weight.shape)} for a {tuple(weight.shape)} weight")
+        raise MethodConfigError(f"MiLoRA rank r={r} exceeds min(d_out, d_in)={min(weight.shape)} for a {tuple(weight.shape)} weight")
     U, S, Vh = svd_components(weight)
     sqrt_s = torch.sqrt(S[-r:] / scale)
     lora_A = sqrt_s[:, None] * Vh[-r:]          # [r, d_in]

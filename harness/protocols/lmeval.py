@@ -19,6 +19,7 @@ from typing import Mapping
 
 import yaml
 
+from harness.errors import ConfigError
 from harness.offline import HubUnavailableError, ensure_hub_available
 
 # Our test-set name -> (lm-eval task, its YAML under lm_eval/tasks/, its hub dataset) in lm-eval 0.4.
@@ -51,7 +52,7 @@ def local_task_yaml(task: str, files: Mapping[str, str], directory: Path) -> str
     builtin = BUILTIN_YAML[task]
     unknown = sorted(set(files) - set(SPLIT_KEYS))
     if unknown:
-        raise ValueError(f"protocol.local_files.{task}: splits must be among {sorted(SPLIT_KEYS)}, got {unknown}")
+        raise ConfigError(f"protocol.local_files.{task}: splits must be among {sorted(SPLIT_KEYS)}, got {unknown}")
     for split, path in files.items():
         if not Path(path).is_file():
             raise FileNotFoundError(f"protocol.local_files.{task}.{split}: {path} does not exist")
@@ -74,7 +75,7 @@ def _sources(task_cfg: Mapping, protocol: Mapping) -> dict[str, Mapping | None]:
     sources, unavailable = {}, []
     for name in task_cfg["datasets"]:
         if name not in LMEVAL_TASKS:
-            raise ValueError(f"protocol=lmeval has no lm-eval task for test set {name!r}; known: {sorted(LMEVAL_TASKS)}")
+            raise ConfigError(f"protocol=lmeval has no lm-eval task for test set {name!r}; known: {sorted(LMEVAL_TASKS)}")
         task, _, hub = LMEVAL_TASKS[name]
         gsm8k_file = local_test_file(name, task_cfg) if name == "gsm8k" else None  # the math task's own file
         if task in local:
@@ -143,7 +144,7 @@ def evaluate(model, tokenizer, test_sets: Mapping[str, list[dict]], protocol: Ma
         values = {key.replace(",none", ""): _number(v) for key, v in scores.items()
                   if "," in key and "stderr" not in key and _number(v) is not None}
         if primary not in values:
-            raise ValueError(f"lm-eval task {lm_name} reported {sorted(values)}, not protocol.primary_metric {primary!r}")
+            raise ConfigError(f"lm-eval task {lm_name} reported {sorted(values)}, not protocol.primary_metric {primary!r}")
         metrics[name] = {
             "accuracy": 100.0 * values[primary], "metric": primary, "n": int(out["n-samples"][lm_name]["effective"]),
             **{k: 100.0 * v for k, v in values.items()},

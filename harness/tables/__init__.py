@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from harness.config import experiment_cells, with_profile
+from harness.errors import ConfigError
 from harness.tables import budget, datasets
 from harness.tables.common import collect, published, write
 
@@ -41,7 +42,7 @@ def make_table(base, cells) -> list[Path]:
         df = budget.build(results, names, paper, fractions, labels)
         text = budget.caption(table.title, results, description, names, paper, fractions, labels, table.get("note"))
     else:
-        raise ValueError(f"table.layout={layout!r} in experiment {base.experiment_name}: use one of {LAYOUTS}")
+        raise ConfigError(f"table.layout={layout!r} in experiment {base.experiment_name}: use one of {LAYOUTS}")
     paths = write(df, text, Path(base.run.results_dir) / "tables", base.experiment_name)
     print(f"[harness] {len(results)} runs -> {', '.join(str(p) for p in paths)}", flush=True)
     return paths

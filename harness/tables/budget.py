@@ -8,7 +8,8 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from harness.tables.common import PROTOCOL_DESCRIPTIONS, SHORT_NAMES, method_label, method_order, params_text, sizes_of_test_sets
+from harness.tables.common import (FAILED, PROTOCOL_DESCRIPTIONS, SHORT_NAMES, finished, method_label, method_order,
+                                   params_text, sizes_of_test_sets)
 
 FULL = "-"  # the budget label of full fine-tuning, as in the paper's table
 
@@ -28,7 +29,10 @@ def knob_label(result: Mapping) -> str:
 def budget_group(result: Mapping, fractions: Sequence[float], labels: Sequence[str]) -> str:
     """The label of the budget nearest (in log scale) to the run's trainable share of the model; full FT and
     anything over ten times the largest budget is the full-model row."""
-    share = result["params"]["trainable"] / result["params"]["total"]
+    if finished(result):
+        share = result["params"]["trainable"] / result["params"]["total"]
+    else:  # a failed run has no count: the budget it asked for
+        share = ((result.get("config") or {}).get("budget") or {}).get("fraction") or fractions[0]
     if result["method"] == "full" or share > 10 * max(fractions):
         return FULL
     nearest = min(range(len(fractions)), key=lambda i: abs(math.log(share / fractions[i])))
@@ -37,7 +41,7 @@ def budget_group(result: Mapping, fractions: Sequence[float], labels: Sequence[s
 
 def _sort_key(result: Mapping) -> tuple:
     options = (result.get("config") or {}).get("method") or {}
-    return method_order(result["method"]), -int(options.get("r") or 0), result["params"]["trainable"]
+    return method_order(result["method"]), -int(options.get("r") or 0), (result.get("params") or {}).get("trainable", 0)
 
 
 def build(results: list[Mapping], datasets: list[str], paper: Mapping, fractions: Sequence[float],
@@ -51,17 +55,19 @@ def build(results: list[Mapping], datasets: list[str], paper: Mapping, fractions
     rows = []
     for label, runs in groups.items():
         for r in sorted(runs, key=_sort_key):
-            ours = {c: (r["metrics"].get(d) or {}).get("accuracy") for c, d in zip(columns, datasets)}
-            row = {"budget": label, "method": knob_label(r),
-                   "params": f"{params_text(r['params']['trainable'])} ({r['params']['trainable_percent']:.2f}%)",
-                   **ours}
+            if finished(r):
+                ours = {c: (r["metrics"].get(d) or {}).get("accuracy") for c, d in zip(columns, datasets)}
+                params = f"{params_text(r['params']['trainable'])} ({r['params']['trainable_percent']:.2f}%)"
+            else:
+                ours, params = {c: FAILED for c in columns}, ""
+            row = {"budget": label, "method": knob_label(r), "params": params, **ours}
             published_row = paper_rows.get((label, r["method"]))
             row["paper method"] = published_row["label"] if published_row else None
             row["paper params"] = params_text(float(published_row["params"])) if published_row else None
             for c, d in zip(columns, datasets):
                 theirs = published_row["scores"][paper_cols.index(d)] if published_row and d in paper_cols else None
                 row[f"paper {c}"] = theirs
-                row[f"Δ {c}"] = ours[c] - theirs if ours[c] is not None and theirs is not None else None
+                row[f"Δ {c}"] = ours[c] - theirs if isinstance(ours[c], float) and theirs is not None else None
             row["step s"] = (r.get("train") or {}).get("step_seconds_mean")
             rows.append(row)
     ordered = ["budget", "method", "params", *columns, "paper method", "paper params",

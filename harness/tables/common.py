@@ -10,6 +10,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from harness.config import CONFIG_DIR, run_id
+from harness.errors import ConfigError
 from harness.results import read_result, result_path
 
 SHORT_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "hellaswag": "HellaS", "winogrande": "WinoG",
@@ -65,8 +66,16 @@ def missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+FAILED = "failed"  # what a table shows in the cells of a run that failed or diverged
+
+
+def finished(result: Mapping) -> bool:
+    return result.get("status", "finished") == "finished"
+
+
 def collect(results_dir: str | Path, cells: Iterable) -> tuple[list[Mapping], list[str]]:
-    """The result of every grid cell that has one (found by run id), and the ids still missing."""
+    """The result of every grid cell that has one (found by run id; failure records included, their cells
+    show `failed`), and the ids still missing."""
     found, absent = [], []
     for cfg in cells:
         rid = run_id(cfg)
@@ -77,7 +86,7 @@ def collect(results_dir: str | Path, cells: Iterable) -> tuple[list[Mapping], li
             absent.append(rid)
     protocols = {r["protocol"] for r in found}
     if len(protocols) > 1:
-        raise ValueError(f"results mix protocols {sorted(protocols)}; a table never mixes them")
+        raise ConfigError(f"results mix protocols {sorted(protocols)}; a table never mixes them")
     return found, absent
 
 
@@ -85,7 +94,7 @@ def sizes_of_test_sets(results: list[Mapping], datasets: list[str]) -> tuple[str
     """"BoolQ 40, PIQA 40 (80 in all)" and the short names of the sets no result has."""
     sizes = {}
     for r in results:
-        for d, m in r["metrics"].items():
+        for d, m in (r.get("metrics") or {}).items():
             sizes[d] = m["n"]
     per_set = ", ".join(f"{SHORT_NAMES.get(d, d)} {sizes[d]}" for d in datasets if d in sizes) or "none"
     return f"{per_set} ({sum(sizes.values())} in all)", [SHORT_NAMES.get(d, d) for d in datasets if d not in sizes]

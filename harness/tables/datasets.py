@@ -7,8 +7,8 @@ from typing import Mapping
 
 import pandas as pd
 
-from harness.tables.common import (PROTOCOL_DESCRIPTIONS, SHORT_NAMES, label_key, mean_or_none, method_label,
-                                   method_order, missing, params_text, sizes_of_test_sets)
+from harness.tables.common import (FAILED, PROTOCOL_DESCRIPTIONS, SHORT_NAMES, finished, label_key, mean_or_none,
+                                   method_label, method_order, missing, params_text, sizes_of_test_sets)
 
 
 def _avg(values: list[float | None]) -> float | None:
@@ -26,14 +26,19 @@ def build(results: list[Mapping], datasets: list[str], paper: Mapping, reference
         by_key.setdefault((r["model"], r["method"], method_label(r)), []).append(r)
     rows = []
     for (model, method, label), runs in sorted(by_key.items(), key=lambda kv: (kv[0][0], method_order(kv[0][1]), kv[0][2])):
-        ours = [mean_or_none([run["metrics"][d]["accuracy"] for run in runs if d in run["metrics"]]) for d in datasets]
         base = {"model": model, "method": label}
-        step_times = [run.get("train", {}).get("step_seconds_mean") for run in runs]
-        # runs per test set: the seeds of a commonsense run, or one run per GLUE task
-        seeds = max(sum(d in run["metrics"] for run in runs) for d in datasets)
-        rows.append({**base, "row": "ours", **dict(zip(columns, ours)), "Avg": _avg(ours),
-                     "params": f"{params_text(runs[0]['params']['trainable'])} ({runs[0]['params']['trainable_percent']:.2f}%)",
-                     "step s": mean_or_none(step_times), "seeds": seeds})
+        done = [run for run in runs if finished(run)]
+        if done:
+            ours = [mean_or_none([run["metrics"][d]["accuracy"] for run in done if d in run["metrics"]]) for d in datasets]
+            step_times = [run.get("train", {}).get("step_seconds_mean") for run in done]
+            # runs per test set: the seeds of a commonsense run, or one run per GLUE task
+            seeds = max(sum(d in run["metrics"] for run in done) for d in datasets)
+            rows.append({**base, "row": "ours", **dict(zip(columns, ours)), "Avg": _avg(ours),
+                         "params": f"{params_text(done[0]['params']['trainable'])} ({done[0]['params']['trainable_percent']:.2f}%)",
+                         "step s": mean_or_none(step_times), "seeds": seeds})
+        else:  # every run of this row failed: its cells say so instead of looking absent
+            ours = [None] * len(datasets)
+            rows.append({**base, "row": "ours", **{c: FAILED for c in columns}, "Avg": FAILED})
         paper_model = runs[0].get("paper_model") or reference_model
         paper_row = (paper.get("rows", {}).get(paper_model) or {}).get(label_key(runs[0]))
         if paper_row:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from harness.errors import ConfigError
+
 
 def task_module(name: str) -> ModuleType:
     try:
@@ -22,13 +24,13 @@ def task_module(name: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name != f"harness.tasks.{name}":
             raise
-        raise ValueError(f"task.name={name!r}: no module harness/tasks/{name}.py") from None
+        raise ConfigError(f"task.name={name!r}: no module harness/tasks/{name}.py") from None
 
 
 def protocol_module(task: ModuleType, task_name: str, protocol: str) -> ModuleType:
     protocols = getattr(task, "PROTOCOLS", {})
     if protocol not in protocols:
-        raise ValueError(f"protocol={protocol!r} is not defined for task {task_name!r}; it has {sorted(protocols)}")
+        raise ConfigError(f"protocol={protocol!r} is not defined for task {task_name!r}; it has {sorted(protocols)}")
     return importlib.import_module(protocols[protocol])
 
 

@@ -7,32 +7,57 @@ from typing import Mapping
 
 from harness.prompts import train_prompt
 from harness.tasks import text_encoder
-from harness.tasks.records import DataError, read_json_records, read_train_file, subset_and_split
+from harness.provenance import LocalFile
+from harness.tasks.records import DataError, read_json_records, read_source, subset_and_split, train_file_source
 
 TEST_FIELDS = ("instruction", "answer")
 PROTOCOLS = {"paper_gen": "harness.protocols.commonsense", "lmeval": "harness.protocols.lmeval"}
 
 
-def _train_records(task: Mapping) -> list[dict]:
+def _train_sources(task: Mapping) -> list:
+    """A train file or hub id, else every `<data_dir>/<set>/train.json` that exists."""
     if task.get("train_file"):
-        return read_train_file(task["train_file"], ("instruction", "output"))
+        return [train_file_source(task["train_file"])]
     data_dir = Path(task["data_dir"])
-    records, found, missing = [], [], []
-    for name in task["datasets"]:
-        path = data_dir / name / "train.json"
-        if path.is_file():
-            records.extend(read_json_records(path))
-            found.append(name)
-        else:
-            missing.append(name)
-    if not found:
+    sources = [LocalFile(f"train/{name}", data_dir / name / "train.json") for name in task["datasets"]
+               if (data_dir / name / "train.json").is_file()]
+    if not sources:
         raise DataError(
             f"no training data: none of {list(task['datasets'])} has {data_dir}/<set>/train.json; set data_dir "
             f"(or HARNESS_DATA_DIR) to the folder that holds commonsense/, or task.train_file to commonsense_170k.json"
         )
+    return sources
+
+
+def _test_sources(task: Mapping) -> list:
+    """Every test set's `<data_dir>/<set>/test.json` that exists (an absent one is an error with missing_ok=false)."""
+    data_dir = Path(task["data_dir"])
+    sources = []
+    for name in task["datasets"]:
+        path = data_dir / name / "test.json"
+        if path.is_file():
+            sources.append(LocalFile(f"test/{name}", path))
+        elif not task.get("missing_ok", True):
+            raise DataError(f"test set {name!r} not found at {path} (task.missing_ok=false)")
+    if not sources:
+        raise DataError(f"no test set of {list(task['datasets'])} found under {data_dir}")
+    return sources
+
+
+def data_sources(task: Mapping) -> list:
+    """What the task reads (provenance.Source), checked for presence."""
+    return [*_train_sources(task), *_test_sources(task)]
+
+
+def _train_records(task: Mapping) -> list[dict]:
+    sources = _train_sources(task)
+    if task.get("train_file"):
+        return read_source(sources[0], ("instruction", "output"))
+    missing = [n for n in task["datasets"] if f"train/{n}" not in {s.role for s in sources}]
     if missing:
-        print(f"[harness] training on {found}; no train split for {missing} in {data_dir}", flush=True)
-    return records
+        print(f"[harness] training on {[s.role[6:] for s in sources]}; no train split for {missing} in {task['data_dir']}",
+              flush=True)
+    return [record for source in sources for record in read_json_records(source.path)]
 
 
 def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
@@ -42,22 +67,15 @@ def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
 
 def test_sets(task: Mapping) -> dict[str, list[dict]]:
     """Every configured test set that exists: {name: records}, the first `test_subset` of each."""
-    data_dir = Path(task["data_dir"])
     limit = task.get("test_subset")
-    sets, absent = {}, []
-    for name in task["datasets"]:
-        path = data_dir / name / "test.json"
-        if not path.is_file():
-            if not task.get("missing_ok", True):
-                raise DataError(f"test set {name!r} not found at {path} (task.missing_ok=false)")
-            absent.append(name)
-            continue
-        records = read_json_records(path, TEST_FIELDS)
-        sets[name] = records[: int(limit)] if limit is not None else records
+    sources = {s.role[5:]: s for s in _test_sources(task)}
+    absent = [name for name in task["datasets"] if name not in sources]
     if absent:
-        print(f"[harness] no test set {absent} under {data_dir}; their columns will show '-'", flush=True)
-    if not sets:
-        raise DataError(f"no test set of {list(task['datasets'])} found under {data_dir}")
+        print(f"[harness] no test set {absent} under {task['data_dir']}; their columns will show '-'", flush=True)
+    sets = {}
+    for name, source in sources.items():
+        records = read_json_records(source.path, TEST_FIELDS)
+        sets[name] = records[: int(limit)] if limit is not None else records
     return sets
 
 

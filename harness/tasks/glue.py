@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from harness.provenance import Hub, LocalFile
 from harness.tasks import text_encoder
 from harness.tasks.records import DataError, read_hub_records, subset_and_split
 
@@ -99,14 +100,27 @@ def read_glue_tsv(path: Path, name: str) -> list[dict]:
     return records
 
 
+def _source(task: Mapping, split: str):
+    spec = glue_set(task)
+    path = Path(task["data_dir"]) / spec.directory / ("train.tsv" if split == "train" else spec.dev_file)
+    role = "train" if split == "train" else f"test/{task['dataset']}"
+    if path.is_file():
+        return LocalFile(role, path)
+    return Hub(role, HUB_DATASET, "dataset", spec.hub_config, "train" if split == "train" else spec.dev_split)
+
+
+def data_sources(task: Mapping) -> list:
+    """The TSV files of the GLUE distribution where present, else the hub's splits (provenance.Source)."""
+    return [_source(task, "train"), _source(task, "dev")]
+
+
 def _read(task: Mapping, split: str) -> list[dict]:
     spec = glue_set(task)
     name = task["dataset"]
-    path = Path(task["data_dir"]) / spec.directory / ("train.tsv" if split == "train" else spec.dev_file)
-    if path.is_file():
-        return read_glue_tsv(path, name)
-    hub_split = "train" if split == "train" else spec.dev_split
-    rows = read_hub_records(f"{HUB_DATASET}:{spec.hub_config}", split=hub_split, what=f"GLUE {name} (no {path})")
+    source = _source(task, split)
+    if isinstance(source, LocalFile):
+        return read_glue_tsv(source.path, name)
+    rows = read_hub_records(f"{HUB_DATASET}:{spec.hub_config}", split=source.split, what=f"GLUE {name}")
     a, b = spec.fields
     return [{"text_a": r[a], "text_b": r[b] if b else None, "label": spec.label(r["label"])} for r in rows]
 

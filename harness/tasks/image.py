@@ -25,6 +25,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from harness.provenance import Hub, LocalFile, Packaged
 from harness.tasks.records import DataError, read_hub_records, subset_and_split
 
 PROTOCOLS = {"image_accuracy": "harness.protocols.image"}
@@ -126,6 +127,26 @@ def _check_labels(labels: list[int], num_labels: int, where: str) -> None:
     bad = [label for label in labels if not 0 <= label < num_labels]
     if bad:
         raise DataError(f"{where}: label {bad[0]} outside 0..{num_labels - 1} (task.sets.<name>.num_labels={num_labels})")
+
+
+def data_sources(task: Mapping) -> list:
+    """What the chosen set reads (provenance.Source): its IDX files, scikit-learn's bundled digits, or the hub
+    dataset's train / test splits."""
+    spec, name = image_set(task), task["dataset"]
+    if spec["source"] == "idx":
+        directory = Path(str(spec["path"]))
+        files = [(f"{'train' if split == 'train' else 'test/' + name}:{f}", directory / f)
+                 for split, pair in IDX_FILES.items() for f in pair]
+        for _, path in files:
+            if not path.is_file():
+                raise DataError(f"{path}: file not found. Fashion-MNIST comes from Debian's dataset-fashion-mnist "
+                                "(`make setup` installs it where apt-get is available; else `apt-get install "
+                                "dataset-fashion-mnist`), or point task.sets.<name>.path at a folder with the IDX files")
+        return [LocalFile(role, path) for role, path in files]
+    if spec["source"] == "sklearn_digits":
+        return [Packaged("train", "scikit-learn"), Packaged(f"test/{name}", "scikit-learn")]
+    return [Hub("train", str(spec["path"]), "dataset", spec.get("config"), spec.get("train_split", "train")),
+            Hub(f"test/{name}", str(spec["path"]), "dataset", spec.get("config"), spec.get("test_split", "test"))]
 
 
 def _read(task: Mapping, split: str) -> list[dict]:

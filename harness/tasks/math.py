@@ -14,7 +14,8 @@ from typing import Mapping
 
 from harness.protocols.math import ANSWER_MARKER
 from harness.tasks import text_encoder
-from harness.tasks.records import DataError, read_hub_records, read_jsonl_records, read_train_file, subset_and_split
+from harness.provenance import Hub, LocalFile
+from harness.tasks.records import DataError, read_source, subset_and_split, train_file_source
 
 PROTOCOLS = {"math_greedy": "harness.protocols.math", "lmeval": "harness.protocols.lmeval"}
 # name -> (file under data_dir, the fields each record needs, the field that holds the question)
@@ -36,12 +37,47 @@ def gsm8k_train_file(task: Mapping) -> Path:
     return Path(task["data_dir"]) / "gsm8k" / "train.jsonl"
 
 
-def _gsm8k_train(task: Mapping) -> list[dict]:
+def _train_source(task: Mapping):
+    if task.get("train_file"):
+        return train_file_source(task["train_file"])
     path = gsm8k_train_file(task)
     if not path.is_file():
         raise DataError(f"no training data: {path} does not exist; set data_dir, or task.train_file (MetaMathQA for "
                         "train_format=metamath, a GSM8K-format hub id such as openai/gsm8k:main for train_format=rosa)")
-    return read_jsonl_records(path, ("question", "answer"))
+    return LocalFile("train", path)
+
+
+def _test_source(name: str, task: Mapping):
+    """Where a test set comes from: its local file, or `task.test_files[name]` as a hub id (test split); None
+    when neither exists."""
+    path, source = local_test_file(name, task), (task.get("test_files") or {}).get(name)
+    if path is None and source:
+        repo, _, config = str(source).partition(":")
+        return Hub(f"test/{name}", repo, "dataset", config or None, "test")
+    if path is not None and not path.is_file():
+        raise DataError(f"task.test_files.{name}={str(path)!r}: file not found")
+    return LocalFile(f"test/{name}", path) if path else None
+
+
+def _test_sources(task: Mapping) -> list:
+    sources = []
+    for name in task["datasets"]:
+        if name not in TEST_SETS:
+            raise DataError(f"task.datasets: unknown math test set {name!r}; known: {sorted(TEST_SETS)}")
+        source = _test_source(name, task)
+        if source is None and not task.get("missing_ok", True):
+            raise DataError(f"test set {name!r} not found at {Path(task['data_dir']) / TEST_SETS[name][0]} "
+                            "(task.missing_ok=false)")
+        if source is not None:
+            sources.append(source)
+    if not sources:
+        raise DataError(f"no test set of {list(task['datasets'])} found under {task['data_dir']}")
+    return sources
+
+
+def data_sources(task: Mapping) -> list:
+    """What the task reads (provenance.Source): the training file or hub id, and every test set found."""
+    return [_train_source(task), *_test_sources(task)]
 
 
 def _train_records(task: Mapping) -> list[dict]:
@@ -52,17 +88,18 @@ def _train_records(task: Mapping) -> list[dict]:
     followed by the original answer (calculator annotations and "#### N" kept), which lm-eval's gsm8k scores.
     """
     fmt = task.get("train_format", "metamath")
+    if fmt not in ("metamath", "rosa"):
+        raise DataError(f"task.train_format={fmt!r}: use metamath or rosa")
+    source = _train_source(task)
     if fmt == "metamath":
         if task.get("train_file"):
-            records = read_train_file(task["train_file"], ("query", "response"))
+            records = read_source(source, ("query", "response"))
         else:
-            records = [gsm8k_to_metamath(r) for r in _gsm8k_train(task)]
+            records = [gsm8k_to_metamath(r) for r in read_source(source, ("question", "answer"))]
         return [{"prompt": TRAIN_TEMPLATE.format(query=r["query"]), "response": r["response"], "joint": True}
                 for r in records]
-    if fmt == "rosa":
-        records = read_train_file(task["train_file"], ("question", "answer")) if task.get("train_file") else _gsm8k_train(task)
-        return [{"prompt": r["question"], "response": r["answer"], "joint": False} for r in records]
-    raise DataError(f"task.train_format={fmt!r}: use metamath or rosa")
+    records = read_source(source, ("question", "answer"))
+    return [{"prompt": r["question"], "response": r["answer"], "joint": False} for r in records]
 
 
 def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
@@ -79,32 +116,15 @@ def local_test_file(name: str, task: Mapping) -> Path | None:
     return path if path.is_file() else None
 
 
-def _read_test_set(name: str, task: Mapping) -> list[dict] | None:
-    """A test set from its local file, or from `task.test_files[name]` as a hub id (its test split); None when
-    neither exists."""
-    fields = TEST_SETS[name][1]
-    path, source = local_test_file(name, task), (task.get("test_files") or {}).get(name)
-    if path is None and source:
-        records = read_hub_records(source, split="test", what=f"task.test_files.{name}")
-        missing = [f for f in fields if records and f not in records[0]]
-        if missing:
-            raise DataError(f"task.test_files.{name}={source!r}: records lack field(s) {missing}")
-        return records
-    return read_jsonl_records(path, fields) if path else None
-
-
 def test_sets(task: Mapping) -> dict[str, list[dict]]:
     sets = {}
+    found = {s.role[5:]: s for s in _test_sources(task)}
     for name in task["datasets"]:
-        if name not in TEST_SETS:
-            raise DataError(f"task.datasets: unknown math test set {name!r}; known: {sorted(TEST_SETS)}")
-        records = _read_test_set(name, task)
-        if records is None:
-            path = Path(task["data_dir"]) / TEST_SETS[name][0]
-            if not task.get("missing_ok", True):
-                raise DataError(f"test set {name!r} not found at {path} (task.missing_ok=false)")
-            print(f"[harness] no test set {name!r} at {path}; its column will show '-'", flush=True)
+        if name not in found:
+            print(f"[harness] no test set {name!r} at {Path(task['data_dir']) / TEST_SETS[name][0]}; its column will "
+                  "show '-'", flush=True)
             continue
+        records = read_source(found[name], TEST_SETS[name][1])
         limit = task.get("test_subset")
         sets[name] = records[: int(limit)] if limit is not None else records
         if name == "MATH":  # a solution without a gold answer fails here, not after hours of generation
@@ -113,8 +133,6 @@ def test_sets(task: Mapping) -> dict[str, list[dict]]:
             bad = next((i for i, r in enumerate(sets[name]) if last_boxed(r["solution"]) is None), None)
             if bad is not None:
                 raise DataError(f"MATH test record {bad} has no \\boxed{{}} answer in its solution")
-    if not sets:
-        raise DataError(f"no test set of {list(task['datasets'])} found under {task['data_dir']}")
     return sets
 
 

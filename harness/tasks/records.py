@@ -7,11 +7,13 @@ import random
 from pathlib import Path
 from typing import Mapping
 
+from harness.errors import HarnessError
+
 REQUIRED_FIELDS = ("instruction", "output")
 
 
-class DataError(ValueError):
-    pass
+class DataError(HarnessError, ValueError):
+    default_hint = "fix the file or point data_dir / task.train_file / task.test_files at a good copy"
 
 
 def read_json_records(path: Path, required: tuple[str, ...] = REQUIRED_FIELDS) -> list[dict]:
@@ -53,12 +55,34 @@ def read_jsonl_records(path: Path, required: tuple[str, ...]) -> list[dict]:
     return records
 
 
-def read_train_file(train_file: str, required: tuple[str, ...]) -> list[dict]:
-    """`task.train_file`: a local .json list of records, or else a hub dataset id."""
+def train_file_source(train_file: str, role: str = "train"):
+    """`task.train_file` as a source: a local .json list of records, or else a hub dataset id
+    (`owner/name[:config]`)."""
+    from harness.provenance import Hub, LocalFile
+
     path = Path(str(train_file))
     if path.suffix == ".json" or path.exists():
-        return read_json_records(path, required)
-    return read_hub_records(str(train_file), what="task.train_file")
+        if not path.is_file():
+            raise DataError(f"task.train_file={train_file}: file not found")
+        return LocalFile(role, path)
+    repo, _, config = str(train_file).partition(":")
+    return Hub(role, repo, "dataset", config or None, "train")
+
+
+def read_source(source, required: tuple[str, ...]) -> list[dict]:
+    """The records of a source: a local .json list (or .jsonl, one object a line), or a hub dataset split."""
+    from harness.provenance import Hub
+
+    if isinstance(source, Hub):
+        repo = source.repo + (f":{source.config}" if source.config else "")
+        records = read_hub_records(repo, split=source.split or "train", what=source.role)
+        missing = [f for f in required if records and f not in records[0]]
+        if missing:
+            raise DataError(f"{repo} ({source.split}): records lack field(s) {missing}")
+        return records
+    if source.path.suffix == ".jsonl":
+        return read_jsonl_records(source.path, required)
+    return read_json_records(source.path, required)
 
 
 def read_hub_records(dataset_id: str, split: str = "train", what: str = "task.train_file") -> list[dict]:

@@ -1,0 +1,66 @@
+"""Checks a composed run before anything runs or is written: a bad input fails in seconds, not after training.
+
+What is checked: the training batch sizes, the task and its protocol, that every data and weight source the run
+would read exists (hub ids: in the cache or reachable), the budget (solved on the model's shapes), and the
+method's options against the model's architecture, built on the meta device (no weights, no memory). Every
+failure is a HarnessError, which the CLIs print as one line.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from omegaconf import DictConfig
+
+from harness import budget as budget_lib
+from harness import methods, models
+from harness.config import resolved, run_id
+from harness.errors import ConfigError
+from harness.tasks import protocol_module, task_module
+
+
+def method_options(cfg: DictConfig) -> dict:
+    """The options a method is applied with: its config group less its name and display label."""
+    options = resolved(cfg)["method"]
+    options.pop("name")
+    options.pop("label", None)  # a preset's display name (Neat-S), not an option of the method
+    return options
+
+
+def check_training(training) -> None:
+    for key in ("batch_size", "micro_batch_size"):
+        value = training.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"training.{key}={value!r} must be a positive integer")
+    if training.batch_size % training.micro_batch_size:
+        raise ConfigError(f"training.batch_size={training.batch_size} is not a multiple of "
+                          f"training.micro_batch_size={training.micro_batch_size}",
+                          "choose a micro-batch that divides the batch; the rest is gradient accumulation")
+
+
+@functools.lru_cache(maxsize=32)
+def _architecture(model_json: str, head_json: str):
+    """The model on the meta device, to read its shapes and count (never adapted): cached, as a grid repeats models."""
+    return models.empty_model(json.loads(model_json), json.loads(head_json) or None)
+
+
+def check(cfg: DictConfig) -> str:
+    """Raises a HarnessError naming what cannot work; returns the run id."""
+    check_training(cfg.training)
+    task = task_module(cfg.task.name)
+    protocol_module(task, cfg.task.name, cfg.protocol.name)
+    rid = run_id(cfg)  # every data and weight source exists (their content is part of the id)
+    head = task.model_head(cfg.task) if hasattr(task, "model_head") else None
+    model_json, head_json = json.dumps(resolved(cfg)["model"], sort_keys=True), json.dumps(head or {}, sort_keys=True)
+    total = methods.total_parameters(_architecture(model_json, head_json))
+    shapes = []
+    if budget_lib.target_count(cfg.get("budget") or {}, total) is not None:
+        options = method_options(cfg)
+        shapes = budget_lib.linear_shapes(_architecture(model_json, head_json), options.get("target_modules"),
+                                          options.get("layers_to_transform"))
+    solved, _ = budget_lib.solved_config(cfg, shapes, total)
+    # a fresh meta model: applying a method changes the model it is given
+    fresh = models.empty_model(json.loads(model_json), head)
+    methods.validate(fresh, cfg.method.name, head_modules=getattr(task, "HEAD_MODULES", ()), **method_options(solved))
+    return rid
