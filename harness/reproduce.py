@@ -19,13 +19,14 @@ from harness.config import experiment_cells, with_profile
 from harness.errors import cli_errors, exit_status
 from harness.preflight import check
 from harness.run import run_cell
-from harness.sweep import print_summary
+from harness.sweep import exit_on_sigterm, print_summary
 from harness.tables import make_table, profile_description
 
 
 def main(argv: list[str] | None = None) -> None:
     import torch
 
+    exit_on_sigterm()
     torch.set_num_threads(int(os.environ.get("HARNESS_THREADS", torch.get_num_threads())))
     overrides = with_profile(sys.argv[1:] if argv is None else argv)
     with cli_errors():

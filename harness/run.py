@@ -305,8 +305,9 @@ def main() -> None:
 
     from harness.errors import cli_errors
     from harness.preflight import check
-    from harness.sweep import preflight_points
+    from harness.sweep import exit_on_sigterm, preflight_points
 
+    exit_on_sigterm()
     argv = with_profile(sys.argv[1:])
     with cli_errors():
         preflight_points(argv, check)

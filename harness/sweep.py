@@ -9,6 +9,16 @@ from typing import Callable, Iterable
 from harness.config import compose
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (Slurm's preemption and time limit, `kill`) exits through the normal unwinding, so a running cell
+    releases its lock at once instead of leaving it to go stale (its failure record is not written: the cell
+    did not fail, it was stopped, and a rerun or requeue completes it)."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def sweep_points(argv: Iterable[str]) -> list[list[str]]:
     """The override lists of every point of a Hydra command line (`method=lora,dora method.r=4,8` -> 4 points),
     expanded by Hydra's own override parser; Hydra's own keys (hydra.*) and flags are left out."""

@@ -40,6 +40,10 @@ def test_single_run_writes_a_complete_result_and_is_reused(tmp_path):
         assert result[key]
     assert "torch" in result["versions"] and "peft" in result["versions"]
     assert result["peak_memory"]["cpu_peak_rss_mb"] > 0
+    assert result["status"] == "finished"
+    lock = result["environment"]["lock"]  # the requirements lock this environment should match, and whether it does
+    assert lock["file"] == "requirements/lock-cpu.txt" and len(lock["sha256"]) == 64 and lock["matches"] in (True, False)
+    assert {i["role"] for i in result["inputs"]} >= {"train/boolq", "test/boolq", "tokenizer"}
     adapter = tmp_path / "adapters" / result["run_id"]
     assert (adapter / "adapter_model.safetensors").is_file()
     predictions = (tmp_path / "runs" / f"{result['run_id']}.predictions.jsonl").read_text().splitlines()

@@ -210,3 +210,43 @@ def test_inputs_describe_every_file_with_its_size_and_sha256(data_dir):
     assert boolq["path"] == str(path.resolve()) and boolq["size"] == path.stat().st_size
     assert boolq["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert {d["role"] for d in described} >= {"train/boolq", "test/piqa", "tokenizer"}
+
+
+def test_data_files_that_do_not_parse_name_the_file_and_the_line(tmp_path):
+    from harness.tasks import glue
+    from harness.tasks.records import DataError, read_json_records, read_jsonl_records
+
+    bad_json = tmp_path / "train.json"
+    bad_json.write_text('[{"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}]')
+    with pytest.raises(DataError, match=r"train.json: not valid JSON .* at line 2"):
+        read_json_records(bad_json)
+    bad_jsonl = tmp_path / "test.jsonl"
+    bad_jsonl.write_text('{"question": "q", "answer": "#### 1"}\n{"question": oops}\n')
+    with pytest.raises(DataError, match=r"test.jsonl: line 2 is not valid JSON"):
+        read_jsonl_records(bad_jsonl, ("question", "answer"))
+    bad_tsv = tmp_path / "dev.tsv"
+    bad_tsv.write_bytes(b"sentence\tlabel\nfine\t1\n\xff\xfe broken\t0\n")
+    with pytest.raises(DataError, match=r"dev.tsv: line 3 is not UTF-8 text"):
+        glue.read_glue_tsv(bad_tsv, "sst2")
+    short = tmp_path / "short.tsv"
+    short.write_text("sentence\tlabel\nonly one column\n")
+    with pytest.raises(DataError, match=r"short.tsv: line 2 has 1 columns"):
+        glue.read_glue_tsv(short, "sst2")
+
+
+@pytest.mark.slow
+def test_a_reproduction_with_a_cell_running_elsewhere_writes_no_table(tmp_path):
+    from harness.runlock import RunLock
+
+    experiments = tmp_path / "conf" / "experiment"
+    experiments.mkdir(parents=True)
+    (experiments / "tiny.yaml").write_text("# @package _global_\nexperiment_name: tiny\ntable:\n  layout: datasets\n"
+                                           "  title: tiny\n  published: table1\ngrid:\n  mini:\n    - [method=lora]\n")
+    args = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=tiny", "profile=mini", *TINY]
+    from harness.config import experiment_cells
+
+    _, cells = experiment_cells([*args, f"run.results_dir={tmp_path}"])
+    with RunLock(tmp_path / "runs", run_id(cells[0])):  # another process's run, as far as the grid can tell
+        status, out, _ = harness("harness.reproduce", *args, results=tmp_path)
+    assert status == 0 and "1 running elsewhere" in out and "still running elsewhere" in out
+    assert not (tmp_path / "tables").exists()

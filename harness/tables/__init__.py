@@ -49,9 +49,9 @@ def make_table(base, cells) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
+    from harness.errors import cli_errors
+
+    with cli_errors():
         base, cells = experiment_cells(with_profile(sys.argv[1:] if argv is None else argv))
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
-    paths = make_table(base, cells)
+        paths = make_table(base, cells)
     print(paths[0].read_text())

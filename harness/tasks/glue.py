@@ -74,8 +74,14 @@ def _label(name: str, raw: str, where: str):
 def read_glue_tsv(path: Path, name: str) -> list[dict]:
     """A GLUE TSV file: CoLA without a header (source, label, mark, sentence); the others with one."""
     spec = GLUE_SETS[name]
-    with open(path, newline="", encoding="utf-8-sig") as f:  # MRPC's header may start with a BOM
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # MRPC's header may start with a BOM
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text ({exc.reason}); not a GLUE TSV file") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a TSV file ({exc})") from None
     if not rows:
         raise DataError(f"{path}: empty file")
     records = []
