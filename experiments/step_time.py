@@ -35,7 +35,7 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
     from harness.config import compose
     from harness.budget import linear_shapes, solved_config
     from harness.preflight import method_options
-    from harness.tasks import commonsense
+    from harness import benchmarks
     from harness.train import make_loader
 
     cfg = compose(["profile=mini", f"method={method}", *overrides])
@@ -47,8 +47,10 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
     shapes = linear_shapes(model, options.get("target_modules"), options.get("layers_to_transform"))
     cfg, budget = solved_config(cfg, shapes, methods.total_parameters(model))
     model = methods.apply(model, method, **method_options(cfg))
+    commonsense = benchmarks.get("commonsense")
     records, _ = commonsense.training_records(cfg.task, cfg.seed)
-    examples = [commonsense.tokenize(r, tokenizer, int(cfg.task.cutoff_len), True) for r in records[:micro_batch]]
+    encode = commonsense.encoder({**cfg.task, "train_on_inputs": True}, tokenizer)  # every token supervised
+    examples = [encode(r) for r in records[:micro_batch]]
     loader = make_loader(examples, tokenizer, micro_batch, False, 0)
     return cfg, model, loader, device, budget
 
@@ -69,7 +71,7 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
     import torch
 
     from harness import methods
-    from harness.run import peak_memory, reset_peak_memory
+    from harness.memory import peak_memory, reset_peak_memory
 
     cfg, model, loader, device, budget = prepare(method, overrides, micro_batch)
     batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
@@ -124,6 +126,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one, args.overrides, args.micro_batch, args.steps, args.warmup)))
         return
+    from harness import methods
+
     rows = []
     for method in args.methods.split(","):
         extra = [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == method]
@@ -132,19 +136,19 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", method, "--micro-batch", str(args.micro_batch),
                "--steps", str(args.steps), "--warmup", str(args.warmup), *args.overrides, *extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        if method in ("rosa", "spa"):
+        reads_gradients = methods.get(method).setup_reads_gradients
+        if reads_gradients:  # RoSA / SpA: masks made in a process of their own, then reused by the measured run
             masks = tempfile.mkdtemp(prefix="step_time_masks_")
-            # the mask recipe's length does not change the step cost; one gradient batch, no warm-up
-            mask_cmd = cmd + ["method.mask_warmup_steps=0", "method.mask_grad_batches=1", "--masks-into", masks]
+            mask_cmd = cmd + methods.get(method).quick_setup_overrides() + ["--masks-into", masks]
             proc = subprocess.run(mask_cmd, capture_output=True, text=True, env=env)
             if proc.returncode:
                 print(f"{method}: mask generation failed\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
-            cmd.append(f"method.masks={masks}")
+            cmd += methods.get(method).reuse_setup_overrides(masks)
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         finally:
-            if method in ("rosa", "spa"):
+            if reads_gradients:
                 shutil.rmtree(masks, ignore_errors=True)
         if proc.returncode:
             print(f"{method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)

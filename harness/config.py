@@ -86,11 +86,11 @@ def _drop_paths(node) -> None:
 
 def inputs(cfg: DictConfig) -> dict[str, str]:
     """What the run reads, by content: role -> sha256 / hub revision / package version (harness.provenance)."""
+    from harness import benchmarks
     from harness.models import weight_sources
     from harness.provenance import fingerprint
-    from harness.tasks import task_module
 
-    data = fingerprint(task_module(cfg.task.name).data_sources(cfg.task))
+    data = fingerprint(benchmarks.get(cfg.task.name).data_sources(cfg.task))
     model = fingerprint(weight_sources(cfg.model))
     return {**{f"data/{k}": v for k, v in data.items()}, **{f"model/{k}": v for k, v in model.items()}}
 
@@ -98,14 +98,11 @@ def inputs(cfg: DictConfig) -> dict[str, str]:
 def behaviour_versions(cfg: DictConfig) -> dict[str, int]:
     """The code's declared behaviour versions for this run: a fix that changes what a run computes bumps one,
     so results made before it are never reused (README, "For developers")."""
-    from harness import methods, train
-    from harness.tasks import protocol_module, task_module
+    from harness import benchmarks, methods, train
 
-    task = task_module(cfg.task.name)
-    return {"method": methods.get(cfg.method.name).behaviour_version,
-            "task": getattr(task, "BEHAVIOUR_VERSION", 1),
-            "protocol": getattr(protocol_module(task, cfg.task.name, cfg.protocol.name), "BEHAVIOUR_VERSION", 1),
-            "training": train.BEHAVIOUR_VERSION}
+    benchmark = benchmarks.get(cfg.task.name)
+    return {"method": methods.get(cfg.method.name).behaviour_version, "task": benchmark.behaviour_version,
+            "protocol": benchmark.scorer(cfg.protocol.name).behaviour_version, "training": train.BEHAVIOUR_VERSION}
 
 
 def semantic_config(cfg: DictConfig, with_inputs: bool = True) -> dict:
@@ -117,6 +114,7 @@ def semantic_config(cfg: DictConfig, with_inputs: bool = True) -> dict:
         data.pop(key, None)
     for key in NON_SEMANTIC_TASK_KEYS:
         data.get("task", {}).pop(key, None)
+    data.get("protocol", {}).pop("description", None)  # a caption's words
     _drop_paths(data.get("task"))
     _drop_paths(data.get("model"))
     if not any(v is not None for v in (data.get("budget") or {}).values()):

@@ -35,6 +35,10 @@ class ConfigError(HarnessError, ValueError):
     default_hint = "see conf/ for the groups and their options, or run with --cfg job to print the composed config"
 
 
+class DataError(HarnessError, ValueError):
+    default_hint = "fix the file or point data_dir / task.train_file / task.test_files at a good copy"
+
+
 def one_line(message: str, hint: str = "") -> str:
     text = " ".join(str(message).split())
     hint = " ".join(str(hint or "").split())

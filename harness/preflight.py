@@ -13,11 +13,10 @@ import json
 
 from omegaconf import DictConfig
 
+from harness import benchmarks, methods, models
 from harness import budget as budget_lib
-from harness import methods, models
 from harness.config import resolved, run_id
 from harness.errors import ConfigError
-from harness.tasks import protocol_module, task_module
 
 
 def method_options(cfg: DictConfig) -> dict:
@@ -48,10 +47,10 @@ def _architecture(model_json: str, head_json: str):
 def check(cfg: DictConfig) -> str:
     """Raises a HarnessError naming what cannot work; returns the run id."""
     check_training(cfg.training)
-    task = task_module(cfg.task.name)
-    protocol_module(task, cfg.task.name, cfg.protocol.name)
+    benchmark = benchmarks.get(cfg.task.name)
+    benchmark.scorer(cfg.protocol.name)
     rid = run_id(cfg)  # every data and weight source exists (their content is part of the id)
-    head = task.model_head(cfg.task) if hasattr(task, "model_head") else None
+    head = benchmark.model_head(cfg.task)
     model_json, head_json = json.dumps(resolved(cfg)["model"], sort_keys=True), json.dumps(head or {}, sort_keys=True)
     total = methods.total_parameters(_architecture(model_json, head_json))
     shapes = []
@@ -62,5 +61,5 @@ def check(cfg: DictConfig) -> str:
     solved, _ = budget_lib.solved_config(cfg, shapes, total)
     # a fresh meta model: applying a method changes the model it is given
     fresh = models.empty_model(json.loads(model_json), head)
-    methods.validate(fresh, cfg.method.name, head_modules=getattr(task, "HEAD_MODULES", ()), **method_options(solved))
+    methods.validate(fresh, cfg.method.name, head_modules=benchmark.head_modules, **method_options(solved))
     return rid

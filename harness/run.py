@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -25,16 +24,16 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from harness import benchmarks, methods, models
 from harness import budget as budget_lib
-from harness import methods, models
 from harness.config import CONFIG_DIR, resolved, run_id, with_profile
 from harness.errors import describe, exit_status, traceback_tail
+from harness.memory import peak_memory, reset_peak_memory
 from harness.preflight import method_options
 from harness.provenance import describe as describe_sources
 from harness.results import (environment, git_commit, previous_result, result_path, runs_dir, versions,
                              write_json_atomic)
 from harness.runlock import RunLock
-from harness.tasks import protocol_module, task_module
 from harness.train import DivergedError, train
 
 PHASES = ("data", "load", "method", "train", "eval", "write")
@@ -47,30 +46,6 @@ def pause_point(name: str) -> None:
     if os.environ.get(PAUSE_ENV) == name:
         print(f"[harness] paused at {name} ({PAUSE_ENV})", flush=True)
         time.sleep(3600)
-
-
-def reset_peak_memory() -> str:
-    """Starts a new peak-memory window for this run; returns the scope the CPU number will have."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM), so that several runs in one
-        # process (a reproduction) each report their own peak rather than the largest so far.
-        Path("/proc/self/clear_refs").write_text("5")
-        return "run"
-    except OSError:
-        return "process"
-
-
-def peak_memory(scope: str) -> dict:
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if scope == "run":
-        status = Path("/proc/self/status").read_text()
-        peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
-    peak = {"cpu_peak_rss_mb": round(peak_kb / 1024, 1), "cpu_peak_scope": scope}
-    if torch.cuda.is_available():
-        peak["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return peak
 
 
 def seed_everything(seed: int) -> None:
@@ -155,24 +130,23 @@ class _Phases:
 
 
 def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases) -> dict:
-    task = task_module(cfg.task.name)
-    protocol = protocol_module(task, cfg.task.name, cfg.protocol.name)
+    benchmark = benchmarks.get(cfg.task.name)
+    scorer = benchmark.scorer(cfg.protocol.name)
     progress = bool(cfg.run.progress)
     print(f"[harness] run {rid}", flush=True)
 
     phases.enter("data")  # data first: a bad data file fails before minutes of model loading
-    sources = task.data_sources(cfg.task) + models.weight_sources(cfg.model)
-    train_records, val_records = task.training_records(cfg.task, cfg.seed)
-    # (a protocol that reads its own test data, lm-eval, is given none)
-    test_sets = {} if getattr(protocol, "OWN_TEST_DATA", False) else task.test_sets(cfg.task)
+    sources = benchmark.data_sources(cfg.task) + models.weight_sources(cfg.model)
+    train_records, val_records = benchmark.training_records(cfg.task, cfg.seed)
+    # (a scorer that reads its own test data, lm-eval, is given none)
+    test_sets = {} if scorer.reads_own_test_data else benchmark.test_sets(cfg.task)
 
     phases.enter("load")
     seed_everything(cfg.seed)
     memory_scope = reset_peak_memory()
     load_start = time.perf_counter()
-    # The task decides the head: a causal LM unless it trains a classifier (GLUE).
-    head = task.model_head(cfg.task) if hasattr(task, "model_head") else None
-    model, tokenizer = models.load(cfg.model, head)
+    # The benchmark decides the head: a causal LM unless it trains a classifier (GLUE, images).
+    model, tokenizer = models.load(cfg.model, benchmark.model_head(cfg.task))
     # On the accelerator before the method: PiSSA / MiLoRA run an SVD per adapted matrix at init.
     model.to("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -186,19 +160,19 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
         print(f"[harness] budget {budget['target']:,}: {cfg.method.name} {budget['knob']}={budget['value']:.6g} "
               f"-> {budget['predicted']:,} parameters", flush=True)
     # A task's new head (a classifier) trains with every method, each in its own way.
-    model = methods.apply(model, cfg.method.name, head_modules=getattr(task, "HEAD_MODULES", ()), **method_options(solved))
+    model = methods.apply(model, cfg.method.name, head_modules=benchmark.head_modules, **method_options(solved))
     setup_seconds = time.perf_counter() - load_start
 
     phases.enter("train")
-    encode = task.encoder(cfg.task, tokenizer)  # record -> training example (token ids, or an image to process)
+    encode = benchmark.encoder(cfg.task, tokenizer)  # record -> training example (token ids, or an image to process)
     trained = train(
         model, tokenizer, methods.method_of(model), [encode(r) for r in train_records],
         [encode(r) for r in val_records], cfg.training, cfg.seed, cfg.logging, progress, rid,
-        collator=task.collator(tokenizer, cfg.task) if hasattr(task, "collator") else None)
+        collator=benchmark.collator(tokenizer, cfg.task))
     model = trained["model"]
     # Counted after training: a method may add parameters before its first step (RoSA's sparse part).
     # A task's head (GLUE's classifier) trains with every method but is not the adapter's: counted apart.
-    head_params = methods.trainable_parameters(model, within=getattr(task, "HEAD_MODULES", ()))
+    head_params = methods.trainable_parameters(model, within=benchmark.head_modules)
     trainable = methods.trainable_parameters(model) - head_params
     print(f"[harness] {cfg.method.name}: {trainable:,} trainable of {total_params:,} parameters"
           + (f" (+ {head_params:,} in the head)" if head_params else ""), flush=True)
@@ -211,7 +185,7 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     eval_model = methods.merge(model) if merged else model
     eval_model.eval()
     eval_start = time.perf_counter()
-    metrics, predictions = protocol.evaluate(eval_model, tokenizer, test_sets, cfg.protocol, progress, task_cfg=cfg.task)
+    metrics, predictions = scorer.evaluate(eval_model, tokenizer, test_sets, cfg.protocol, cfg.task, progress)
     eval_seconds = time.perf_counter() - eval_start
 
     phases.enter("write")

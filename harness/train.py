@@ -16,8 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from harness.errors import ConfigError
-from harness.tasks.records import DataError
+from harness.errors import ConfigError, DataError
 
 # Bumped by a change to the loop that alters what a run computes (it enters the run id; README, "For developers").
 BEHAVIOUR_VERSION = 1

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from harness.config import compose
-from harness.tasks import commonsense
-from harness.tasks.records import DataError
+from harness.benchmarks.commonsense import data as commonsense
+from harness.benchmarks.records import DataError
 
 
 def task_cfg(**overrides):
@@ -59,9 +59,9 @@ def test_bad_training_file_names_the_file_and_record(tmp_path):
 
 
 def test_unknown_task_or_protocol_is_named():
-    from harness.tasks import protocol_module, task_module
+    from harness import benchmarks
 
-    with pytest.raises(ValueError, match="no module harness/tasks/nope.py"):
-        task_module("nope")
+    with pytest.raises(ValueError, match=r"task.name='nope': no benchmark of that name; known: \['commonsense', 'glue', 'image', 'math'\]"):
+        benchmarks.get("nope")
     with pytest.raises(ValueError, match="protocol='glue_dev' is not defined for task 'commonsense'; it has \\['lmeval', 'paper_gen'\\]"):
-        protocol_module(task_module("commonsense"), "commonsense", "glue_dev")
+        benchmarks.get("commonsense").scorer("glue_dev")

@@ -3,7 +3,7 @@
 import torch
 
 from harness.generation import generate
-from harness.prompts import eval_prompt
+from harness.benchmarks.commonsense.prompts import eval_prompt
 
 
 def test_batched_generation_matches_batch_size_one(tiny_model, tokenizer, data_dir):

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from harness import methods
+from harness import benchmarks, methods
 from harness.config import compose
 from harness.offline import HubUnavailableError
-from harness.protocols.glue import glue_metrics
-from harness.tasks import glue
-from harness.tasks.records import DataError
+from harness.benchmarks.glue.dev import glue_metrics
+from harness.benchmarks.glue import data as glue
+from harness.benchmarks.records import DataError
 from harness.train import with_module_lrs
 
 
@@ -62,7 +62,7 @@ def test_head_trains_apart_from_the_adapter_at_its_own_rate():
     cfg = compose(["model=minilm-l6", "task=glue", "task.dataset=rte"])
     model, tokenizer = load(cfg.model, glue.model_head(cfg.task))
     model = methods.apply(model, "lora", r=4, alpha=8, target_modules=["query", "value"])
-    head = methods.trainable_parameters(model, within=glue.HEAD_MODULES)
+    head = methods.trainable_parameters(model, within=benchmarks.get("glue").head_modules)
     assert head == 384 * 2 + 2  # the new classifier, trained with the adapter (peft's modules_to_save)
     assert methods.trainable_parameters(model) - head == 6 * 2 * 4 * (384 + 384)
     groups = with_module_lrs(model, methods.method_of(model).param_groups(model, {}), {"classifier": 5e-3})
@@ -78,8 +78,6 @@ def test_head_trains_apart_from_the_adapter_at_its_own_rate():
 
 
 def test_cola_reports_matthews_as_its_headline():
-    from harness.protocols import glue as glue_protocol
-
     class Constant(torch.nn.Module):  # predicts class 1 for every input
         def parameters(self):
             return iter([torch.zeros(1)])
@@ -92,7 +90,9 @@ def test_cola_reports_matthews_as_its_headline():
     tokenizer = load_tokenizer(compose(["model=minilm-l6"]).model)
     records = [{"text_a": "a", "text_b": None, "label": label} for label in (1, 1, 1, 0)]
     protocol = compose(["task=glue", "protocol=glue_dev"]).protocol
-    metrics, _ = glue_protocol.evaluate(Constant(), tokenizer, {"cola": records}, protocol, progress=False)
+    task = compose(["task=glue", "task.dataset=cola"]).task
+    metrics, _ = benchmarks.get("glue").scorer("glue_dev").evaluate(Constant(), tokenizer, {"cola": records}, protocol,
+                                                                    task, progress=False)
     assert metrics["cola"]["metric"] == "matthews" and metrics["cola"]["accuracy"] == 0.0  # MCC of a constant: 0
     assert metrics["cola"]["matthews"] == 0.0 and abs(metrics["cola"]["accuracy"] - 75.0) > 1  # not the accuracy
 
@@ -106,5 +106,5 @@ def test_neat_s_preset_adapts_only_the_listed_layers():
     shapes = linear_shapes(model, cfg.method.target_modules, cfg.method.layers_to_transform)
     options = {k: v for k, v in dict(cfg.method).items() if k not in ("name", "label")}
     adapted = methods.apply(model, "neat", **options)
-    adapter = methods.trainable_parameters(adapted) - methods.trainable_parameters(adapted, within=glue.HEAD_MODULES)
+    adapter = methods.trainable_parameters(adapted) - methods.trainable_parameters(adapted, within=benchmarks.get("glue").head_modules)
     assert len(shapes) == 8 and adapter == methods.get("neat").count(shapes, options) == 8 * 2 * 1 * 384

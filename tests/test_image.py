@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness import methods
+from harness import benchmarks, methods
 from harness.config import compose
 from harness.offline import HubUnavailableError
-from harness.tasks import image
-from harness.tasks.records import DataError
+from harness.benchmarks.image import data as image
+from harness.benchmarks.records import DataError
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion_mnist = pytest.mark.skipif(
@@ -148,10 +148,10 @@ def _logits(model, pixels):
 
 
 def test_linear_probe_trains_only_the_head_and_reloads(tmp_path):
-    model = methods.apply(vit(), "linear_probe", head_modules=image.HEAD_MODULES)
+    model = methods.apply(vit(), "linear_probe", head_modules=benchmarks.get("image").head_modules)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"classifier.weight", "classifier.bias"}
-    assert methods.trainable_parameters(model, within=image.HEAD_MODULES) == 192 * 10 + 10
+    assert methods.trainable_parameters(model, within=benchmarks.get("image").head_modules) == 192 * 10 + 10
     with torch.no_grad():
         model.classifier.weight.add_(1.0)
     pixels = torch.randn(2, 3, 28, 28)
@@ -165,10 +165,10 @@ def test_linear_probe_trains_only_the_head_and_reloads(tmp_path):
 
 @pytest.mark.parametrize("name,options", [("lora", {"r": 4}), ("neat", {"r": 4}), ("spa", {"density": 0.05})])
 def test_adapters_train_the_new_head_and_save_it(tmp_path, processor, name, options):
-    model = methods.apply(vit(), name, head_modules=image.HEAD_MODULES, target_modules=["q_proj", "v_proj"], **options)
+    model = methods.apply(vit(), name, head_modules=benchmarks.get("image").head_modules, target_modules=["q_proj", "v_proj"], **options)
     head = {n for n, p in model.named_parameters() if p.requires_grad and "classifier" in n.split(".")}
     assert head, f"{name}: the new head does not train"
-    assert methods.trainable_parameters(model, within=image.HEAD_MODULES) == 1930
+    assert methods.trainable_parameters(model, within=benchmarks.get("image").head_modules) == 1930
     if name == "spa":  # masks from the gradients of real digit images, which must reach every layer below the head
         from harness.train import make_loader
 

@@ -6,9 +6,18 @@ import pytest
 
 from harness.config import compose
 from harness.offline import HubUnavailableError
-from harness.protocols import lmeval
+from harness import benchmarks
+from harness.benchmarks import lmeval
+from harness.errors import ConfigError
 
 pytest.importorskip("lm_eval")
+
+GSM8K = lmeval.LmEvalTask("gsm8k", "gsm8k/gsm8k.yaml", "openai/gsm8k")
+
+
+def scorer(task):
+    """The lm-eval scorer of the task's benchmark (commonsense's eight tasks, math's gsm8k)."""
+    return benchmarks.get(task.name).scorer("lmeval")
 
 ARC_RECORDS = [
     {"id": f"q{i}", "question": q, "choices": {"text": choices, "label": ["A", "B", "C"]}, "answerKey": key}
@@ -24,7 +33,7 @@ def test_gsm8k_from_the_data_dir_zero_and_few_shot(tiny_model, tokenizer, data_d
     task = compose(["task=gsm8k", "task.test_subset=3"]).task
     for shots in (0, 2):
         protocol = compose(["protocol=lmeval", "protocol.max_gen_toks=8", f"protocol.num_fewshot={shots}"]).protocol
-        metrics, predictions = lmeval.evaluate(tiny_model, tokenizer, {}, protocol, progress=False, task_cfg=task)
+        metrics, predictions = scorer(task).evaluate(tiny_model, tokenizer, {}, protocol, task, progress=False)
         m = metrics["gsm8k"]
         assert m["n"] == 3 and m["num_fewshot"] == shots and m["source"] == "local files"
         assert m["metric"] == "exact_match,strict-match" and 0.0 <= m["accuracy"] <= 100.0
@@ -37,7 +46,7 @@ def test_a_multiple_choice_task_from_local_files_in_its_own_format(tiny_model, t
     path.write_text("".join(json.dumps(r) + "\n" for r in ARC_RECORDS))
     task = compose(["task=commonsense", "task.datasets=[ARC-Easy]"]).task
     protocol = compose(["protocol=lmeval", f"+protocol.local_files.arc_easy.test={path}"]).protocol
-    metrics, _ = lmeval.evaluate(tiny_model, tokenizer, {}, protocol, progress=False, task_cfg=task)
+    metrics, _ = scorer(task).evaluate(tiny_model, tokenizer, {}, protocol, task, progress=False)
     m = metrics["ARC-Easy"]
     assert m["n"] == 3 and m["metric"] == "acc" and "acc_norm" in m
     assert m["accuracy"] in (0.0, 100 / 3, 200 / 3, 100.0)
@@ -47,16 +56,16 @@ def test_offline_without_local_files_names_the_fix(tiny_model, tokenizer, monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     task = compose(["task=commonsense", "task.datasets=[boolq]", "task.missing_ok=false"]).task
     with pytest.raises(HubUnavailableError, match=r"protocol.local_files.boolq"):
-        lmeval.evaluate(tiny_model, tokenizer, {}, compose(["protocol=lmeval"]).protocol, progress=False, task_cfg=task)
+        scorer(task).evaluate(tiny_model, tokenizer, {}, compose(["protocol=lmeval"]).protocol, task, progress=False)
 
 
 def test_generated_task_yaml_switches_off_splits_without_files(tmp_path):
     import yaml
 
     (tmp_path / "t.jsonl").write_text("{}\n")
-    name = lmeval.local_task_yaml("gsm8k", {"test": str(tmp_path / "t.jsonl")}, tmp_path)
+    name = lmeval.local_task_yaml(GSM8K, {"test": str(tmp_path / "t.jsonl")}, tmp_path)
     config = yaml.safe_load((tmp_path / f"{name}.yaml").read_text())
     assert name == "gsm8k_harness" and config["include"].endswith("gsm8k/gsm8k.yaml")
     assert config["test_split"] == "test" and config["training_split"] is None and config["fewshot_split"] is None
-    with pytest.raises(FileNotFoundError, match="protocol.local_files.gsm8k.test"):
-        lmeval.local_task_yaml("gsm8k", {"test": str(tmp_path / "missing.jsonl")}, tmp_path)
+    with pytest.raises(ConfigError, match="protocol.local_files.gsm8k.test"):
+        lmeval.local_task_yaml(GSM8K, {"test": str(tmp_path / "missing.jsonl")}, tmp_path)

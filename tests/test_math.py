@@ -5,9 +5,9 @@ import json
 import pytest
 
 from harness.config import compose
-from harness.protocols.math import extract_gsm8k_answer, gsm8k_correct, gsm8k_gold, score_gsm8k
-from harness.tasks import math as math_task
-from harness.tasks.records import DataError, read_jsonl_records
+from harness.benchmarks.math.answers import extract_gsm8k_answer, gsm8k_correct, gsm8k_gold, score_gsm8k
+from harness.benchmarks.math import data as math_task
+from harness.benchmarks.records import DataError, read_jsonl_records
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
     ("\\pi / 2", "\\pi/2"), ("\\left( 1/2, 3\\right)", "(1/2,3)"),
 ])
 def test_math_answers_that_are_equivalent(a, b):
-    from harness.protocols.math import math_equiv
+    from harness.benchmarks.math.answers import math_equiv
 
     assert math_equiv(a, b) and math_equiv(b, a)
 
@@ -92,13 +92,13 @@ def test_math_answers_that_are_equivalent(a, b):
     ("\\sqrt{2}", "2"), ("5", None), ("12", "1.2"), ("x^2+1", "x^2-1"), ("\\frac{x}{2}", "x/2"),
 ])
 def test_math_answers_that_differ(a, b):
-    from harness.protocols.math import math_equiv
+    from harness.benchmarks.math.answers import math_equiv
 
     assert not math_equiv(a, b)
 
 
 def test_math_gold_is_the_last_boxed_and_predictions_follow_the_marker():
-    from harness.protocols.math import cut_at_stop, extract_math_answer, math_correct, math_gold
+    from harness.benchmarks.math.answers import cut_at_stop, extract_math_answer, math_correct, math_gold
 
     solution = "First $\\boxed{3}$ is wrong; in all, $\\boxed{\\frac{\\{1, 2\\}}{3}}$."
     assert math_gold(solution) == "\\frac{\\{1, 2\\}}{3}"
@@ -115,7 +115,7 @@ def test_math_gold_is_the_last_boxed_and_predictions_follow_the_marker():
 
 
 def test_math_test_set_from_a_local_file_scores_its_gold_answers(tmp_path):
-    from harness.protocols.math import score_math
+    from harness.benchmarks.math.answers import score_math
 
     records = [{"problem": "1+1?", "solution": "It is $\\boxed{2}$."},
                {"problem": "Half?", "solution": "$\\boxed{\\dfrac{1}{2}}$"},

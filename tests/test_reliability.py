@@ -201,7 +201,7 @@ def test_inputs_describe_every_file_with_its_size_and_sha256(data_dir):
 
     from harness.models import weight_sources
     from harness.provenance import describe
-    from harness.tasks import commonsense
+    from harness.benchmarks.commonsense import data as commonsense
 
     cfg = compose(["model=tiny-llama"])
     described = describe(commonsense.data_sources(cfg.task) + weight_sources(cfg.model))
@@ -213,8 +213,8 @@ def test_inputs_describe_every_file_with_its_size_and_sha256(data_dir):
 
 
 def test_data_files_that_do_not_parse_name_the_file_and_the_line(tmp_path):
-    from harness.tasks import glue
-    from harness.tasks.records import DataError, read_json_records, read_jsonl_records
+    from harness.benchmarks.glue import data as glue
+    from harness.benchmarks.records import DataError, read_json_records, read_jsonl_records
 
     bad_json = tmp_path / "train.json"
     bad_json.write_text('[{"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}]')

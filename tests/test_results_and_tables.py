@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from harness.results import load_results, write_json_atomic
-from harness.tables.common import published, write
+from harness.tables.common import published, short_namer, write
 from harness.tables.datasets import build, caption
 
+SHORT = short_namer("commonsense")  # the benchmark's column names
 DATASETS = ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa"]
 
 
@@ -24,7 +25,7 @@ def test_avg_only_with_all_eight_sets_and_paper_row_beside_ours():
     paper = published("table1")
     full = fake_result("lora", {d: 50.0 for d in DATASETS}, model="llama2-7b", paper_model="LLaMA2-7B")
     partial = fake_result("milora", {"boolq": 60.0, "piqa": 55.0})
-    df = build([full, partial], DATASETS, paper, reference_model="LLaMA2-7B")
+    df = build([full, partial], DATASETS, paper, reference_model="LLaMA2-7B", short=SHORT)
     lora = df[(df.method == "LoRA") & (df.row == "ours")].iloc[0]
     assert lora["Avg"] == pytest.approx(50.0)
     lora_paper = df[(df.method == "LoRA") & (df.row.str.startswith("paper"))].iloc[0]
@@ -39,8 +40,8 @@ def test_avg_only_with_all_eight_sets_and_paper_row_beside_ours():
 
 def test_written_table_shows_dashes_and_caption(tmp_path):
     results = [fake_result("milora", {"boolq": 60.0, "piqa": 55.0})]
-    df = build(results, DATASETS, published("table1"), "LLaMA2-7B")
-    text = caption("Title", results, "mini profile", DATASETS, "LLaMA2-7B")
+    df = build(results, DATASETS, published("table1"), "LLaMA2-7B", SHORT)
+    text = caption("Title", results, "mini profile", DATASETS, "LLaMA2-7B", short=SHORT)
     assert "BoolQ 10, PIQA 10 (20 in all)" in text and "paper_gen" in text and "mini profile" in text
     md, csv, tex = write(df, text, tmp_path, "t")
     body = md.read_text()
@@ -79,14 +80,14 @@ def test_budget_table_groups_runs_by_nearest_budget_beside_the_papers_rows(tmp_p
         budget_result("rosa", 1_596_990, 20.0, r=3, density=0.006416980),
         budget_result("full", 134_515_008, 25.0, r=None),
     ]
-    df = budget.build(results, ["gsm8k"], published("rosa_gsm8k"), fractions, labels)
+    df = budget.build(results, ["gsm8k"], published("rosa_gsm8k"), fractions, labels, short_namer("math"))
     assert df["budget"].tolist() == ["~40M", "~40M", "~80M", "~80M", "-"]
     assert df["method"].tolist() == ["LoRA r=3", "SpA d=0.75%", "RoSA r=3 d=0.64%", "RoSA r=1 d=1.22%", "Full FT"]
     rosa = df.iloc[2]
     assert rosa["paper method"] == "RoSA r=16 d=0.6%" and rosa["paper GSM8K"] == 32.2
     assert rosa["Δ GSM8K"] == pytest.approx(20.0 - 32.2) and rosa["params"] == "1.60M (1.19%)"
     assert df.iloc[4]["paper GSM8K"] == 32.3 and df.iloc[4]["paper params"] == "6.70B"
-    text = budget.caption("T", results, "mini", ["gsm8k"], published("rosa_gsm8k"), fractions, labels)
+    text = budget.caption("T", results, "mini", ["gsm8k"], published("rosa_gsm8k"), fractions, labels, short=short_namer("math"))
     assert "~80M = 1.19%" in text and "math_greedy" in text and "GSM8K 20 (20 in all)" in text
     md, _, _ = write(df, text, tmp_path, "sweep")
     body = " ".join(md.read_text().split())  # markdown pads its columns

@@ -10,7 +10,7 @@ from harness import methods
 from harness.config import compose
 from harness.methods.rosa import SPARSE_FILE
 from harness.methods.sparse import SparseDelta, topk_mask
-from harness.tasks import commonsense
+from harness.benchmarks.commonsense import data as commonsense
 from harness.train import make_loader, train
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]

@@ -7,7 +7,7 @@ import torch
 
 from harness import methods
 from harness.config import compose
-from harness.tasks import commonsense
+from harness.benchmarks.commonsense import data as commonsense
 from harness.train import train
 
 

@@ -27,12 +27,31 @@ class Method:
     #: the option a parameter budget solves for ("r", "density"), or None when the method has no knob
     budget_knob: str | None = None
 
+    #: how tables show the method, and where its rows go (lower first)
+    label: str = ""
+    display_order: int = 100
+    #: trains every weight of the model (a table's full-model row)
+    trains_all_weights: bool = False
+    #: its set-up reads gradients before training (RoSA's masks): benchmarks make it in a process of its own,
+    #: so the training steps' peak memory is their own (`quick_setup_overrides`, `reuse_setup_overrides`)
+    setup_reads_gradients: bool = False
+
     #: bumped by a change that alters what a run of this method computes; it enters the run id, so results made
     #: before the change are not reused as if made after it
     behaviour_version: int = 1
 
     def apply(self, model: nn.Module, **options: Any) -> nn.Module:
         raise NotImplementedError
+
+    def knob_label(self, options: dict) -> str:
+        """The knobs a table shows beside the label ("r=16", "r=12 d=0.15%"); "" for none."""
+        return f"r={options['r']}" if self.budget_knob == "r" and options.get("r") else ""
+
+    def quick_setup_overrides(self) -> list[str]:
+        return []
+
+    def reuse_setup_overrides(self, directory: str) -> list[str]:
+        return []
 
     def validate(self, model: nn.Module, **options: Any) -> None:
         """Raises MethodConfigError for options that cannot work on this model, before any weights load.

@@ -8,6 +8,8 @@ from harness.methods.registry import register
 
 @register("full")
 class FullFineTuning(Method):
+    label, display_order, trains_all_weights = "Full FT", 6, True
+
     def with_head(self, options, head_modules):
         return options  # the head trains with everything else
 

@@ -21,6 +21,8 @@ def _under(name: str, modules) -> bool:
 
 @register("linear_probe")
 class LinearProbe(Method):
+    label, display_order = "LP", 0
+
     def apply(self, model, **options):
         check_options(self.name, options, {"modules_to_save"})
         heads = list(options.get("modules_to_save") or [])

@@ -55,6 +55,8 @@ class LowRankBudget:
 
 @register("lora")
 class LoRA(LowRankBudget, Method):
+    label, display_order = "LoRA", 1
+
     def apply(self, model, **options):
         check_options(self.name, options, LORA_OPTIONS)
         return wrap(model, lora_config(self.name, options))
@@ -62,6 +64,8 @@ class LoRA(LowRankBudget, Method):
 
 @register("dora")
 class DoRA(LowRankBudget, Method):
+    label, display_order = "DoRA", 2
+
     def count(self, shapes, options):
         return lora_count(shapes, options) + sum(d_out for d_out, _ in shapes)  # + the magnitude vector
 
@@ -111,6 +115,8 @@ class ResidualInitLoRA(LowRankBudget, Method):
 
 @register("pissa")
 class PiSSA(ResidualInitLoRA):
+    label, display_order = "PiSSA", 3
+
     def apply(self, model, **options):
         options = dict(options)
         niter = options.pop("svd_niter", None)

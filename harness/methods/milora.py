@@ -38,6 +38,8 @@ def milora_init_layer(layer, adapter_name: str = "default") -> None:
 
 @register("milora")
 class MiLoRA(ResidualInitLoRA):
+    label, display_order = "MiLoRA", 4
+
     def apply(self, model, **options):
         from peft.tuners.lora import LoraLayer
 

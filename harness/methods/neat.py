@@ -71,6 +71,7 @@ def _peanut_config(options: dict):
 
 @register("neat")
 class Neat(Method):
+    label, display_order = "Neat", 5
     budget_knob = "r"
 
     def count(self, shapes, options):

@@ -162,6 +162,20 @@ def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], sc
 
 class _RoSABase(Method):
     budget_knob = "density"  # r as stated; the budget left after the low-rank part goes to S
+    setup_reads_gradients = True
+
+    def knob_label(self, options):
+        parts = [f"r={options['r']}"] if int(options.get("r") or 0) > 0 else []
+        if options.get("density") is not None:
+            parts.append(f"d={100 * float(options['density']):.2f}%")
+        return " ".join(parts)
+
+    def quick_setup_overrides(self):
+        # the mask recipe's length does not change the step cost: one gradient batch, no warm-up
+        return ["method.mask_warmup_steps=0", "method.mask_grad_batches=1"]
+
+    def reuse_setup_overrides(self, directory):
+        return [f"method.masks={directory}"]
 
     def count(self, shapes, options):
         from harness.methods.lora import lora_count
@@ -316,11 +330,13 @@ def _cycle(loader):
 
 @register("rosa")
 class RoSA(_RoSABase):
-    pass
+    label, display_order = "RoSA", 7
 
 
 @register("spa")
 class SpA(_RoSABase):
+    label, display_order = "SpA", 8
+
     def _options(self, options: dict) -> dict:
         if options.get("r", 0) != 0:
             raise MethodConfigError("method=spa is RoSA with r=0; use method=rosa for a low-rank part")

@@ -13,7 +13,7 @@ from pathlib import Path
 from harness.config import experiment_cells, with_profile
 from harness.errors import ConfigError
 from harness.tables import budget, datasets
-from harness.tables.common import collect, published, write
+from harness.tables.common import collect, published, short_namer, write
 
 LAYOUTS = ("datasets", "budget")
 
@@ -34,13 +34,14 @@ def make_table(base, cells) -> list[Path]:
     names = list((table.get("columns") or {}).get(base.profile.name) or base.task.datasets)
     paper = published(table.published)
     description = profile_description(base)
+    short = short_namer(base.task.name)
     if layout == "datasets":
-        df = datasets.build(results, names, paper, table.get("reference_model"))
-        text = datasets.caption(table.title, results, description, names, table.get("reference_model"), table.get("note"))
+        df = datasets.build(results, names, paper, table.get("reference_model"), short)
+        text = datasets.caption(table.title, results, description, names, table.get("reference_model"), table.get("note"), short)
     elif layout == "budget":
         fractions, labels = [float(f) for f in table.budget_fractions], list(table.budget_labels)
-        df = budget.build(results, names, paper, fractions, labels)
-        text = budget.caption(table.title, results, description, names, paper, fractions, labels, table.get("note"))
+        df = budget.build(results, names, paper, fractions, labels, short)
+        text = budget.caption(table.title, results, description, names, paper, fractions, labels, table.get("note"), short)
     else:
         raise ConfigError(f"table.layout={layout!r} in experiment {base.experiment_name}: use one of {LAYOUTS}")
     paths = write(df, text, Path(base.run.results_dir) / "tables", base.experiment_name)

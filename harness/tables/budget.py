@@ -8,22 +8,17 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from harness.tables.common import (FAILED, PROTOCOL_DESCRIPTIONS, SHORT_NAMES, finished, method_label, method_order,
-                                   params_text, sizes_of_test_sets)
+from harness.tables.common import (FAILED, method_info, finished, method_label, method_order, params_text,
+                                   protocol_description, sizes_of_test_sets)
 
 FULL = "-"  # the budget label of full fine-tuning, as in the paper's table
 
 
 def knob_label(result: Mapping) -> str:
-    """"LoRA r=16", "RoSA r=12 d=0.15%", "SpA d=0.60%", "Full FT": the knobs the run trained with."""
-    method = result["method"]
+    """"LoRA r=16", "RoSA r=12 d=0.15%", "SpA d=0.60%", "Full FT": the label and the knobs the run trained with,
+    as the method shows them."""
     options = (result.get("config") or {}).get("method") or {}
-    parts = [method_label(result)]
-    if int(options.get("r") or 0) > 0:
-        parts.append(f"r={options['r']}")
-    if options.get("density") is not None and method in ("rosa", "spa"):
-        parts.append(f"d={100 * float(options['density']):.2f}%")
-    return " ".join(parts)
+    return " ".join(part for part in (method_label(result), method_info(result["method"]).knob_label(options)) if part)
 
 
 def budget_group(result: Mapping, fractions: Sequence[float], labels: Sequence[str]) -> str:
@@ -33,7 +28,7 @@ def budget_group(result: Mapping, fractions: Sequence[float], labels: Sequence[s
         share = result["params"]["trainable"] / result["params"]["total"]
     else:  # a failed run has no count: the budget it asked for
         share = ((result.get("config") or {}).get("budget") or {}).get("fraction") or fractions[0]
-    if result["method"] == "full" or share > 10 * max(fractions):
+    if getattr(method_info(result["method"]), "trains_all_weights", False) or share > 10 * max(fractions):
         return FULL
     nearest = min(range(len(fractions)), key=lambda i: abs(math.log(share / fractions[i])))
     return labels[nearest]
@@ -45,8 +40,8 @@ def _sort_key(result: Mapping) -> tuple:
 
 
 def build(results: list[Mapping], datasets: list[str], paper: Mapping, fractions: Sequence[float],
-          labels: Sequence[str]) -> pd.DataFrame:
-    columns = [SHORT_NAMES.get(d, d) for d in datasets]
+          labels: Sequence[str], short=str) -> pd.DataFrame:
+    columns = [short(d) for d in datasets]
     paper_rows = {(row["budget"], row["method"]): row for row in paper.get("rows", [])}
     paper_cols = paper.get("columns", datasets)
     groups = {label: [] for label in [*labels, FULL]}
@@ -76,11 +71,10 @@ def build(results: list[Mapping], datasets: list[str], paper: Mapping, fractions
 
 
 def caption(title: str, results: list[Mapping], profile_description: str, datasets: list[str], paper: Mapping,
-            fractions: Sequence[float], labels: Sequence[str], note: str | None = None) -> str:
-    protocol = results[0]["protocol"] if results else "-"
-    sizes, absent = sizes_of_test_sets(results, datasets)
+            fractions: Sequence[float], labels: Sequence[str], note: str | None = None, short=str) -> str:
+    sizes, absent = sizes_of_test_sets(results, datasets, short)
     budgets = ", ".join(f"{label} = {100 * f:.2f}%" for label, f in zip(labels, fractions))
-    text = (f"{title}. Profile: {profile_description}. Protocol: {PROTOCOL_DESCRIPTIONS.get(protocol, protocol)}. "
+    text = (f"{title}. Profile: {profile_description}. Protocol: {protocol_description(results)}. "
             f"Test examples: {sizes}; accuracy in %. Budgets as shares of the base model ({budgets}); each run sits "
             f"in the budget nearest its trainable share, 'params' is its exact trainable count (share). "
             f"Paper columns: {paper.get('model', 'the paper')}, {paper.get('source', 'published numbers')}; "

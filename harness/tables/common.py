@@ -13,34 +13,14 @@ from harness.config import CONFIG_DIR, run_id
 from harness.errors import ConfigError
 from harness.results import read_result, result_path
 
-SHORT_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "hellaswag": "HellaS", "winogrande": "WinoG",
-               "ARC-Easy": "ARC-e", "ARC-Challenge": "ARC-c", "openbookqa": "OBQA", "gsm8k": "GSM8K",
-               "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "rte": "RTE", "stsb": "STS-B",
-               "mnli": "MNLI", "qqp": "QQP", "oxford_pets": "Pets", "stanford_cars": "Cars", "cifar10": "CIFAR10",
-               "dtd": "DTD", "eurosat": "EuroSAT", "fgvc_aircraft": "FGVC", "resisc45": "RESISC45",
-               "cifar100": "CIFAR100", "fashion_mnist": "F-MNIST", "digits": "Digits"}
-METHOD_NAMES = {"linear_probe": "LP", "lora": "LoRA", "dora": "DoRA", "pissa": "PiSSA", "milora": "MiLoRA", "neat": "Neat", "full": "Full FT",
-                "rosa": "RoSA", "spa": "SpA"}
-PROTOCOL_DESCRIPTIONS = {
-    "paper_gen": "paper_gen (Alpaca prompt, beam search with 4 beams, 32 new tokens, first-match answer extraction, exact match)",
-    "math_greedy": "math_greedy (MetaMath prompt, greedy decoding, the answer after the last 'The answer is:'; GSM8K "
-                   "compared as numbers, MATH by is_equiv normalisation)",
-    "glue_dev": "glue_dev (GLUE dev sets, the trained head's prediction, metrics computed locally)",
-    "image_accuracy": "image_accuracy (top-1 accuracy of the new head on each set's test split, the model's own "
-                      "resize and normalisation, no test-time augmentation)",
-    "lmeval": "lmeval (lm-eval's own tasks through its Python API on the merged model: acc for multiple choice, "
-              "exact match with the strict '#### N' filter for gsm8k; shots as in the result files)",
-}
-
-
 def published(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "published" / f"{name}.yaml"), resolve=True)
 
 
 def method_label(result: Mapping) -> str:
-    """The name a table shows: a preset's label (Neat-S) or the method's name (LoRA)."""
+    """The name a table shows: a preset's label (Neat-S) or the method's own (LoRA), which lives with the method."""
     options = (result.get("config") or {}).get("method") or {}
-    return options.get("label") or METHOD_NAMES.get(result["method"], result["method"])
+    return options.get("label") or method_info(result["method"]).label
 
 
 def label_key(result: Mapping) -> str:
@@ -50,7 +30,31 @@ def label_key(result: Mapping) -> str:
 
 
 def method_order(method: str) -> int:
-    return list(METHOD_NAMES).index(method) if method in METHOD_NAMES else len(METHOD_NAMES)
+    return method_info(method).display_order
+
+
+def method_info(name: str):
+    from harness import methods
+
+    try:
+        return methods.get(name)
+    except methods.MethodConfigError:  # a result of a method this checkout no longer has
+        return type("Unknown", (), {"label": name, "display_order": 1000})()
+
+
+def short_namer(task_name: str):
+    """dataset -> the column a table shows, as the benchmark names it."""
+    from harness import benchmarks
+
+    return benchmarks.get(task_name).short_name
+
+
+def protocol_description(results: list[Mapping]) -> str:
+    """The caption's words for the protocol of these results (its yaml's `description`)."""
+    if not results:
+        return "-"
+    protocol = (results[0].get("config") or {}).get("protocol") or {}
+    return protocol.get("description") or results[0]["protocol"]
 
 
 def params_text(n: float) -> str:
@@ -90,14 +94,14 @@ def collect(results_dir: str | Path, cells: Iterable) -> tuple[list[Mapping], li
     return found, absent
 
 
-def sizes_of_test_sets(results: list[Mapping], datasets: list[str]) -> tuple[str, list[str]]:
-    """"BoolQ 40, PIQA 40 (80 in all)" and the short names of the sets no result has."""
+def sizes_of_test_sets(results: list[Mapping], datasets: list[str], short) -> tuple[str, list[str]]:
+    """"BoolQ 40, PIQA 40 (80 in all)" and the short names of the sets no result has (`short`: dataset -> name)."""
     sizes = {}
     for r in results:
         for d, m in (r.get("metrics") or {}).items():
             sizes[d] = m["n"]
-    per_set = ", ".join(f"{SHORT_NAMES.get(d, d)} {sizes[d]}" for d in datasets if d in sizes) or "none"
-    return f"{per_set} ({sum(sizes.values())} in all)", [SHORT_NAMES.get(d, d) for d in datasets if d not in sizes]
+    per_set = ", ".join(f"{short(d)} {sizes[d]}" for d in datasets if d in sizes) or "none"
+    return f"{per_set} ({sum(sizes.values())} in all)", [short(d) for d in datasets if d not in sizes]
 
 
 def _cell(column: str, value, signed: bool) -> str:

@@ -7,8 +7,8 @@ from typing import Mapping
 
 import pandas as pd
 
-from harness.tables.common import (FAILED, PROTOCOL_DESCRIPTIONS, SHORT_NAMES, finished, label_key, mean_or_none,
-                                   method_label, method_order, missing, params_text, sizes_of_test_sets)
+from harness.tables.common import (FAILED, finished, label_key, mean_or_none, method_label, method_order, missing,
+                                   params_text, protocol_description, sizes_of_test_sets)
 
 
 def _avg(values: list[float | None]) -> float | None:
@@ -18,8 +18,9 @@ def _avg(values: list[float | None]) -> float | None:
     return sum(values) / len(values)
 
 
-def build(results: list[Mapping], datasets: list[str], paper: Mapping, reference_model: str | None) -> pd.DataFrame:
-    columns = [SHORT_NAMES.get(d, d) for d in datasets]
+def build(results: list[Mapping], datasets: list[str], paper: Mapping, reference_model: str | None, short=str) -> pd.DataFrame:
+    """`short`: dataset -> the column name (the benchmark's short names)."""
+    columns = [short(d) for d in datasets]
     paper_cols = paper.get("columns", datasets)
     by_key: dict[tuple[str, str], list[Mapping]] = {}
     for r in results:
@@ -43,7 +44,8 @@ def build(results: list[Mapping], datasets: list[str], paper: Mapping, reference
         paper_row = (paper.get("rows", {}).get(paper_model) or {}).get(label_key(runs[0]))
         if paper_row:
             values = [paper_row[paper_cols.index(d)] if d in paper_cols else None for d in datasets]
-            paper_avg = (paper.get("avg", {}).get(paper_model) or {}).get(method, _avg(values))
+            # the paper's own Avg for this row (a preset's, Neat-S, by its label), else the mean of its cells
+            paper_avg = (paper.get("avg", {}).get(paper_model) or {}).get(label_key(runs[0]), _avg(values))
             rows.append({**base, "row": f"paper ({paper_model})", **dict(zip(columns, values)), "Avg": paper_avg})
             diffs = [o - p if o is not None and p is not None else None for o, p in zip(ours, values)]
             avg_ours = _avg(ours)
@@ -53,15 +55,16 @@ def build(results: list[Mapping], datasets: list[str], paper: Mapping, reference
 
 
 def caption(title: str, results: list[Mapping], profile_description: str, datasets: list[str], reference_model: str | None,
-            note: str | None = None) -> str:
-    protocol = results[0]["protocol"] if results else "-"
-    sizes, absent = sizes_of_test_sets(results, datasets)
-    text = (f"{title}. Profile: {profile_description}. Protocol: {PROTOCOL_DESCRIPTIONS.get(protocol, protocol)}. "
+            note: str | None = None, short=str) -> str:
+    sizes, absent = sizes_of_test_sets(results, datasets, short)
+    text = (f"{title}. Profile: {profile_description}. Protocol: {protocol_description(results)}. "
             f"Test examples: {sizes}; accuracy in %; 'step s' is the mean training step time of our run.")
     if absent:
         text += f" No test data for {', '.join(absent)} ('-'); Avg is shown only when all {len(datasets)} sets are present."
     if reference_model:
         text += f" Paper rows are the published numbers; a model without its own paper row is compared with {reference_model}."
+    if any(not finished(r) for r in results):
+        text += " 'failed': every run of that row failed or diverged (its result file says why)."
     if note:
         text += f" {note}"
     return text

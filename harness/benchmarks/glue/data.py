@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from harness.benchmarks.base import test_subset
+from harness.benchmarks.records import read_hub_records, subset_and_split
+from harness.errors import DataError
 from harness.provenance import Hub, LocalFile
-from harness.tasks import text_encoder
-from harness.tasks.records import DataError, read_hub_records, subset_and_split
 
-PROTOCOLS = {"glue_dev": "harness.protocols.glue"}
-# The classification head: trained with every method, reported apart from the adapter's count.
-HEAD_MODULES = ("classifier", "score")  # BERT/RoBERTa name it classifier, decoder models score
 HUB_DATASET = "nyu-mll/glue"
 
 
@@ -136,9 +134,7 @@ def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
 
 
 def test_sets(task: Mapping) -> dict[str, list[dict]]:
-    records = _read(task, "dev")
-    limit = task.get("test_subset")
-    return {task["dataset"]: records[: int(limit)] if limit is not None else records}
+    return {task["dataset"]: test_subset(_read(task, "dev"), task)}
 
 
 def model_head(task: Mapping) -> dict:
@@ -156,7 +152,3 @@ def collator(tokenizer, task_cfg=None):
     from transformers import DataCollatorWithPadding
 
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
-
-
-def encoder(task_cfg, tokenizer):
-    return text_encoder(tokenize, task_cfg, tokenizer)

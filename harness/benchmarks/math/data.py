@@ -12,12 +12,12 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-from harness.protocols.math import ANSWER_MARKER
-from harness.tasks import text_encoder
+from harness.benchmarks.base import test_subset
+from harness.benchmarks.math.answers import ANSWER_MARKER
+from harness.benchmarks.records import read_source, subset_and_split, train_file_source
+from harness.errors import DataError
 from harness.provenance import Hub, LocalFile
-from harness.tasks.records import DataError, read_source, subset_and_split, train_file_source
 
-PROTOCOLS = {"math_greedy": "harness.protocols.math", "lmeval": "harness.protocols.lmeval"}
 # name -> (file under data_dir, the fields each record needs, the field that holds the question)
 TEST_SETS = {"gsm8k": ("gsm8k/test.jsonl", ("question", "answer"), "question"),
              "MATH": ("MATH/test.jsonl", ("problem", "solution"), "problem")}
@@ -124,11 +124,9 @@ def test_sets(task: Mapping) -> dict[str, list[dict]]:
             print(f"[harness] no test set {name!r} at {Path(task['data_dir']) / TEST_SETS[name][0]}; its column will "
                   "show '-'", flush=True)
             continue
-        records = read_source(found[name], TEST_SETS[name][1])
-        limit = task.get("test_subset")
-        sets[name] = records[: int(limit)] if limit is not None else records
+        sets[name] = test_subset(read_source(found[name], TEST_SETS[name][1]), task)
         if name == "MATH":  # a solution without a gold answer fails here, not after hours of generation
-            from harness.protocols.math_equivalence import last_boxed
+            from harness.benchmarks.math.equivalence import last_boxed
 
             bad = next((i for i, r in enumerate(sets[name]) if last_boxed(r["solution"]) is None), None)
             if bad is not None:
@@ -153,7 +151,3 @@ def tokenize(record: Mapping, tokenizer, cutoff_len: int, train_on_inputs: bool,
     ids = ids[:cutoff_len]
     labels = list(ids) if train_on_inputs else [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
-
-
-def encoder(task_cfg, tokenizer):
-    return text_encoder(tokenize, task_cfg, tokenizer)

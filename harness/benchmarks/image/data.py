@@ -25,13 +25,11 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from harness.benchmarks.base import test_subset
+from harness.benchmarks.records import subset_and_split
+from harness.errors import DataError
 from harness.provenance import Hub, LocalFile, Packaged
-from harness.tasks.records import DataError, read_hub_records, subset_and_split
 
-PROTOCOLS = {"image_accuracy": "harness.protocols.image"}
-# The new head: trained with every method, reported apart from the adapter's count (transformers' vision
-# classifiers, ViT included, name it so).
-HEAD_MODULES = ("classifier",)
 SOURCES = ("hub", "idx", "sklearn_digits")
 IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
              "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
@@ -166,14 +164,9 @@ def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
 
 
 def test_sets(task: Mapping) -> dict[str, list[dict]]:
-    """The test split; `task.test_subset` draws a fixed sample (seed 0, the same for every run), since some
-    test splits are ordered by class and their first N would hold only a few classes."""
-    records = _read(task, "test")
-    limit = task.get("test_subset")
-    if limit is not None and int(limit) < len(records):
-        keep = sorted(random.Random(0).sample(range(len(records)), int(limit)))
-        records = [records[i] for i in keep]
-    return {task["dataset"]: records}
+    """The test split; `task.test_subset` as `task.test_subset_mode` says (this config: a fixed sample, since
+    some test splits are ordered by class and their first N would hold only a few classes)."""
+    return {task["dataset"]: test_subset(_read(task, "test"), task)}
 
 
 def model_head(task: Mapping) -> dict:

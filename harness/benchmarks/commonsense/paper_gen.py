@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Mapping
 
+from harness.benchmarks.base import Scorer, accuracy_summary
+from harness.benchmarks.commonsense.prompts import eval_prompt, response_of
 from harness.generation import generate
-from harness.prompts import eval_prompt, response_of
 
 _CHOICES = {
     "boolq": "true|false",
@@ -34,29 +34,22 @@ def extract_answer(dataset_name: str, response: str) -> str:
 
 def score(dataset_name: str, records: list[dict], decoded: list[str]) -> tuple[dict, list[dict]]:
     predictions = []
-    correct = 0
     for record, text in zip(records, decoded):
         response = response_of(text)
         predicted = extract_answer(dataset_name, response)
         ok = predicted == record["answer"]
-        correct += ok
         predictions.append({"response": response, "prediction": predicted, "answer": record["answer"], "correct": ok})
-    n = len(records)
-    return {"accuracy": 100.0 * correct / n if n else float("nan"), "correct": correct, "n": n}, predictions
+    return accuracy_summary(predictions), predictions
 
 
-def evaluate(model, tokenizer, test_sets: Mapping[str, list[dict]], protocol: Mapping, progress: bool = True,
-             task_cfg: Mapping | None = None):
-    """({dataset: {accuracy, correct, n, seconds}}, {dataset: per-example predictions})."""
-    metrics, predictions = {}, {}
-    for name, records in test_sets.items():
-        start = time.perf_counter()
+class PaperGen(Scorer):
+    """Alpaca prompt, beam search, first-match extraction, exact match (LLM-Adapters' evaluate.py)."""
+
+    name = "paper_gen"
+
+    def score_set(self, model, tokenizer, name, records, protocol, task, progress=False):
         prompts = [eval_prompt(r["instruction"], r.get("input", "")) for r in records]
         decoded = generate(model, tokenizer, prompts, num_beams=int(protocol["num_beams"]),
                            max_new_tokens=int(protocol["max_new_tokens"]), batch_size=int(protocol["batch_size"]),
                            progress=progress, desc=f"eval {name}")
-        metrics[name], predictions[name] = score(name, records, decoded)
-        metrics[name]["seconds"] = round(time.perf_counter() - start, 2)
-        if progress:
-            print(f"[harness] {name}: {metrics[name]['accuracy']:.1f}% of {metrics[name]['n']}", flush=True)
-    return metrics, predictions
+        return score(name, records, decoded)

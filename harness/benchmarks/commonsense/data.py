@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from harness.prompts import train_prompt
-from harness.tasks import text_encoder
+from harness.benchmarks.base import test_subset
+from harness.benchmarks.commonsense.prompts import train_prompt
+from harness.benchmarks.records import read_json_records, read_source, subset_and_split, train_file_source
+from harness.errors import DataError
 from harness.provenance import LocalFile
-from harness.tasks.records import DataError, read_json_records, read_source, subset_and_split, train_file_source
 
 TEST_FIELDS = ("instruction", "answer")
-PROTOCOLS = {"paper_gen": "harness.protocols.commonsense", "lmeval": "harness.protocols.lmeval"}
 
 
 def _train_sources(task: Mapping) -> list:
@@ -66,16 +66,14 @@ def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
 
 
 def test_sets(task: Mapping) -> dict[str, list[dict]]:
-    """Every configured test set that exists: {name: records}, the first `test_subset` of each."""
-    limit = task.get("test_subset")
+    """Every configured test set that exists: {name: records}, `task.test_subset` of each."""
     sources = {s.role[5:]: s for s in _test_sources(task)}
     absent = [name for name in task["datasets"] if name not in sources]
     if absent:
         print(f"[harness] no test set {absent} under {task['data_dir']}; their columns will show '-'", flush=True)
     sets = {}
     for name, source in sources.items():
-        records = read_json_records(source.path, TEST_FIELDS)
-        sets[name] = records[: int(limit)] if limit is not None else records
+        sets[name] = test_subset(read_json_records(source.path, TEST_FIELDS), task)
     return sets
 
 
@@ -94,7 +92,3 @@ def tokenize(record: Mapping, tokenizer, cutoff_len: int, train_on_inputs: bool,
         prompt_len = len(encode(train_prompt(instruction, input_, ""), False)["input_ids"])
         example["labels"] = [-100] * prompt_len + example["labels"][prompt_len:]
     return example
-
-
-def encoder(task_cfg, tokenizer):
-    return text_encoder(tokenize, task_cfg, tokenizer)

@@ -1,4 +1,5 @@
-"""Reading instruction records (JSON list files, or a hub dataset id) with errors that name the file."""
+"""Reading records that benchmarks share (JSON list files, JSON lines, a hub dataset id), with errors that name the
+file and the line; the seeded subset and validation hold-out."""
 
 from __future__ import annotations
 
@@ -7,13 +8,9 @@ import random
 from pathlib import Path
 from typing import Mapping
 
-from harness.errors import HarnessError
+from harness.errors import DataError
 
 REQUIRED_FIELDS = ("instruction", "output")
-
-
-class DataError(HarnessError, ValueError):
-    default_hint = "fix the file or point data_dir / task.train_file / task.test_files at a good copy"
 
 
 def read_json_records(path: Path, required: tuple[str, ...] = REQUIRED_FIELDS) -> list[dict]:

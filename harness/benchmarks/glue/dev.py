@@ -8,11 +8,11 @@ every metric is recorded under its own name as well.
 
 from __future__ import annotations
 
-import time
-from typing import Mapping
-
 import torch
 from tqdm.auto import tqdm
+
+from harness.benchmarks.base import Scorer
+from harness.benchmarks.glue.data import GLUE_SETS, collator, tokenize
 
 
 def glue_metrics(name: str, predictions: list, labels: list) -> dict[str, float]:
@@ -31,8 +31,6 @@ def glue_metrics(name: str, predictions: list, labels: list) -> dict[str, float]
 
 @torch.no_grad()
 def predict(model, tokenizer, records: list[dict], batch_size: int, max_length: int, progress: bool, desc: str) -> list:
-    from harness.tasks.glue import collator, tokenize
-
     collate = collator(tokenizer)
     device = next(model.parameters()).device
     out = []
@@ -46,22 +44,16 @@ def predict(model, tokenizer, records: list[dict], batch_size: int, max_length: 
     return out
 
 
-def evaluate(model, tokenizer, test_sets: Mapping[str, list[dict]], protocol: Mapping, progress: bool = True,
-             task_cfg: Mapping | None = None):
-    from harness.tasks.glue import GLUE_SETS
+class GlueDev(Scorer):
+    name = "glue_dev"
 
-    metrics, predictions = {}, {}
-    for name, records in test_sets.items():
-        start = time.perf_counter()
+    def score_set(self, model, tokenizer, name, records, protocol, task, progress=False):
         predicted = predict(model, tokenizer, records, int(protocol["batch_size"]), int(protocol["max_length"]),
                             progress, f"eval {name}")
         labels = [r["label"] for r in records]
         values = glue_metrics(name, predicted, labels)
         headline = GLUE_SETS[name].metric
         # every metric x 100, then `accuracy` set to the headline one (for CoLA: Matthews, not accuracy)
-        metrics[name] = {**{k: 100.0 * v for k, v in values.items()}, "accuracy": 100.0 * values[headline],
-                         "metric": headline, "n": len(records), "seconds": round(time.perf_counter() - start, 2)}
-        predictions[name] = [{"prediction": p, "label": l, "correct": p == l} for p, l in zip(predicted, labels)]
-        if progress:
-            print(f"[harness] {name}: {headline} {metrics[name]['accuracy']:.1f} on {len(records)}", flush=True)
-    return metrics, predictions
+        metrics = {**{k: 100.0 * v for k, v in values.items()}, "accuracy": 100.0 * values[headline],
+                   "metric": headline, "n": len(records)}
+        return metrics, [{"prediction": p, "label": l, "correct": p == l} for p, l in zip(predicted, labels)]

@@ -1,5 +1,5 @@
-"""Math problems with greedy decoding (SPEC 2.3): `The answer is:` extraction; GSM8K compared as numbers,
-MATH by equivalence after normalisation (`math_equivalence`).
+"""Answers of math problems (SPEC 2.3): `The answer is:` extraction; GSM8K compared as numbers, MATH by
+equivalence after normalisation (`equivalence`).
 
 GSM8K follows MetaMath's evaluation: the text after the last "The answer is: ", its first number (a fraction
 evaluated), rounded; the gold answer is the number after "####". One deliberate difference: thousands
@@ -13,21 +13,15 @@ Generation is greedy and stops at `protocol.stop_strings` (MetaMath's: "Instruct
 from __future__ import annotations
 
 import re
-import time
 from fractions import Fraction
-from typing import Mapping
 
-from harness.generation import generate
-from harness.protocols.math_equivalence import last_boxed, math_equiv, math_gold, normalize_math_answer, unbox  # noqa: F401
+from harness.benchmarks.base import accuracy_summary
+from harness.benchmarks.math.equivalence import last_boxed, math_equiv, math_gold, normalize_math_answer, unbox  # noqa: F401
+from harness.errors import DataError
 
 ANSWER_MARKER = "The answer is: "
 _NUMBER = re.compile(r"[\-+]?\d*[\./]?\d+")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
-# MetaMath's evaluation prompt (training uses "### Response:\n" and the answer; the mismatch is the original's).
-EVAL_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-                 "request.\n\n### Instruction:\n{query}\n\n### Response: Let's think step by step.")
-
-
 def extract_gsm8k_answer(completion: str) -> int | None:
     """The rounded number after the last "The answer is: ", or None when there is none."""
     parts = completion.split(ANSWER_MARKER)
@@ -47,7 +41,7 @@ def extract_gsm8k_answer(completion: str) -> int | None:
 def gsm8k_gold(answer: str) -> float:
     """The number after "####" in a GSM8K answer."""
     if "####" not in answer:
-        raise ValueError(f"GSM8K answer without '####': {answer[-80:]!r}")
+        raise DataError(f"GSM8K answer without '####': {answer[-80:]!r}")
     return float(answer.split("####")[-1].strip().replace(",", ""))
 
 
@@ -83,47 +77,15 @@ def score_gsm8k(records: list[dict], completions: list[str]) -> tuple[dict, list
         gold = gsm8k_gold(record["answer"])
         rows.append({"response": completion, "prediction": extract_gsm8k_answer(completion), "answer": gold,
                      "correct": gsm8k_correct(completion, gold)})
-    return _summary(rows), rows
+    return accuracy_summary(rows), rows
 
 
 def score_math(records: list[dict], completions: list[str]) -> tuple[dict, list[dict]]:
     rows = [{"response": completion, "prediction": extract_math_answer(completion),
              "answer": math_gold(record["solution"]), "correct": math_correct(completion, record["solution"])}
             for record, completion in zip(records, completions)]
-    return _summary(rows), rows
+    return accuracy_summary(rows), rows
 
 
-def _summary(rows: list[dict]) -> dict:
-    n, correct = len(rows), sum(r["correct"] for r in rows)
-    return {"accuracy": 100.0 * correct / n if n else float("nan"), "correct": correct, "n": n}
-
-
-SCORERS = {"gsm8k": score_gsm8k, "MATH": score_math}
-
-
-def _continuation(decoded: str) -> str:
-    """What the model wrote after the prompt's "### Response: Let's think step by step."."""
-    response = decoded.split("### Response:", 1)[1] if "### Response:" in decoded else ""
-    return response.removeprefix(" Let's think step by step.")
-
-
-def evaluate(model, tokenizer, test_sets: Mapping[str, list[dict]], protocol: Mapping, progress: bool = True,
-             task_cfg: Mapping | None = None):
-    from harness.tasks.math import question_of
-
-    metrics, predictions = {}, {}
-    for name, records in test_sets.items():
-        if name not in SCORERS:
-            raise ValueError(f"the math protocol scores {sorted(SCORERS)}, not {name!r}")
-        start = time.perf_counter()
-        prompts = [EVAL_TEMPLATE.format(query=question_of(name, r)) for r in records]
-        max_new_tokens = int((protocol.get("max_new_tokens_per_set") or {}).get(name) or protocol["max_new_tokens"])
-        decoded = generate(model, tokenizer, prompts, num_beams=1, max_new_tokens=max_new_tokens,
-                           batch_size=int(protocol["batch_size"]), progress=progress, desc=f"eval {name}",
-                           stop_strings=list(protocol.get("stop_strings") or []))
-        completions = [cut_at_stop(_continuation(d), protocol.get("stop_strings") or []) for d in decoded]
-        metrics[name], predictions[name] = SCORERS[name](records, completions)
-        metrics[name]["seconds"] = round(time.perf_counter() - start, 2)
-        if progress:
-            print(f"[harness] {name}: {metrics[name]['accuracy']:.1f}% of {metrics[name]['n']}", flush=True)
-    return metrics, predictions
+# test set -> its scoring rule
+SET_SCORERS = {"gsm8k": score_gsm8k, "MATH": score_math}

@@ -3,18 +3,18 @@ preprocessed as for training minus the augmentation (the model's own resize and 
 
 from __future__ import annotations
 
-import time
 from typing import Mapping
 
 import torch
 from tqdm.auto import tqdm
 
+from harness.benchmarks.base import Scorer, accuracy_summary
+from harness.benchmarks.image.data import collator
+
 
 @torch.no_grad()
 def predict(model, processor, records: list[dict], batch_size: int, progress: bool, desc: str,
             task_cfg: Mapping | None = None) -> list[int]:
-    from harness.tasks.image import collator
-
     collate = collator(processor, task_cfg, train=False)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -26,17 +26,11 @@ def predict(model, processor, records: list[dict], batch_size: int, progress: bo
     return out
 
 
-def evaluate(model, processor, test_sets: Mapping[str, list[dict]], protocol: Mapping, progress: bool = True,
-             task_cfg: Mapping | None = None):
-    metrics, predictions = {}, {}
-    for name, records in test_sets.items():
-        start = time.perf_counter()
-        predicted = predict(model, processor, records, int(protocol["batch_size"]), progress, f"eval {name}", task_cfg)
-        labels = [int(r["label"]) for r in records]
-        correct = [p == l for p, l in zip(predicted, labels)]
-        metrics[name] = {"accuracy": 100.0 * sum(correct) / len(records), "n": len(records),
-                         "seconds": round(time.perf_counter() - start, 2)}
-        predictions[name] = [{"prediction": p, "label": l, "correct": c} for p, l, c in zip(predicted, labels, correct)]
-        if progress:
-            print(f"[harness] {name}: accuracy {metrics[name]['accuracy']:.2f} on {len(records)}", flush=True)
-    return metrics, predictions
+class ImageAccuracy(Scorer):
+    name = "image_accuracy"
+
+    def score_set(self, model, processor, name, records, protocol, task, progress=False):
+        predicted = predict(model, processor, records, int(protocol["batch_size"]), progress, f"eval {name}", task)
+        rows = [{"prediction": p, "label": int(r["label"]), "correct": p == int(r["label"])}
+                for p, r in zip(predicted, records)]
+        return accuracy_summary(rows), rows

@@ -1,0 +1,48 @@
+"""Benchmarks: one package each (commonsense, math, glue, image), found by the task config's `name`.
+
+    benchmark = harness.benchmarks.get(cfg.task.name)
+    benchmark.training_records(cfg.task, seed); benchmark.test_sets(cfg.task)
+    benchmark.scorer(cfg.protocol.name).evaluate(model, processor, test_sets, cfg.protocol, cfg.task)
+
+Each package registers its `Benchmark` with `@register`; the packages are discovered here, so a new benchmark
+is its package plus `conf/task/<name>.yaml` and nothing else changes. The interface is `base.Benchmark`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from harness.benchmarks.base import Benchmark, Scorer
+from harness.errors import ConfigError
+
+_BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def register(cls: type[Benchmark]) -> type[Benchmark]:
+    _BENCHMARKS[cls.name] = cls()
+    return cls
+
+
+def _discover() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.ispkg:
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def get(name: str) -> Benchmark:
+    if not _BENCHMARKS:
+        _discover()
+    if name not in _BENCHMARKS:
+        raise ConfigError(f"task.name={name!r}: no benchmark of that name; known: {sorted(_BENCHMARKS)}",
+                          "a benchmark is a package under harness/benchmarks/ with conf/task/<name>.yaml")
+    return _BENCHMARKS[name]
+
+
+def names() -> list[str]:
+    if not _BENCHMARKS:
+        _discover()
+    return sorted(_BENCHMARKS)
+
+
+__all__ = ["Benchmark", "Scorer", "get", "names", "register"]

@@ -1,0 +1,38 @@
+"""Image classification (Neat Table 4, SPEC 2.5): a vision transformer with a new head, one dataset per run,
+top-1 accuracy on its test split (`image_accuracy`)."""
+
+from __future__ import annotations
+
+from harness.benchmarks import register
+from harness.benchmarks.base import Benchmark
+from harness.benchmarks.image import data
+from harness.benchmarks.image.accuracy import ImageAccuracy
+
+
+@register
+class Image(Benchmark):
+    name = "image"
+    # transformers' vision classifiers, ViT included, name their head so
+    head_modules = ("classifier",)
+    short_names = {"oxford_pets": "Pets", "stanford_cars": "Cars", "cifar10": "CIFAR10", "dtd": "DTD",
+                   "eurosat": "EuroSAT", "fgvc_aircraft": "FGVC", "resisc45": "RESISC45", "cifar100": "CIFAR100",
+                   "fashion_mnist": "F-MNIST", "digits": "Digits"}
+    scorers = {"image_accuracy": ImageAccuracy()}
+
+    def data_sources(self, task):
+        return data.data_sources(task)
+
+    def training_records(self, task, seed):
+        return data.training_records(task, seed)
+
+    def test_sets(self, task):
+        return data.test_sets(task)
+
+    def encoder(self, task, processor):
+        return data.encoder(task, processor)
+
+    def collator(self, processor, task, train=True):
+        return data.collator(processor, task, train=train)
+
+    def model_head(self, task):
+        return data.model_head(task)

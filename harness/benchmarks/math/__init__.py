@@ -1,0 +1,42 @@
+"""MetaMathQA-style training -> GSM8K and MATH (SPEC 2.3): MetaMath's greedy protocol (`math_greedy`) and
+lm-eval's gsm8k (`lmeval`, RoSA's scoring)."""
+
+from __future__ import annotations
+
+from harness.benchmarks import register
+from harness.benchmarks.base import Benchmark, text_encoder
+from harness.benchmarks.lmeval import LmEval, LmEvalTask
+from harness.benchmarks.math import data
+from harness.benchmarks.math.greedy import MathGreedy
+
+
+def gsm8k_files_for_lmeval(task, name: str) -> dict | None:
+    """GSM8K's own jsonl files are lm-eval's gsm8k record format: its test file, and the train split for the
+    few-shot examples."""
+    test = data.local_test_file(name, task) if name == "gsm8k" else None
+    if test is None:
+        return None
+    files = {"test": str(test)}
+    if data.gsm8k_train_file(task).is_file():
+        files["train"] = str(data.gsm8k_train_file(task))
+    return files
+
+
+@register
+class Math(Benchmark):
+    name = "math"
+    short_names = {"gsm8k": "GSM8K", "MATH": "MATH"}
+    scorers = {"math_greedy": MathGreedy(),
+               "lmeval": LmEval({"gsm8k": LmEvalTask("gsm8k", "gsm8k/gsm8k.yaml", "openai/gsm8k")}, gsm8k_files_for_lmeval)}
+
+    def data_sources(self, task):
+        return data.data_sources(task)
+
+    def training_records(self, task, seed):
+        return data.training_records(task, seed)
+
+    def test_sets(self, task):
+        return data.test_sets(task)
+
+    def encoder(self, task, tokenizer):
+        return text_encoder(data.tokenize, task, tokenizer)

@@ -1,1 +1,0 @@
-"""Evaluation protocols. Each module exposes `evaluate(model, tokenizer, cfg) -> dict`."""
