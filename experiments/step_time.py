@@ -31,17 +31,18 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
     """The adapted model on its device and one micro-batch of commonsense training examples."""
     import torch
 
-    from harness import methods, models
-    from harness.config import compose
+    from harness import benchmarks, methods, models
     from harness.budget import linear_shapes, solved_config
+    from harness.config import compose
+    from harness.placement import decide
     from harness.preflight import method_options
-    from harness import benchmarks
     from harness.train import make_loader
 
     cfg = compose(["profile=mini", f"method={method}", *overrides])
     torch.manual_seed(0)
-    model, tokenizer = models.load(cfg.model)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    placement = decide(cfg.model, cfg.training)
+    model, tokenizer = models.load(cfg.model, placement=placement)
+    device = placement.device
     model.to(device)
     options = method_options(cfg)
     shapes = linear_shapes(model, options.get("target_modules"), options.get("layers_to_transform"))
@@ -72,13 +73,14 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
 
     from harness import methods
     from harness.memory import peak_memory, reset_peak_memory
+    from harness.placement import decide
 
     cfg, model, loader, device, budget = prepare(method, overrides, micro_batch)
     batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
     # A no-op for RoSA / SpA here: their masks come from `method.masks` (see make_masks).
     methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device(device), "training": cfg.training})
     optimizer = torch.optim.AdamW(methods.method_of(model).param_groups(model, dict(cfg.training)), lr=1e-5)
-    dtype = torch.bfloat16 if device == "cuda" else None
+    dtype = torch.bfloat16 if decide(cfg.model, cfg.training).compute == "bf16" else None
     model.train()
 
     def step():

@@ -23,6 +23,7 @@ import torch
 
 from harness.errors import HarnessError
 from harness.offline import ensure_hub_available
+from harness.placement import Placement, decide
 
 
 class ModelConfigError(HarnessError, ValueError):
@@ -31,16 +32,6 @@ class ModelConfigError(HarnessError, ValueError):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "peft-harness"))
-
-
-def resolve_dtype(name: str | None) -> torch.dtype:
-    if name in (None, "auto"):
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                "float16": torch.float16, "fp16": torch.float16}[str(name)]
-    except KeyError:
-        raise ModelConfigError(f"model.dtype={name!r} is not one of auto, float32, bfloat16, float16") from None
 
 
 def _package_dir(package: str) -> Path:
@@ -184,16 +175,19 @@ def _auto_class(head: Mapping[str, Any] | None):
     return classes[kind]
 
 
-def load_model(model_cfg: Mapping[str, Any], tokenizer=None, head: Mapping[str, Any] | None = None) -> torch.nn.Module:
+def load_model(model_cfg: Mapping[str, Any], tokenizer=None, head: Mapping[str, Any] | None = None,
+               placement: Placement | None = None) -> torch.nn.Module:
     """The model for the config with the task's head (a causal LM by default; a new, randomly initialised
-    classifier for `{"kind": "sequence_classification", "num_labels": n}`); random models are seeded by the caller."""
+    classifier for `{"kind": "sequence_classification", "num_labels": n}`), in `placement`'s weight dtype (by
+    default the one the machine and `model.dtype` decide); random models are seeded by the caller."""
     from transformers import AutoConfig
 
     auto = _auto_class(head)
     head_kwargs = {"num_labels": int(head["num_labels"])} if head and "num_labels" in head else {}
     # a new head even where the checkpoint has one of another size (a ViT fine-tuned on ImageNet-1k, say)
     mismatch = {"ignore_mismatched_sizes": True} if head_kwargs else {}
-    dtype = resolve_dtype(model_cfg.get("dtype"))
+    placement = placement or decide(model_cfg)
+    dtype = placement.weights
     if model_cfg.get("source") == "random":
         arch = model_cfg.get("architecture")
         if not arch:
@@ -211,7 +205,7 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer=None, head: Mapping[str, 
             raise ModelConfigError(f"model.config.vocab_size={config.vocab_size} is smaller than the tokenizer's "
                                    f"{len(tokenizer)} tokens; leave it out to take the tokenizer's size")
         # Built on the GPU where there is one: initialising a 7B-shaped model on the CPU takes minutes.
-        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        with torch.device(placement.device):
             model = auto.from_config(config, dtype=dtype)
         model.name_or_path = f"random:{model_cfg.get('name')}"
         return model
@@ -237,14 +231,14 @@ def empty_model(model_cfg: Mapping[str, Any], head: Mapping[str, Any] | None = N
         return auto.from_config(config)
 
 
-def load(model_cfg: Mapping[str, Any], head: Mapping[str, Any] | None = None):
+def load(model_cfg: Mapping[str, Any], head: Mapping[str, Any] | None = None, placement: Placement | None = None):
     """(model, processor) for a model config and the task's head: the tokenizer for text, the image processor
     for an image head."""
     if (head or {}).get("kind") in IMAGE_HEADS:
         processor = load_image_processor(model_cfg)
-        return load_model(model_cfg, None, head), processor
+        return load_model(model_cfg, None, head, placement), processor
     tokenizer = load_tokenizer(model_cfg)
-    model = load_model(model_cfg, tokenizer, head)
+    model = load_model(model_cfg, tokenizer, head, placement)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -1,4 +1,6 @@
-"""One JSON file per run under results/runs/, named by the run id; written atomically."""
+"""Results: one JSON file per run under results/runs/, named by the run id, in one declared schema (`Result`);
+one writer (`write_result`, atomic), one reader (`read_result`, older layouts upgraded), one loader into a
+pandas DataFrame (`load_df` / `frame`) that tables and notebooks share."""
 
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from harness.config import PROJECT_ROOT
 from harness.errors import HarnessError
@@ -44,33 +49,99 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 STATUSES = ("finished", "failed", "diverged")
+SCHEMA_VERSION = 2
+# the run's identity and provenance: what every result file says, finished or failed
+RUN_KEYS = ("id", "experiment", "profile", "task", "protocol", "model", "paper_model", "method")
 
 
-def read_result(path: Path) -> dict:
-    """A result file: finished (with metrics) or a failure record. Files written before statuses existed are
-    finished ones."""
+class RunInfo(TypedDict, total=False):
+    id: str
+    experiment: str | None
+    profile: str
+    task: str
+    protocol: str
+    model: str
+    paper_model: str | None
+    method: str
+    config: dict            # the resolved config the run used (a solved budget's knob included)
+    placement: dict         # device, the weights' dtype, the compute precision (harness.placement)
+    versions: dict          # python and the field's packages
+    git: dict               # commit and whether the tree was dirty
+    environment: dict       # platform, threads, GPU, the requirements lock and whether it matches
+    inputs: list            # every data / weight source with its path, size and sha256 (or hub revision)
+    ended_at: str
+
+
+class Result(TypedDict, total=False):
+    """One result file (`results/runs/<run id>.json`). A failed run has `failure` and none of params / train /
+    eval / timing / memory."""
+
+    schema: int
+    status: str             # finished | failed | diverged
+    run: RunInfo
+    params: dict            # trainable (the adapter's), total, trainable_percent, head, budget
+    train: dict             # steps, examples, times, first / final loss, loss_curve (per optimizer step), val_loss
+    eval: dict              # merged, seconds, examples, metrics: {test set: {accuracy, n, ...}}
+    timing: dict
+    memory: dict
+    failure: dict           # phase, error (one line), error_type, traceback (last lines)
+
+
+def write_result(path: Path, result: Result) -> None:
+    """The one writer of result files (atomic)."""
+    missing = [key for key in ("status", "run") if key not in result]
+    if missing or result["status"] not in STATUSES:
+        raise ValueError(f"not a result: missing {missing} or status {result.get('status')!r}")
+    write_json_atomic(path, {"schema": SCHEMA_VERSION, **result})
+
+
+def _upgrade_v1(data: dict) -> dict:
+    """A file written before schema 2 (flat: run_id, metrics, config at the top) in today's layout."""
+    run = {key: data.get("run_id" if key == "id" else key) for key in RUN_KEYS}
+    run.update({key: data[key] for key in ("config", "versions", "git", "environment", "inputs") if key in data})
+    run["ended_at"] = data.get("finished_at") or data.get("failed_at")
+    result = {"schema": SCHEMA_VERSION, "status": data.get("status", "finished"), "run": run}
+    if result["status"] == "finished":
+        result.update(params=data.get("params") or {}, train=data.get("train") or {},
+                      eval={**(data.get("eval") or {}), "metrics": data["metrics"]}, timing=data.get("timing") or {},
+                      memory=data.get("peak_memory") or {})
+    else:
+        result["failure"] = {key: data.get(key) for key in ("phase", "error", "error_type", "traceback")}
+    return result
+
+
+def read_result(path: Path) -> Result:
+    """A result file, finished or failed, in today's layout (older files are upgraded in memory)."""
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise ResultFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(data, dict):
         raise ResultFileError(f"{path}: not a harness result file (a JSON {type(data).__name__})")
-    data.setdefault("status", "finished")
-    required = ("run_id", "config", "metrics") if data["status"] == "finished" else ("run_id", "config", "error")
-    for key in required:
-        if key not in data:
-            raise ResultFileError(f"{path}: not a harness result file (no {key!r})")
-    if data["status"] not in STATUSES:
-        raise ResultFileError(f"{path}: unknown status {data['status']!r} (one of {list(STATUSES)})")
+    schema = data.get("schema", 1)
+    if schema == 1:
+        for key in ("run_id", "config") + (("metrics",) if data.get("status", "finished") == "finished" else ("error",)):
+            if key not in data:
+                raise ResultFileError(f"{path}: not a harness result file (no {key!r})")
+        data = _upgrade_v1(data)
+    elif schema != SCHEMA_VERSION:
+        raise ResultFileError(f"{path}: result schema {schema!r}, this harness reads 1 and {SCHEMA_VERSION}",
+                              "read it with the harness version that wrote it (its run.versions says which)")
+    if data.get("status") not in STATUSES:
+        raise ResultFileError(f"{path}: unknown status {data.get('status')!r} (one of {list(STATUSES)})")
+    needed = ("run", "eval") if data["status"] == "finished" else ("run", "failure")
+    missing = [key for key in needed if not isinstance(data.get(key), dict)]
+    if missing or "metrics" not in data.get("eval", {"metrics": None}):
+        raise ResultFileError(f"{path}: not a harness result file (no {missing or ['eval.metrics']})")
     return data
 
 
-def previous_result(path: Path) -> dict | None:
+def previous_result(path: Path) -> Result | None:
     """The result file of a run id if there is one (finished or failed); a damaged one raises ResultFileError."""
     return read_result(path) if Path(path).is_file() else None
 
 
-def load_results(results_dir: str | Path) -> list[dict]:
+def load_results(results_dir: str | Path) -> list[Result]:
     """Every result under results_dir/runs; a damaged file is reported and skipped, never deleted."""
     results = []
     for path in sorted(runs_dir(results_dir).glob("*.json")):
@@ -79,6 +150,51 @@ def load_results(results_dir: str | Path) -> list[dict]:
         except ResultFileError as exc:
             print(f"[harness] skipping {exc}", flush=True)
     return results
+
+
+FRAME_COLUMNS = ["run_id", "status", "experiment", "profile", "task", "protocol", "model", "paper_model", "method",
+                 "protocol_description", "label", "label_key", "knob", "rank", "seed", "dataset", "accuracy", "n", "metric", "trainable", "total",
+                 "trainable_percent", "head", "budget_fraction", "step_s", "train_s", "eval_s", "peak_mb", "error"]
+
+
+def frame(results: list[Result]) -> "pd.DataFrame":
+    """Results as one long table: a row per run and test set (a failed run: one row, no dataset), with what
+    tables, plots and notebooks compare (label, knob, counts, times, memory). The one flattening of result files."""
+    import pandas as pd
+
+    from harness.methods import display
+
+    rows = []
+    for result in results:
+        result = result if "run" in result else _upgrade_v1(result)
+        run = result["run"]
+        config = run.get("config") or {}
+        options = config.get("method") or {}
+        params, train = result.get("params") or {}, result.get("train") or {}
+        memory = result.get("memory") or {}
+        base = {"run_id": run["id"], "status": result["status"], **{k: run.get(k) for k in RUN_KEYS if k != "id"},
+                "label": display.label(run["method"], options), "label_key": display.label_key(run["method"], options),
+                "knob": display.knob(run["method"], options), "rank": options.get("r"), "seed": config.get("seed"),
+                "protocol_description": (config.get("protocol") or {}).get("description") or run.get("protocol"),
+                "trainable": params.get("trainable"), "total": params.get("total"),
+                "trainable_percent": params.get("trainable_percent"), "head": params.get("head"),
+                "budget_fraction": (config.get("budget") or {}).get("fraction"),
+                "step_s": train.get("step_seconds_mean"), "train_s": train.get("train_seconds"),
+                "eval_s": (result.get("eval") or {}).get("seconds"),
+                "peak_mb": memory.get("cuda_max_allocated_mb", memory.get("cpu_peak_rss_mb")),
+                "error": (result.get("failure") or {}).get("error")}
+        metrics = (result.get("eval") or {}).get("metrics") or {}
+        if not metrics:
+            rows.append({**base, "dataset": None, "accuracy": None, "n": None, "metric": None})
+        for name, m in metrics.items():
+            rows.append({**base, "dataset": name, "accuracy": m.get("accuracy"), "n": m.get("n"),
+                         "metric": m.get("metric", "accuracy")})
+    return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+
+
+def load_df(results_dir: str | Path) -> "pd.DataFrame":
+    """Every result under results_dir/runs as one frame (see `frame`)."""
+    return frame(load_results(results_dir))
 
 
 def versions() -> dict[str, str]:

@@ -31,10 +31,19 @@ from harness.errors import describe, exit_status, traceback_tail
 from harness.memory import peak_memory, reset_peak_memory
 from harness.preflight import method_options
 from harness.provenance import describe as describe_sources
-from harness.results import (environment, git_commit, previous_result, result_path, runs_dir, versions,
-                             write_json_atomic)
+from harness.results import (
+    Result,
+    environment,
+    git_commit,
+    previous_result,
+    result_path,
+    runs_dir,
+    versions,
+    write_result,
+)
 from harness.runlock import RunLock
-from harness.train import DivergedError, train
+from harness.placement import decide
+from harness.train import DivergedError, RunContext, TrainingData, train
 
 PHASES = ("data", "load", "method", "train", "eval", "write")
 # HARNESS_PAUSE_AT=<phase> (or "result": after the adapter and predictions, before the result file) stops the
@@ -76,8 +85,8 @@ class RunFailed(Exception):
 
 
 def run_info(cfg: DictConfig, rid: str) -> dict:
-    """What every result file says about its run, finished or failed."""
-    return {"run_id": rid, "experiment": cfg.experiment_name, "profile": cfg.profile.name, "task": cfg.task.name,
+    """Who the run is (the `run` section of its result file, with its config and provenance added)."""
+    return {"id": rid, "experiment": cfg.experiment_name, "profile": cfg.profile.name, "task": cfg.task.name,
             "protocol": cfg.protocol.name, "model": cfg.model.name, "paper_model": cfg.model.paper_name,
             "method": cfg.method.name}
 
@@ -145,10 +154,11 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     seed_everything(cfg.seed)
     memory_scope = reset_peak_memory()
     load_start = time.perf_counter()
+    placement = decide(cfg.model, cfg.training)  # device and precision, once
     # The benchmark decides the head: a causal LM unless it trains a classifier (GLUE, images).
-    model, tokenizer = models.load(cfg.model, benchmark.model_head(cfg.task))
+    model, tokenizer = models.load(cfg.model, benchmark.model_head(cfg.task), placement)
     # On the accelerator before the method: PiSSA / MiLoRA run an SVD per adapted matrix at init.
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(placement.device)
 
     phases.enter("method")
     total_params = methods.total_parameters(model)
@@ -165,10 +175,10 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
 
     phases.enter("train")
     encode = benchmark.encoder(cfg.task, tokenizer)  # record -> training example (token ids, or an image to process)
-    trained = train(
-        model, tokenizer, methods.method_of(model), [encode(r) for r in train_records],
-        [encode(r) for r in val_records], cfg.training, cfg.seed, cfg.logging, progress, rid,
-        collator=benchmark.collator(tokenizer, cfg.task))
+    data = TrainingData([encode(r) for r in train_records], [encode(r) for r in val_records], tokenizer,
+                        benchmark.collator(tokenizer, cfg.task))
+    trained = train(model, methods.method_of(model), data, cfg.training,
+                    RunContext(cfg.seed, rid, progress, cfg.logging, placement))
     model = trained["model"]
     # Counted after training: a method may add parameters before its first step (RoSA's sparse part).
     # A task's head (GLUE's classifier) trains with every method but is not the adapter's: counted apart.
@@ -189,44 +199,34 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     eval_seconds = time.perf_counter() - eval_start
 
     phases.enter("write")
-    record = {
+    record: Result = {
         "status": "finished",
-        **run_info(cfg, rid),
-        "metrics": metrics,
+        "run": {**run_info(cfg, rid), "config": resolved(solved), "placement": placement.describe(),
+                "versions": versions(), "git": git_commit(), "environment": environment(),
+                "inputs": describe_sources(sources),
+                "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "params": {"trainable": trainable, "total": total_params, "trainable_percent": 100.0 * trainable / total_params,
                    "head": head_params, "budget": budget},
         "train": trained["stats"],
         "eval": {"merged": merged, "seconds": round(eval_seconds, 2),
-                 "examples": sum(m["n"] for m in metrics.values())},
+                 "examples": sum(m["n"] for m in metrics.values()), "metrics": metrics},
         "timing": {"setup_seconds": round(setup_seconds, 2)},
-        "peak_memory": peak_memory(memory_scope),
-        "inputs": describe_sources(sources),
-        "versions": versions(),
-        "git": git_commit(),
-        "environment": environment(),
-        "config": resolved(solved),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "memory": peak_memory(memory_scope),
     }
     write_predictions(out_path.with_suffix(".predictions.jsonl"), predictions)
     pause_point("result")
-    write_json_atomic(out_path, record)  # last: its presence with status finished means the run finished
+    write_result(out_path, record)  # last: its presence with status finished means the run finished
     print(f"[harness] wrote {out_path}", flush=True)
     return record
 
 
-def failure_record(cfg: DictConfig, rid: str, phase: str, exc: BaseException) -> dict:
+def failure_record(cfg: DictConfig, rid: str, phase: str, exc: BaseException) -> Result:
     return {
         "status": "diverged" if isinstance(exc, DivergedError) else "failed",
-        **run_info(cfg, rid),
-        "phase": phase,
-        "error": describe(exc),
-        "error_type": type(exc).__name__,
-        "traceback": traceback_tail(exc),
-        "versions": versions(),
-        "git": git_commit(),
-        "environment": environment(),
-        "config": resolved(cfg),
-        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run": {**run_info(cfg, rid), "config": resolved(cfg), "versions": versions(), "git": git_commit(),
+                "environment": environment(), "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "failure": {"phase": phase, "error": describe(exc), "error_type": type(exc).__name__,
+                    "traceback": traceback_tail(exc)},
     }
 
 
@@ -236,7 +236,7 @@ def run_cell(cfg: DictConfig) -> Outcome:
     rid = run_id(cfg)
     out_path = result_path(cfg.run.results_dir, rid)
     previous = previous_result(out_path)  # a damaged file is an error: it is never overwritten
-    if cfg.run.skip_existing and previous and previous.get("status", "finished") == "finished":
+    if cfg.run.skip_existing and previous and previous["status"] == "finished":
         print(f"[harness] {rid}: result exists, skipping ({out_path})", flush=True)
         return Outcome(rid, "reused", previous)
     lock = RunLock(runs_dir(cfg.run.results_dir), rid, stale_after_s=float(cfg.run.lock_stale_seconds))
@@ -250,18 +250,19 @@ def run_cell(cfg: DictConfig) -> Outcome:
     try:
         # finished by another process between the check above and the lock
         previous = previous_result(out_path)
-        if cfg.run.skip_existing and previous and previous.get("status", "finished") == "finished":
+        if cfg.run.skip_existing and previous and previous["status"] == "finished":
             return Outcome(rid, "reused", previous)
         if previous:
-            print(f"[harness] {rid}: retrying (last attempt {previous.get('status')} in phase "
-                  f"{previous.get('phase')}: {previous.get('error')})", flush=True)
+            failure = previous.get("failure") or {}
+            print(f"[harness] {rid}: retrying (last attempt {previous['status']} in phase {failure.get('phase')}: "
+                  f"{failure.get('error')})", flush=True)
         return Outcome(rid, "finished", _train_and_score(cfg, rid, out_path, phases))
     except Exception as exc:
         record = failure_record(cfg, rid, phases.current, exc)
-        write_json_atomic(out_path, record)
-        print(f"[harness] {rid}: {record['status']} in phase {phases.current}: {record['error']} "
+        write_result(out_path, record)
+        print(f"[harness] {rid}: {record['status']} in phase {phases.current}: {record['failure']['error']} "
               f"(record: {out_path})", flush=True)
-        return Outcome(rid, record["status"], record, record["error"], exc)
+        return Outcome(rid, record["status"], record, record["failure"]["error"], exc)
     finally:
         lock.release()
 

@@ -51,7 +51,7 @@ def print_summary(outcomes: list) -> None:
           f"{len(counts['running'])} running elsewhere, {len(counts['failed']) + len(counts['diverged'])} failed "
           f"({len(outcomes)} cells)", flush=True)
     for o in counts["failed"] + counts["diverged"]:
-        phase = (o.record or {}).get("phase")
+        phase = ((o.record or {}).get("failure") or {}).get("phase")
         print(f"[harness]   {o.status}: {o.run_id}" + (f" in phase {phase}" if phase else "") + f": {o.error}",
               flush=True)
     for o in counts["running"]:

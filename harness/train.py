@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from harness.errors import ConfigError, DataError
+from harness.placement import Placement, decide
 
 # Bumped by a change to the loop that alters what a run computes (it enters the run id; README, "For developers").
 BEHAVIOUR_VERSION = 1
@@ -32,11 +34,26 @@ class DivergedError(RuntimeError):
         self.step, self.loss = step, loss
 
 
-def precision_of(training: Mapping) -> str:
-    choice = training.get("precision", "auto")
-    if choice == "auto":
-        return "bf16" if torch.cuda.is_available() else "no"
-    return {"fp32": "no", "bf16": "bf16", "no": "no"}[choice]
+@dataclass
+class TrainingData:
+    """What to train on: encoded examples, the held-out ones, and how to batch them (`collator`: the
+    benchmark's, or None for language modelling with the tokenizer's padding)."""
+
+    train: list[dict]
+    validation: list[dict] = field(default_factory=list)
+    tokenizer: Any = None
+    collator: Any = None
+
+
+@dataclass
+class RunContext:
+    """What the loop needs to know about the run it is part of."""
+
+    seed: int
+    name: str = "run"
+    progress: bool = True
+    logging: Mapping = field(default_factory=dict)
+    placement: Placement | None = None   # None: decided from the machine and training.precision
 
 
 def make_loader(examples: list[dict], tokenizer, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
@@ -95,13 +112,15 @@ def mean_loss(model, loader) -> float:
     return total / max(count, 1)
 
 
-def train(model, tokenizer, method, train_examples: list[dict], val_examples: list[dict], training: Mapping,
-          seed: int, logging: Mapping | None = None, progress: bool = True, run_name: str = "run", collator=None) -> dict:
-    """Trains `model` in place; returns training statistics. `collator`: the task's, if it has one."""
+def train(model, method, data: TrainingData, training: Mapping, run: RunContext) -> dict:
+    """Trains `model` in place with `method`'s hooks on `data` by the `training` recipe; returns the trained
+    model and the training statistics (with the per-step loss curve)."""
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
-    logging = logging or {}
+    tokenizer, collator, seed, progress, run_name = data.tokenizer, data.collator, run.seed, run.progress, run.name
+    train_examples, val_examples, logging = data.train, data.validation, dict(run.logging or {})
+    placement = run.placement or decide(None, training)
     # An example whose answer was cut off by cutoff_len has no supervised token; a micro-batch of only such
     # examples gives a NaN loss that would poison the weights, so they are dropped (and counted).
     supervised = [e for e in train_examples
@@ -119,7 +138,7 @@ def train(model, tokenizer, method, train_examples: list[dict], val_examples: li
         raise ConfigError(f"training.batch_size={batch_size} is not a multiple of training.micro_batch_size={micro}")
     accumulation = batch_size // micro
     trackers = "wandb" if logging.get("wandb") else None
-    accelerator = Accelerator(mixed_precision=precision_of(training), gradient_accumulation_steps=accumulation,
+    accelerator = Accelerator(mixed_precision=placement.compute, gradient_accumulation_steps=accumulation,
                               log_with=trackers)
     if trackers:
         accelerator.init_trackers(logging.get("wandb_project", "peft-harness"), config=dict(training),
@@ -187,10 +206,12 @@ def train(model, tokenizer, method, train_examples: list[dict], val_examples: li
         "step_seconds_mean": round(sum(step_times) / len(step_times), 4) if step_times else None,
         "first_loss": losses[0] if losses else None,
         "final_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+        "loss_curve": [round(loss, 6) for loss in losses],  # the mean micro-batch loss of each optimizer step
     }
     if val_examples:
         val_loader = accelerator.prepare(make_loader(val_examples, tokenizer, micro, shuffle=False, seed=seed, collator=collator))
         stats["val_loss"] = mean_loss(model, val_loader)
+        stats["val_curve"] = [{"step": step, "loss": stats["val_loss"]}]
     if trackers:
         accelerator.log({f"final/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}, step=step)
         accelerator.end_training()

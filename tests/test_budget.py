@@ -7,6 +7,7 @@ import torch
 
 from harness import budget, methods
 from harness.config import compose, semantic_config
+from harness.methods import rosa
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 CASES = [("lora", {}), ("dora", {}), ("pissa", {}), ("milora", {}), ("neat", {}), ("neat", {"convention": "d_in"}),
@@ -44,7 +45,7 @@ def test_solved_knob_lands_closest_and_real_count_agrees(tiny_model, name, extra
         from harness.methods.sparse import topk_mask
 
         attach_masks(model, {n: topk_mask(torch.rand(_weight_shape(m)), solved["density"])
-                             for n, m in model._harness_rosa.targets.items()})
+                             for n, m in rosa.state(model).targets.items()})
     assert methods.trainable_parameters(model) == record["predicted"]
 
 
@@ -86,6 +87,6 @@ def test_a_budget_run_leaves_the_callers_cell_and_its_run_id_alone(tmp_path):
                     "run.save_adapter=false", f"run.results_dir={tmp_path}"])
     before = run_id(cell)
     result = run_one(cell)
-    assert run_id(cell) == before == result["run_id"] and cell.method.r == 32  # the cell still says r=32
-    assert result["config"]["method"]["r"] == result["params"]["budget"]["value"] != 32
+    assert run_id(cell) == before == result["run"]["id"] and cell.method.r == 32  # the cell still says r=32
+    assert result["run"]["config"]["method"]["r"] == result["params"]["budget"]["value"] != 32
     assert result_path(tmp_path, before).is_file()

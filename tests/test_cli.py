@@ -31,22 +31,23 @@ def test_single_run_writes_a_complete_result_and_is_reused(tmp_path):
     files = list((tmp_path / "runs").glob("*.json"))
     assert len(files) == 1 and files[0].name.startswith("commonsense-tiny-llama-milora-")
     result = json.loads(files[0].read_text())
-    assert set(result["metrics"]) == {"boolq", "piqa", "ARC-Easy", "ARC-Challenge", "openbookqa"}
-    assert all(m["n"] == 3 for m in result["metrics"].values())
+    assert set(result["eval"]["metrics"]) == {"boolq", "piqa", "ARC-Easy", "ARC-Challenge", "openbookqa"}
+    assert all(m["n"] == 3 for m in result["eval"]["metrics"].values())
     assert result["params"]["trainable"] > 0 and result["params"]["total"] > result["params"]["trainable"]
     assert result["train"]["steps"] == 2 and result["eval"]["merged"] is True
-    assert result["config"]["seed"] == 42 and result["config"]["method"]["name"] == "milora"
-    for key in ("versions", "git", "peak_memory", "environment", "timing"):
-        assert result[key]
-    assert "torch" in result["versions"] and "peft" in result["versions"]
-    assert result["peak_memory"]["cpu_peak_rss_mb"] > 0
+    assert result["run"]["config"]["seed"] == 42 and result["run"]["config"]["method"]["name"] == "milora"
+    for key in ("versions", "git", "environment"):
+        assert result["run"][key]
+    assert result["timing"] and result["memory"]
+    assert "torch" in result["run"]["versions"] and "peft" in result["run"]["versions"]
+    assert result["memory"]["cpu_peak_rss_mb"] > 0 and len(result["train"]["loss_curve"]) == 2
     assert result["status"] == "finished"
-    lock = result["environment"]["lock"]  # the requirements lock this environment should match, and whether it does
+    lock = result["run"]["environment"]["lock"]  # the requirements lock this environment should match, and whether it does
     assert lock["file"] == "requirements/lock-cpu.txt" and len(lock["sha256"]) == 64 and lock["matches"] in (True, False)
-    assert {i["role"] for i in result["inputs"]} >= {"train/boolq", "test/boolq", "tokenizer"}
-    adapter = tmp_path / "adapters" / result["run_id"]
+    assert {i["role"] for i in result["run"]["inputs"]} >= {"train/boolq", "test/boolq", "tokenizer"}
+    adapter = tmp_path / "adapters" / result["run"]["id"]
     assert (adapter / "adapter_model.safetensors").is_file()
-    predictions = (tmp_path / "runs" / f"{result['run_id']}.predictions.jsonl").read_text().splitlines()
+    predictions = (tmp_path / "runs" / f"{result['run']['id']}.predictions.jsonl").read_text().splitlines()
     assert len(predictions) == 15
     again = cli("harness.run", "method=milora", *SMALL, results=tmp_path)
     assert "result exists, skipping" in again
@@ -68,7 +69,7 @@ def test_reproduce_runs_the_grid_and_writes_the_table(tmp_path):
 
 def test_multirun_sweeps_write_one_result_per_point(tmp_path):
     cli("harness.run", "--multirun", "method=lora,dora", *SMALL, results=tmp_path)
-    methods = sorted(json.loads(p.read_text())["method"] for p in (tmp_path / "runs").glob("*.json"))
+    methods = sorted(json.loads(p.read_text())["run"]["method"] for p in (tmp_path / "runs").glob("*.json"))
     assert methods == ["dora", "lora"]
 
 
@@ -80,7 +81,7 @@ def test_rosa_run_counts_its_sparse_part_and_saves_masks(tmp_path):
     lora = 2 * 4 * ((64 + 64) + 2 * (64 + 32) + 2 * (64 + 128))
     sparse = 2 * (40 + 20 + 20 + 81 + 81)
     assert result["params"]["trainable"] == lora + sparse
-    assert (tmp_path / "adapters" / result["run_id"] / "rosa_sparse.safetensors").is_file()
+    assert (tmp_path / "adapters" / result["run"]["id"] / "rosa_sparse.safetensors").is_file()
 
 
 def test_gsm8k_run_with_greedy_protocol(tmp_path):
@@ -88,8 +89,8 @@ def test_gsm8k_run_with_greedy_protocol(tmp_path):
     cli("harness.run", "task=gsm8k", "protocol=math_greedy", "method=lora", "protocol.max_new_tokens=8", *small,
         results=tmp_path)
     result = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
-    assert result["task"] == "math" and result["protocol"] == "math_greedy"
-    assert result["metrics"]["gsm8k"]["n"] == 3
+    assert result["run"]["task"] == "math" and result["run"]["protocol"] == "math_greedy"
+    assert result["eval"]["metrics"]["gsm8k"]["n"] == 3
 
 
 def test_gsm8k_run_in_rosa_format_scored_by_lmeval(tmp_path):
@@ -97,15 +98,15 @@ def test_gsm8k_run_in_rosa_format_scored_by_lmeval(tmp_path):
     cli("harness.run", "task=gsm8k", "task.train_format=rosa", "protocol=lmeval", "protocol.max_gen_toks=8",
         "method=lora", *small, results=tmp_path)
     result = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
-    gsm8k = result["metrics"]["gsm8k"]
-    assert result["protocol"] == "lmeval" and gsm8k["n"] == 3 and gsm8k["num_fewshot"] == 0
-    assert gsm8k["metric"] == "exact_match,strict-match" and "lm_eval" in result["versions"]
+    gsm8k = result["eval"]["metrics"]["gsm8k"]
+    assert result["run"]["protocol"] == "lmeval" and gsm8k["n"] == 3 and gsm8k["num_fewshot"] == 0
+    assert gsm8k["metric"] == "exact_match,strict-match" and "lm_eval" in result["run"]["versions"]
 
 
 def test_budget_run_records_target_and_actual(tmp_path):
     cli("harness.run", "method=lora", "budget.fraction=0.005", *SMALL, results=tmp_path)
     result = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
     budget = result["params"]["budget"]
-    assert budget["knob"] == "r" and result["config"]["method"]["r"] == budget["value"]
+    assert budget["knob"] == "r" and result["run"]["config"]["method"]["r"] == budget["value"]
     assert result["params"]["trainable"] == budget["predicted"]
     assert abs(budget["predicted"] - budget["target"]) / budget["target"] < 0.2

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from harness.config import compose
 from harness.benchmarks.commonsense import data as commonsense
 from harness.benchmarks.records import DataError
+from harness.config import compose
 
 
 def task_cfg(**overrides):

@@ -8,11 +8,11 @@ import re
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 from harness import envlock

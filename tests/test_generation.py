@@ -2,8 +2,8 @@
 
 import torch
 
-from harness.generation import generate
 from harness.benchmarks.commonsense.prompts import eval_prompt
+from harness.generation import generate
 
 
 def test_batched_generation_matches_batch_size_one(tiny_model, tokenizer, data_dir):

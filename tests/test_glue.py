@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from harness import benchmarks, methods
+from harness.benchmarks.glue import data as glue
+from harness.benchmarks.glue.dev import glue_metrics
+from harness.benchmarks.records import DataError
 from harness.config import compose
 from harness.offline import HubUnavailableError
-from harness.benchmarks.glue.dev import glue_metrics
-from harness.benchmarks.glue import data as glue
-from harness.benchmarks.records import DataError
 from harness.train import with_module_lrs
 
 

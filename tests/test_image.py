@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from harness import benchmarks, methods
-from harness.config import compose
-from harness.offline import HubUnavailableError
 from harness.benchmarks.image import data as image
 from harness.benchmarks.records import DataError
+from harness.config import compose
+from harness.methods import rosa
+from harness.offline import HubUnavailableError
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion_mnist = pytest.mark.skipif(
@@ -177,7 +178,7 @@ def test_adapters_train_the_new_head_and_save_it(tmp_path, processor, name, opti
                              collator=image.collator(processor))
         methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device("cpu"),
                                                          "training": {"lr": 1e-3}, "accumulation": 1})
-        assert all(m.rosa_sparse.nnz > 0 for m in model._harness_rosa.targets.values())
+        assert all(m.rosa_sparse.nnz > 0 for m in rosa.state(model).targets.values())
     with torch.no_grad():  # as if trained: the head moves
         for n, p in model.named_parameters():
             if n in head:
@@ -200,9 +201,9 @@ def test_a_whole_image_run_learns_digits(tmp_path):
                   "training.batch_size=16", "training.micro_batch_size=16", "training.module_lrs=null", "task.test_subset=200", f"run.results_dir={tmp_path}",
                   "run.progress=false", "run.save_adapter=false")
     record = run_one(run_cfg)
-    digits = record["metrics"]["digits"]
+    digits = record["eval"]["metrics"]["digits"]
     assert digits["n"] == 200 and record["params"]["head"] == 1930
     assert record["train"]["final_loss"] < record["train"]["first_loss"]
     assert digits["accuracy"] > 50.0  # chance is 10%
-    rows = [json.loads(line) for line in open(tmp_path / "runs" / f"{record['run_id']}.predictions.jsonl")]
+    rows = [json.loads(line) for line in open(tmp_path / "runs" / f"{record['run']['id']}.predictions.jsonl")]
     assert 100.0 * sum(r["correct"] for r in rows) / len(rows) == pytest.approx(digits["accuracy"])

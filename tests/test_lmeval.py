@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from harness.config import compose
-from harness.offline import HubUnavailableError
 from harness import benchmarks
 from harness.benchmarks import lmeval
+from harness.config import compose
 from harness.errors import ConfigError
+from harness.offline import HubUnavailableError
 
 pytest.importorskip("lm_eval")
 

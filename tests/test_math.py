@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from harness.config import compose
-from harness.benchmarks.math.answers import extract_gsm8k_answer, gsm8k_correct, gsm8k_gold, score_gsm8k
 from harness.benchmarks.math import data as math_task
+from harness.benchmarks.math.answers import extract_gsm8k_answer, gsm8k_correct, gsm8k_gold, score_gsm8k
 from harness.benchmarks.records import DataError, read_jsonl_records
+from harness.config import compose
 
 
 @pytest.fixture(scope="module")

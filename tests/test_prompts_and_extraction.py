@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from harness.benchmarks.commonsense.prompts import eval_prompt, response_of, train_prompt
 from harness.benchmarks.commonsense.paper_gen import extract_answer, score
+from harness.benchmarks.commonsense.prompts import eval_prompt, response_of, train_prompt
 
 SETS = ["boolq", "piqa", "ARC-Easy", "ARC-Challenge", "openbookqa"]
 

@@ -87,19 +87,22 @@ def test_a_damaged_result_file_is_named_and_kept(tmp_path):
 
 @pytest.mark.slow
 def test_a_diverging_run_is_recorded_as_diverged_without_weights(tmp_path):
+    from harness.results import frame
     from harness.run import run_cell
     from harness.tables import datasets
+    from harness.tables.common import short_namer
 
     cfg = compose([*TINY, "training.lr=1e30", "training.max_steps=4", f"run.results_dir={tmp_path}"])
     outcome = run_cell(cfg)
     assert outcome.status == "diverged"
     record = json.loads((tmp_path / "runs" / f"{outcome.run_id}.json").read_text())
-    assert record["status"] == "diverged" and record["phase"] == "train" and "metrics" not in record
-    assert record["error"].startswith("error: DivergedError: training diverged: loss ") and record["traceback"]
-    assert record["config"]["training"]["lr"] == 1e30 and record["versions"]["torch"]
+    failure = record["failure"]
+    assert record["status"] == "diverged" and failure["phase"] == "train" and "eval" not in record
+    assert failure["error"].startswith("error: DivergedError: training diverged: loss ") and failure["traceback"]
+    assert record["run"]["config"]["training"]["lr"] == 1e30 and record["run"]["versions"]["torch"]
     assert not (tmp_path / "adapters" / outcome.run_id).exists()  # no NaN weights saved
     assert not list((tmp_path / "runs").glob("*.lock"))           # the lock went with the run
-    table = datasets.build([record], ["boolq", "piqa"], {}, None)
+    table = datasets.build(frame([record]), ["boolq", "piqa"], {}, None, short_namer("commonsense"))
     assert list(table.iloc[0][["BoolQ", "PIQA", "Avg"]]) == ["failed"] * 3
 
 
@@ -109,9 +112,10 @@ def test_a_failed_cell_leaves_its_record_and_the_sweep_goes_on(tmp_path):
     sweep = ["--multirun", *TINY, "protocol.num_beams=1,0"]
     status, out, _ = harness("harness.run", *sweep, results=tmp_path)
     assert status == 1 and "summary: 1 done, 0 reused, 0 running elsewhere, 1 failed (2 cells)" in out
-    records = {r["config"]["protocol"]["num_beams"]: r for r in map(json.loads, map(Path.read_text, (tmp_path / "runs").glob("*.json")))}
-    assert records[1]["status"] == "finished" and records[1]["metrics"]
-    assert records[0]["status"] == "failed" and records[0]["phase"] == "eval" and records[0]["error"].startswith("error: ")
+    records = {r["run"]["config"]["protocol"]["num_beams"]: r for r in map(json.loads, map(Path.read_text, (tmp_path / "runs").glob("*.json")))}
+    assert records[1]["status"] == "finished" and records[1]["eval"]["metrics"]
+    failure = records[0]["failure"]
+    assert records[0]["status"] == "failed" and failure["phase"] == "eval" and failure["error"].startswith("error: ")
     status, out, _ = harness("harness.run", *sweep, results=tmp_path)
     assert status == 1 and "summary: 0 done, 1 reused" in out and "retrying (last attempt failed in phase eval" in out
 
@@ -119,7 +123,7 @@ def test_a_failed_cell_leaves_its_record_and_the_sweep_goes_on(tmp_path):
 # --- processes that die --------------------------------------------------------------------------------------
 
 def _metrics_without_time(record):
-    return {name: {k: v for k, v in m.items() if k != "seconds"} for name, m in record["metrics"].items()}
+    return {name: {k: v for k, v in m.items() if k != "seconds"} for name, m in record["eval"]["metrics"].items()}
 
 
 @pytest.mark.slow
@@ -145,7 +149,7 @@ def test_a_run_killed_in_any_phase_leaves_no_finished_result_and_the_rerun_compl
         harness("harness.run", *TINY, results=results, check=0)
         finished = [json.loads(p.read_text()) for p in runs.glob("*.json")]
         assert len(finished) == 1 and finished[0]["status"] == "finished", phase
-        assert finished[0]["run_id"] == clean["run_id"]
+        assert finished[0]["run"]["id"] == clean["run"]["id"]
         assert _metrics_without_time(finished[0]) == _metrics_without_time(clean), phase
         assert not list(runs.glob("*.lock")) and not list(runs.glob(".*.tmp")), phase
 
@@ -164,7 +168,7 @@ def test_two_overlapping_sweeps_train_each_cell_once(tmp_path):
     trained = [line.split()[-1] for out in outputs for line in out.splitlines() if line.startswith("[harness] run ")]
     results = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert len(results) == 3 and all(r["status"] == "finished" for r in results)
-    assert sorted(trained) == sorted(r["run_id"] for r in results)  # every cell trained exactly once
+    assert sorted(trained) == sorted(r["run"]["id"] for r in results)  # every cell trained exactly once
     skipped = sum(out.count("running elsewhere (host") + out.count("result exists, skipping") for out in outputs)
     assert skipped == 3  # each process did the cells the other did not
 
@@ -199,9 +203,9 @@ def test_run_id_follows_the_behaviour_versions(monkeypatch):
 def test_inputs_describe_every_file_with_its_size_and_sha256(data_dir):
     import hashlib
 
+    from harness.benchmarks.commonsense import data as commonsense
     from harness.models import weight_sources
     from harness.provenance import describe
-    from harness.benchmarks.commonsense import data as commonsense
 
     cfg = compose(["model=tiny-llama"])
     described = describe(commonsense.data_sources(cfg.task) + weight_sources(cfg.model))

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from harness.results import load_results, write_json_atomic
+from harness.results import frame, load_results, write_json_atomic
 from harness.tables.common import published, short_namer, write
 from harness.tables.datasets import build, caption
 
@@ -25,7 +25,7 @@ def test_avg_only_with_all_eight_sets_and_paper_row_beside_ours():
     paper = published("table1")
     full = fake_result("lora", {d: 50.0 for d in DATASETS}, model="llama2-7b", paper_model="LLaMA2-7B")
     partial = fake_result("milora", {"boolq": 60.0, "piqa": 55.0})
-    df = build([full, partial], DATASETS, paper, reference_model="LLaMA2-7B", short=SHORT)
+    df = build(frame([full, partial]), DATASETS, paper, reference_model="LLaMA2-7B", short=SHORT)
     lora = df[(df.method == "LoRA") & (df.row == "ours")].iloc[0]
     assert lora["Avg"] == pytest.approx(50.0)
     lora_paper = df[(df.method == "LoRA") & (df.row.str.startswith("paper"))].iloc[0]
@@ -40,8 +40,8 @@ def test_avg_only_with_all_eight_sets_and_paper_row_beside_ours():
 
 def test_written_table_shows_dashes_and_caption(tmp_path):
     results = [fake_result("milora", {"boolq": 60.0, "piqa": 55.0})]
-    df = build(results, DATASETS, published("table1"), "LLaMA2-7B", SHORT)
-    text = caption("Title", results, "mini profile", DATASETS, "LLaMA2-7B", short=SHORT)
+    df = build(frame(results), DATASETS, published("table1"), "LLaMA2-7B", SHORT)
+    text = caption("Title", frame(results), "mini profile", DATASETS, "LLaMA2-7B", short=SHORT)
     assert "BoolQ 10, PIQA 10 (20 in all)" in text and "paper_gen" in text and "mini profile" in text
     md, csv, tex = write(df, text, tmp_path, "t")
     body = md.read_text()
@@ -55,14 +55,15 @@ def test_atomic_write_and_damaged_files_are_skipped_not_deleted(tmp_path, capsys
     (runs / "bad.json").write_text("{ not json")
     (runs / "other.json").write_text(json.dumps({"hello": 1}))
     loaded = load_results(tmp_path)
-    assert [r["method"] for r in loaded] == ["lora"]
+    assert [r["run"]["method"] for r in loaded] == ["lora"]
     out = capsys.readouterr().out
     assert "bad.json: not valid JSON" in out and "other.json: not a harness result file" in out
     assert (runs / "bad.json").exists() and not list(runs.glob("*.tmp"))
 
 
 def budget_result(method, trainable, gsm8k, **options):
-    return {"run_id": f"x-{method}-{trainable}", "protocol": "math_greedy", "model": "smollm2-135m", "method": method,
+    # a unique run id, as real ones are
+    return {"run_id": f"x-{method}-{trainable}-{options.get('r')}", "protocol": "math_greedy", "model": "smollm2-135m", "method": method,
             "config": {"method": {"name": method, **options}},
             "metrics": {"gsm8k": {"accuracy": gsm8k, "n": 20, "correct": gsm8k / 5}},
             "params": {"trainable": trainable, "total": 134_515_008, "trainable_percent": 100 * trainable / 134_515_008},
@@ -80,14 +81,14 @@ def test_budget_table_groups_runs_by_nearest_budget_beside_the_papers_rows(tmp_p
         budget_result("rosa", 1_596_990, 20.0, r=3, density=0.006416980),
         budget_result("full", 134_515_008, 25.0, r=None),
     ]
-    df = budget.build(results, ["gsm8k"], published("rosa_gsm8k"), fractions, labels, short_namer("math"))
+    df = budget.build(frame(results), ["gsm8k"], published("rosa_gsm8k"), fractions, labels, short_namer("math"))
     assert df["budget"].tolist() == ["~40M", "~40M", "~80M", "~80M", "-"]
     assert df["method"].tolist() == ["LoRA r=3", "SpA d=0.75%", "RoSA r=3 d=0.64%", "RoSA r=1 d=1.22%", "Full FT"]
     rosa = df.iloc[2]
     assert rosa["paper method"] == "RoSA r=16 d=0.6%" and rosa["paper GSM8K"] == 32.2
     assert rosa["Δ GSM8K"] == pytest.approx(20.0 - 32.2) and rosa["params"] == "1.60M (1.19%)"
     assert df.iloc[4]["paper GSM8K"] == 32.3 and df.iloc[4]["paper params"] == "6.70B"
-    text = budget.caption("T", results, "mini", ["gsm8k"], published("rosa_gsm8k"), fractions, labels, short=short_namer("math"))
+    text = budget.caption("T", frame(results), "mini", ["gsm8k"], published("rosa_gsm8k"), fractions, labels, short=short_namer("math"))
     assert "~80M = 1.19%" in text and "math_greedy" in text and "GSM8K 20 (20 in all)" in text
     md, _, _ = write(df, text, tmp_path, "sweep")
     body = " ".join(md.read_text().split())  # markdown pads its columns
@@ -102,3 +103,19 @@ def test_unknown_table_layout_is_an_error(tmp_path):
                                     "table.layout=pie"])
     with pytest.raises(ValueError, match="table.layout='pie'"):
         make_table(base, cells)
+
+
+def test_result_files_of_the_first_layout_still_load_and_a_newer_schema_is_named(tmp_path):
+    from harness.errors import HarnessError
+    from harness.results import load_df, read_result
+
+    runs = tmp_path / "runs"
+    write_json_atomic(runs / "old.json", fake_result("lora", {"boolq": 40.0, "piqa": 60.0}))  # flat, no schema key
+    result = read_result(runs / "old.json")
+    assert result["schema"] == 2 and result["status"] == "finished" and result["run"]["id"] == "x-lora"
+    assert result["eval"]["metrics"]["piqa"]["accuracy"] == 60.0 and result["params"]["trainable"] == 6_635_520
+    df = load_df(tmp_path)
+    assert sorted(df.dataset) == ["boolq", "piqa"] and set(df.label) == {"LoRA"} and set(df.step_s) == {8.5}
+    write_json_atomic(runs / "future.json", {"schema": 9, "status": "finished"})
+    with pytest.raises(HarnessError, match=r"future.json: result schema 9, this harness reads 1 and 2"):
+        read_result(runs / "future.json")

@@ -7,11 +7,14 @@ import pytest
 import torch
 
 from harness import methods
+from harness.benchmarks.commonsense import data as commonsense
 from harness.config import compose
+from harness.methods import rosa
 from harness.methods.rosa import SPARSE_FILE
 from harness.methods.sparse import SparseDelta, topk_mask
-from harness.benchmarks.commonsense import data as commonsense
-from harness.train import make_loader, train
+from harness.train import RunContext, TrainingData, make_loader, train
+
+QUIET = RunContext(seed=0, progress=False)
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
 
@@ -82,7 +85,7 @@ def test_mask_is_the_topk_of_accumulated_squared_gradients(tiny_model, loader):
         reference_model(**next(batches)).loss.backward()
         for n, p in weights.items():
             acc[n] += p.grad.square()
-    state = model._harness_rosa
+    state = rosa.state(model)
     assert set(state.masks) == set(acc)
     for name, score in acc.items():
         k = math.floor(density * score.numel())
@@ -109,7 +112,7 @@ def test_a_batch_of_micro_batches_scores_as_one_batch(tiny_model, tokenizer):
     whole = next(iter(make_loader(examples, tokenizer, 4, shuffle=False, seed=0)))
     halves = list(make_loader(examples, tokenizer, 2, shuffle=False, seed=0))
     model = methods.apply(tiny_model, "rosa", r=2, density=0.05, target_modules=TARGETS)
-    targets = model._harness_rosa.targets
+    targets = rosa.state(model).targets
     one = accumulate_gradient_scores(model, [[whole]], targets, "mean_squared")
     split = accumulate_gradient_scores(model, [halves], targets, "mean_squared")
     per_micro = accumulate_gradient_scores(model, [[h] for h in halves], targets, "mean_squared")
@@ -125,7 +128,7 @@ def test_rosa_with_zero_density_is_lora(tiny_model, tokenizer, loader):
     for name, opts in (("lora", {}), ("rosa", {"density": 0.0})):
         torch.manual_seed(0)
         model = methods.apply(copy.deepcopy(tiny_model), name, r=4, alpha=8, dropout=0.0, target_modules=TARGETS, **opts)
-        out = train(model, tokenizer, methods.method_of(model), examples, [], cfg, seed=0, progress=False)
+        out = train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), cfg, QUIET)
         batch = next(iter(loader))
         with torch.no_grad():
             outputs.append(out["model"].eval()(**batch).logits)
@@ -137,8 +140,8 @@ def test_spa_trains_only_masked_entries(tiny_model, tokenizer, loader):
     model = methods.apply(tiny_model, "spa", density=0.02, mask_grad_batches=2, target_modules=TARGETS)
     cfg = compose(["training.batch_size=4", "training.micro_batch_size=4", "training.max_steps=3", "training.warmup_steps=1",
                    "training.lr=1e-2"]).training
-    out = train(model, tokenizer, methods.method_of(model), list(loader.dataset), [], cfg, seed=0, progress=False)
-    masks = {n: m for n, m in out["model"]._harness_rosa.masks.items()}
+    out = train(model, methods.method_of(model), TrainingData(list(loader.dataset), [], tokenizer), cfg, QUIET)
+    masks = {n: m for n, m in rosa.state(out["model"]).masks.items()}
     merged = methods.merge(out["model"])
     for name, p in merged.named_parameters():
         changed = (p.detach() != original[name])
@@ -175,8 +178,8 @@ def test_save_reload_merge_and_mask_reuse(tiny_cfg, tokenizer, inputs, loader, t
     # another run reuses the saved masks instead of generating them
     reuse = methods.apply(load_model(tiny_cfg.model, tokenizer), "rosa", r=4, density=0.05, target_modules=TARGETS,
                           masks=str(tmp_path / "rosa"))
-    for name, (rows, cols) in model._harness_rosa.masks.items():
-        r2, c2 = reuse._harness_rosa.masks[name]
+    for name, (rows, cols) in rosa.state(model).masks.items():
+        r2, c2 = rosa.state(reuse).masks[name]
         assert torch.equal(rows, r2) and torch.equal(cols, c2)
 
 

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from harness import methods
-from harness.config import compose
 from harness.benchmarks.commonsense import data as commonsense
-from harness.train import train
+from harness.config import compose
+from harness.train import RunContext, TrainingData, train
+
+QUIET = RunContext(seed=0, progress=False)
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def test_training_learns_and_only_trainable_weights_move(tiny_model, tokenizer, 
     frozen_before = [(n, p, p.detach().clone()) for n, p in tiny_model.named_parameters()]
     model = methods.apply(tiny_model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    out = train(model, tokenizer, methods.method_of(model), examples[0], examples[1], training(), seed=0, progress=False)
+    out = train(model, methods.method_of(model), TrainingData(examples[0], examples[1], tokenizer), training(), QUIET)
     stats = out["stats"]
     assert stats["steps"] == 6 and stats["final_loss"] < stats["first_loss"] and "val_loss" in stats
     trained = dict(out["model"].named_parameters())
@@ -45,8 +47,8 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_model, tokenizer, e
     for checkpointing in (False, True):
         torch.manual_seed(0)  # the same LoRA A init both times
         model = methods.apply(copy.deepcopy(tiny_model), "lora", r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
-        out = train(model, tokenizer, methods.method_of(model), examples[0], [], training(gradient_checkpointing=checkpointing),
-                    seed=0, progress=False)
+        out = train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer),
+                    training(gradient_checkpointing=checkpointing), QUIET)
         losses.append((out["stats"]["first_loss"], out["stats"]["final_loss"]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
@@ -57,15 +59,16 @@ def test_wandb_logs_offline_without_an_account(tiny_model, tokenizer, examples, 
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
-    train(model, tokenizer, methods.method_of(model), examples[0], [], training(max_steps=2),
-          seed=0, logging={"wandb": True, "wandb_mode": "offline", "wandb_project": "test", "log_every": 1}, progress=False)
+    train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer), training(max_steps=2),
+          RunContext(seed=0, progress=False,
+                     logging={"wandb": True, "wandb_mode": "offline", "wandb_project": "test", "log_every": 1}))
     assert list(tmp_path.glob("wandb/offline-run-*"))
 
 
 def test_batch_size_must_be_a_multiple_of_micro_batch(tiny_model, tokenizer, examples):
     model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
     with pytest.raises(ValueError, match="batch_size=5 is not a multiple of training.micro_batch_size=2"):
-        train(model, tokenizer, methods.method_of(model), examples[0], [], training(batch_size=5), seed=0, progress=False)
+        train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer), training(batch_size=5), QUIET)
 
 
 def test_examples_without_answer_tokens_are_dropped(tiny_model, tokenizer, data_dir):
@@ -74,9 +77,9 @@ def test_examples_without_answer_tokens_are_dropped(tiny_model, tokenizer, data_
     cut = [commonsense.tokenize(r, tokenizer, 16, train_on_inputs=False) for r in records]
     model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
     with pytest.raises(ValueError, match="none of the 8 training examples has a supervised token"):
-        train(model, tokenizer, methods.method_of(model), cut, [], training(), seed=0, progress=False)
+        train(model, methods.method_of(model), TrainingData(cut, [], tokenizer), training(), QUIET)
     kept = [commonsense.tokenize(r, tokenizer, 256, train_on_inputs=False) for r in records[:4]]
-    out = train(model, tokenizer, methods.method_of(model), cut + kept, [], training(max_steps=2), seed=0, progress=False)
+    out = train(model, methods.method_of(model), TrainingData(cut + kept, [], tokenizer), training(max_steps=2), QUIET)
     assert out["stats"]["dropped_examples"] == 8 and out["stats"]["examples"] == 4
     assert out["stats"]["final_loss"] == out["stats"]["final_loss"]  # not NaN
 

@@ -43,8 +43,15 @@ class RosaState:
         return {n: m.rosa_sparse.indices() for n, m in self.targets.items() if hasattr(m, "rosa_sparse")}
 
 
-def _state(model) -> RosaState:
+def state(model) -> RosaState:
+    """The RoSA / SpA state of an adapted model: its target modules (each with its `rosa_sparse` part once the
+    masks are attached), the masks, the options. The public way to inspect them."""
+    if not hasattr(model, "_harness_rosa"):
+        raise MethodConfigError("this model has no RoSA / SpA adapter (harness.methods.apply(model, 'rosa', ...))")
     return model._harness_rosa
+
+
+_state = state
 
 
 def _add_sparse_output(module, args, output):

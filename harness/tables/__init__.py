@@ -25,7 +25,7 @@ def profile_description(base) -> str:
 
 def make_table(base, cells) -> list[Path]:
     """Builds the table of an experiment (`base`) from the result files of its grid cells."""
-    results, absent = collect(base.run.results_dir, cells)
+    runs, absent = collect(base.run.results_dir, cells)
     if absent:
         print(f"[harness] {len(absent)} of {len(cells)} runs have no result yet: {', '.join(absent)}", flush=True)
     table = base.table
@@ -36,16 +36,16 @@ def make_table(base, cells) -> list[Path]:
     description = profile_description(base)
     short = short_namer(base.task.name)
     if layout == "datasets":
-        df = datasets.build(results, names, paper, table.get("reference_model"), short)
-        text = datasets.caption(table.title, results, description, names, table.get("reference_model"), table.get("note"), short)
+        df = datasets.build(runs, names, paper, table.get("reference_model"), short)
+        text = datasets.caption(table.title, runs, description, names, table.get("reference_model"), table.get("note"), short)
     elif layout == "budget":
         fractions, labels = [float(f) for f in table.budget_fractions], list(table.budget_labels)
-        df = budget.build(results, names, paper, fractions, labels, short)
-        text = budget.caption(table.title, results, description, names, paper, fractions, labels, table.get("note"), short)
+        df = budget.build(runs, names, paper, fractions, labels, short)
+        text = budget.caption(table.title, runs, description, names, paper, fractions, labels, table.get("note"), short)
     else:
         raise ConfigError(f"table.layout={layout!r} in experiment {base.experiment_name}: use one of {LAYOUTS}")
     paths = write(df, text, Path(base.run.results_dir) / "tables", base.experiment_name)
-    print(f"[harness] {len(results)} runs -> {', '.join(str(p) for p in paths)}", flush=True)
+    print(f"[harness] {runs.run_id.nunique()} runs -> {', '.join(str(p) for p in paths)}", flush=True)
     return paths
 
 

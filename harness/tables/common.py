@@ -4,42 +4,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import pandas as pd
 from omegaconf import OmegaConf
 
 from harness.config import CONFIG_DIR, run_id
 from harness.errors import ConfigError
-from harness.results import read_result, result_path
+from harness.results import frame, read_result, result_path
+
 
 def published(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "published" / f"{name}.yaml"), resolve=True)
-
-
-def method_label(result: Mapping) -> str:
-    """The name a table shows: a preset's label (Neat-S) or the method's own (LoRA), which lives with the method."""
-    options = (result.get("config") or {}).get("method") or {}
-    return options.get("label") or method_info(result["method"]).label
-
-
-def label_key(result: Mapping) -> str:
-    """The key of a run's paper row: the preset's label (neat-s) or the method (lora)."""
-    options = (result.get("config") or {}).get("method") or {}
-    return str(options["label"]).lower() if options.get("label") else result["method"]
-
-
-def method_order(method: str) -> int:
-    return method_info(method).display_order
-
-
-def method_info(name: str):
-    from harness import methods
-
-    try:
-        return methods.get(name)
-    except methods.MethodConfigError:  # a result of a method this checkout no longer has
-        return type("Unknown", (), {"label": name, "display_order": 1000})()
 
 
 def short_namer(task_name: str):
@@ -49,21 +25,13 @@ def short_namer(task_name: str):
     return benchmarks.get(task_name).short_name
 
 
-def protocol_description(results: list[Mapping]) -> str:
+def protocol_description(df: pd.DataFrame) -> str:
     """The caption's words for the protocol of these results (its yaml's `description`)."""
-    if not results:
-        return "-"
-    protocol = (results[0].get("config") or {}).get("protocol") or {}
-    return protocol.get("description") or results[0]["protocol"]
+    return str(df["protocol_description"].iloc[0]) if len(df) else "-"
 
 
 def params_text(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
-
-
-def mean_or_none(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 def missing(value) -> bool:
@@ -73,13 +41,9 @@ def missing(value) -> bool:
 FAILED = "failed"  # what a table shows in the cells of a run that failed or diverged
 
 
-def finished(result: Mapping) -> bool:
-    return result.get("status", "finished") == "finished"
-
-
-def collect(results_dir: str | Path, cells: Iterable) -> tuple[list[Mapping], list[str]]:
-    """The result of every grid cell that has one (found by run id; failure records included, their cells
-    show `failed`), and the ids still missing."""
+def collect(results_dir: str | Path, cells: Iterable) -> tuple[pd.DataFrame, list[str]]:
+    """The results of the grid's cells that have one (found by run id; failed runs included, their cells show
+    `failed`) as one frame (`harness.results.frame`), and the ids still missing."""
     found, absent = [], []
     for cfg in cells:
         rid = run_id(cfg)
@@ -88,20 +52,18 @@ def collect(results_dir: str | Path, cells: Iterable) -> tuple[list[Mapping], li
             found.append(read_result(path))
         else:
             absent.append(rid)
-    protocols = {r["protocol"] for r in found}
+    df = frame(found)
+    protocols = sorted(set(df["protocol"]))
     if len(protocols) > 1:
-        raise ConfigError(f"results mix protocols {sorted(protocols)}; a table never mixes them")
-    return found, absent
+        raise ConfigError(f"results mix protocols {protocols}; a table never mixes them")
+    return df, absent
 
 
-def sizes_of_test_sets(results: list[Mapping], datasets: list[str], short) -> tuple[str, list[str]]:
+def sizes_of_test_sets(df: pd.DataFrame, datasets: list[str], short) -> tuple[str, list[str]]:
     """"BoolQ 40, PIQA 40 (80 in all)" and the short names of the sets no result has (`short`: dataset -> name)."""
-    sizes = {}
-    for r in results:
-        for d, m in (r.get("metrics") or {}).items():
-            sizes[d] = m["n"]
-    per_set = ", ".join(f"{short(d)} {sizes[d]}" for d in datasets if d in sizes) or "none"
-    return f"{per_set} ({sum(sizes.values())} in all)", [short(d) for d in datasets if d not in sizes]
+    sizes = df.dropna(subset=["dataset"]).groupby("dataset")["n"].max().to_dict()
+    per_set = ", ".join(f"{short(d)} {int(sizes[d])}" for d in datasets if d in sizes) or "none"
+    return f"{per_set} ({int(sum(sizes.values()))} in all)", [short(d) for d in datasets if d not in sizes]
 
 
 def _cell(column: str, value, signed: bool) -> str:

@@ -7,8 +7,8 @@ from typing import Mapping
 
 import pandas as pd
 
-from harness.tables.common import (FAILED, finished, label_key, mean_or_none, method_label, method_order, missing,
-                                   params_text, protocol_description, sizes_of_test_sets)
+from harness.methods import display
+from harness.tables.common import FAILED, missing, params_text, protocol_description, sizes_of_test_sets
 
 
 def _avg(values: list[float | None]) -> float | None:
@@ -18,52 +18,54 @@ def _avg(values: list[float | None]) -> float | None:
     return sum(values) / len(values)
 
 
-def build(results: list[Mapping], datasets: list[str], paper: Mapping, reference_model: str | None, short=str) -> pd.DataFrame:
-    """`short`: dataset -> the column name (the benchmark's short names)."""
+def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, reference_model: str | None, short=str) -> pd.DataFrame:
+    """`df`: the results' frame (harness.results.frame); `short`: dataset -> the column name."""
     columns = [short(d) for d in datasets]
     paper_cols = paper.get("columns", datasets)
-    by_key: dict[tuple[str, str], list[Mapping]] = {}
-    for r in results:
-        by_key.setdefault((r["model"], r["method"], method_label(r)), []).append(r)
     rows = []
-    for (model, method, label), runs in sorted(by_key.items(), key=lambda kv: (kv[0][0], method_order(kv[0][1]), kv[0][2])):
+    keys = sorted(df.groupby(["model", "method", "label"], sort=False).groups,
+                  key=lambda k: (k[0], display.order(k[1]), k[2]))
+    for model, method, label in keys:
+        runs = df[(df.model == model) & (df.method == method) & (df.label == label)]
         base = {"model": model, "method": label}
-        done = [run for run in runs if finished(run)]
-        if done:
-            ours = [mean_or_none([run["metrics"][d]["accuracy"] for run in done if d in run["metrics"]]) for d in datasets]
-            step_times = [run.get("train", {}).get("step_seconds_mean") for run in done]
+        done = runs[runs.status == "finished"]
+        if len(done):
+            per_set = done.groupby("dataset")["accuracy"].mean()
+            ours = [float(per_set[d]) if d in per_set else None for d in datasets]
             # runs per test set: the seeds of a commonsense run, or one run per GLUE task
-            seeds = max(sum(d in run["metrics"] for run in done) for d in datasets)
+            seeds = max(int((done.dataset == d).sum()) for d in datasets)
+            first = done.iloc[0]
             rows.append({**base, "row": "ours", **dict(zip(columns, ours)), "Avg": _avg(ours),
-                         "params": f"{params_text(done[0]['params']['trainable'])} ({done[0]['params']['trainable_percent']:.2f}%)",
-                         "step s": mean_or_none(step_times), "seeds": seeds})
+                         "params": f"{params_text(first.trainable)} ({first.trainable_percent:.2f}%)",
+                         "step s": done.drop_duplicates("run_id")["step_s"].mean(), "seeds": seeds})
         else:  # every run of this row failed: its cells say so instead of looking absent
             ours = [None] * len(datasets)
             rows.append({**base, "row": "ours", **{c: FAILED for c in columns}, "Avg": FAILED})
-        paper_model = runs[0].get("paper_model") or reference_model
-        paper_row = (paper.get("rows", {}).get(paper_model) or {}).get(label_key(runs[0]))
+        paper_model = reference_model if missing(runs.iloc[0].paper_model) else runs.iloc[0].paper_model
+        key = runs.iloc[0].label_key
+        paper_row = (paper.get("rows", {}).get(paper_model) or {}).get(key)
         if paper_row:
             values = [paper_row[paper_cols.index(d)] if d in paper_cols else None for d in datasets]
             # the paper's own Avg for this row (a preset's, Neat-S, by its label), else the mean of its cells
-            paper_avg = (paper.get("avg", {}).get(paper_model) or {}).get(label_key(runs[0]), _avg(values))
+            paper_avg = (paper.get("avg", {}).get(paper_model) or {}).get(key, _avg(values))
             rows.append({**base, "row": f"paper ({paper_model})", **dict(zip(columns, values)), "Avg": paper_avg})
-            diffs = [o - p if o is not None and p is not None else None for o, p in zip(ours, values)]
+            diffs = [o - p if not missing(o) and p is not None else None for o, p in zip(ours, values)]
             avg_ours = _avg(ours)
             rows.append({**base, "row": "Δ ours - paper", **dict(zip(columns, diffs)),
                          "Avg": avg_ours - paper_avg if avg_ours is not None and paper_avg is not None else None})
     return pd.DataFrame(rows, columns=["model", "method", "row", *columns, "Avg", "params", "step s", "seeds"])
 
 
-def caption(title: str, results: list[Mapping], profile_description: str, datasets: list[str], reference_model: str | None,
+def caption(title: str, df: pd.DataFrame, profile_description: str, datasets: list[str], reference_model: str | None,
             note: str | None = None, short=str) -> str:
-    sizes, absent = sizes_of_test_sets(results, datasets, short)
-    text = (f"{title}. Profile: {profile_description}. Protocol: {protocol_description(results)}. "
+    sizes, absent = sizes_of_test_sets(df, datasets, short)
+    text = (f"{title}. Profile: {profile_description}. Protocol: {protocol_description(df)}. "
             f"Test examples: {sizes}; accuracy in %; 'step s' is the mean training step time of our run.")
     if absent:
         text += f" No test data for {', '.join(absent)} ('-'); Avg is shown only when all {len(datasets)} sets are present."
     if reference_model:
         text += f" Paper rows are the published numbers; a model without its own paper row is compared with {reference_model}."
-    if any(not finished(r) for r in results):
+    if (df.status != "finished").any():
         text += " 'failed': every run of that row failed or diverged (its result file says why)."
     if note:
         text += f" {note}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
 
 from harness.benchmarks.base import Scorer, accuracy_summary
 from harness.benchmarks.commonsense.prompts import eval_prompt, response_of
