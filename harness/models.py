@@ -212,9 +212,12 @@ def load_model(model_cfg: Mapping[str, Any], tokenizer=None, head: Mapping[str, 
     return auto.from_pretrained(pretrained_location(model_cfg), dtype=dtype, **head_kwargs, **mismatch)
 
 
-def empty_model(model_cfg: Mapping[str, Any], head: Mapping[str, Any] | None = None) -> torch.nn.Module:
+def empty_model(model_cfg: Mapping[str, Any], head: Mapping[str, Any] | None = None,
+                declared_shapes: bool = False) -> torch.nn.Module:
     """The model's architecture with the task's head on the meta device: every shape, no weights and no memory.
-    Options that cannot work for the model (a rank above a layer's size) are checked on it before any training."""
+    Options that cannot work for the model (a rank above a layer's size) are checked on it before any training.
+    `declared_shapes`: a hub model from the shapes its config declares (`model.architecture`, `model.shapes`)
+    instead of the hub's config, so nothing is fetched."""
     from transformers import AutoConfig
 
     auto = _auto_class(head)
@@ -225,6 +228,10 @@ def empty_model(model_cfg: Mapping[str, Any], head: Mapping[str, Any] | None = N
         if "vocab_size" not in kwargs and tokenizer is not None:
             kwargs["vocab_size"] = len(tokenizer)
         config = AutoConfig.for_model(model_cfg.get("architecture"), **kwargs, **head_kwargs)
+    elif declared_shapes:
+        if not model_cfg.get("architecture") or not model_cfg.get("shapes"):
+            raise ModelConfigError(f"model {model_cfg.get('name')} declares no architecture / shapes")
+        config = AutoConfig.for_model(model_cfg["architecture"], **dict(model_cfg["shapes"]), **head_kwargs)
     else:
         config = AutoConfig.from_pretrained(pretrained_location(model_cfg), **head_kwargs)
     with torch.device("meta"):

@@ -69,3 +69,99 @@ def test_budget_sweep_trains_on_gsm8k_and_sizes_the_mini_cells():
     _, mini = experiment_cells(["experiment=sweep_budget", "profile=mini", "task.test_subset=5"])
     assert all(cfg.task.train_subset == 64 and cfg.task.test_subset == 5 for cfg in mini)  # the user's override wins
     assert "o_proj" in mini[0].method.target_modules and "gate_proj" in mini[0].method.target_modules
+
+
+# --- every config group is built, not only composed ----------------------------------------------------------
+
+HEADS = {"image": {"kind": "image_classification", "num_labels": 10},
+         "text": {"kind": "sequence_classification", "num_labels": 2}, "lm": None}
+MODEL_HEADS = {"llama2-7b": "lm", "llama2-7b-random": "lm", "llama3-8b": "lm", "smollm2-135m": "lm", "tiny-llama": "lm",
+               "minilm-l6": "text", "roberta-base": "text", "roberta-large": "text", "tiny-bert": "text",
+               "vit-b16-in21k": "image", "vit-mini": "image"}
+
+
+def test_every_model_config_has_a_head_here():
+    assert sorted(MODEL_HEADS) == options("model")
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_every_model_is_built_on_the_meta_device_without_a_download(name):
+    from harness import models
+
+    cfg = compose([f"model={name}"])
+    model = models.empty_model(cfg.model, HEADS[MODEL_HEADS[name]], declared_shapes=cfg.model.source == "hub")
+    assert next(model.parameters()).device.type == "meta"
+    assert methods.total_parameters(model) > 0
+    assert any(n.endswith("." + t) for n, _ in model.named_modules() for t in cfg.model.target_modules), name
+
+
+def test_paper_models_have_the_published_sizes():
+    from harness import models
+    from harness.preflight import method_options
+
+    cfg = compose(["model=llama2-7b", "method=lora"])  # MiLoRA Table 1's LoRA: r=32 on q,k,v,up,down
+    model = models.empty_model(cfg.model, None, declared_shapes=True)
+    assert methods.total_parameters(model) == 6_738_415_616
+    assert methods.trainable_parameters(methods.apply(model, "lora", **method_options(cfg))) == 56_098_816
+
+
+METHOD_MODELS = {"linear_probe": "vit-mini", "neat_s": "tiny-bert", "neat_l": "tiny-bert"}
+
+
+@pytest.mark.parametrize("name", options("method"))
+def test_every_method_applies_to_a_model_it_is_meant_for(name):
+    from harness import models
+    from harness.preflight import method_options
+
+    model_name = METHOD_MODELS.get(name, "tiny-llama")
+    cfg = compose([f"model={model_name}", f"method={name}"])
+    model = models.empty_model(cfg.model, HEADS[MODEL_HEADS[model_name]])
+    head = ("classifier",) if MODEL_HEADS[model_name] != "lm" else ()
+    methods.validate(model, cfg.method.name, head_modules=head, **method_options(cfg))
+
+
+TASK_MODELS = {"commonsense": "tiny-llama", "gsm8k": "tiny-llama", "glue": "tiny-bert", "image": "vit-mini"}
+TASK_DATA = {"image": ["task.dataset=digits"]}
+
+
+@pytest.mark.parametrize("name", options("task"))
+def test_every_task_reads_its_data_and_encodes_a_record(name, data_dir):
+    from harness import benchmarks, models
+
+    cfg = compose([f"task={name}", f"model={TASK_MODELS[name]}", "task.train_subset=4", "task.test_subset=2",
+                   "task.val_set_size=0", *TASK_DATA.get(name, [])])
+    benchmark = benchmarks.get(cfg.task.name)
+    assert benchmark.data_sources(cfg.task)
+    train, _ = benchmark.training_records(cfg.task, seed=0)
+    sets = benchmark.test_sets(cfg.task)
+    assert len(train) == 4 and sets and all(len(records) == 2 for records in sets.values())
+    head = benchmark.model_head(cfg.task)
+    processor = (models.load_image_processor(cfg.model) if (head or {}).get("kind") == "image_classification"
+                 else models.load_tokenizer(cfg.model))
+    example = benchmark.encoder(cfg.task, processor)(train[0])
+    assert "labels" in example
+    assert all(benchmark.short_name(d) for d in sets)
+
+
+def test_every_protocol_is_a_scorer_of_some_benchmark():
+    from harness import benchmarks
+
+    scorers = {p for name in benchmarks.names() for p in benchmarks.get(name).scorers}
+    assert scorers == set(options("protocol"))
+
+
+@pytest.mark.parametrize("name", options("training"))
+def test_every_training_recipe_trains_a_step(name, tiny_model, tokenizer, data_dir):
+    from harness import benchmarks
+    from harness.train import RunContext, TrainingData, train
+
+    cfg = compose([f"training={name}", "model=tiny-llama", "training.max_steps=1", "training.batch_size=2",
+                   "training.micro_batch_size=2", "training.module_lrs=null", "task.train_subset=4",
+                   "task.val_set_size=0"])
+    commonsense = benchmarks.get("commonsense")
+    records, _ = commonsense.training_records(cfg.task, seed=0)
+    encode = commonsense.encoder(cfg.task, tokenizer)
+    model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    out = train(model, methods.method_of(model), TrainingData([encode(r) for r in records], [], tokenizer), cfg.training,
+                RunContext(seed=0, progress=False))
+    assert out["stats"]["steps"] == 1 and len(out["stats"]["loss_curve"]) == 1
