@@ -35,7 +35,7 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
     from harness.budget import linear_shapes, solved_config
     from harness.config import compose
     from harness.placement import decide
-    from harness.preflight import method_options
+    from harness.config import method_options
     from harness.train import make_loader
 
     cfg = compose(["profile=mini", f"method={method}", *overrides])

@@ -76,6 +76,14 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def method_options(cfg: DictConfig) -> dict:
+    """The options a method is applied with: its config group less its name and display label."""
+    options = resolved(cfg)["method"]
+    options.pop("name")
+    options.pop("label", None)  # a preset's display name (Neat-S), not an option of the method
+    return options
+
+
 def _drop_paths(node) -> None:
     """Removes every `path` key (a location: its content enters the hash through `inputs`)."""
     if isinstance(node, dict):
@@ -126,10 +134,17 @@ def semantic_config(cfg: DictConfig, with_inputs: bool = True) -> dict:
 
 
 def run_id(cfg: DictConfig) -> str:
-    """A stable id for a run: method and model names for people, a hash of the semantic config for identity."""
+    """A stable id for a run: task, model and method names for people, a hash of the semantic config for identity."""
     payload = json.dumps(semantic_config(cfg), sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-    return f"{cfg.task.name}-{cfg.model.name}-{cfg.method.name}-{digest}"
+    return f"{task_label(cfg.task)}-{cfg.model.name}-{cfg.method.name}-{digest}"
+
+
+def task_label(task) -> str:
+    """The task part of a run id: the benchmark and, when it scores one or two sets, which ("math-gsm8k",
+    "glue-cola"); the eight commonsense sets are just "commonsense"."""
+    datasets = list(task.get("datasets") or [])
+    return task.name if not datasets or len(datasets) > 2 else f"{task.name}-{'+'.join(datasets)}"
 
 
 def experiment_cells(overrides: Iterable[str]) -> tuple[DictConfig, list[DictConfig]]:

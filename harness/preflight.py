@@ -15,16 +15,8 @@ from omegaconf import DictConfig
 
 from harness import benchmarks, methods, models
 from harness import budget as budget_lib
-from harness.config import resolved, run_id
+from harness.config import method_options, resolved, run_id
 from harness.errors import ConfigError
-
-
-def method_options(cfg: DictConfig) -> dict:
-    """The options a method is applied with: its config group less its name and display label."""
-    options = resolved(cfg)["method"]
-    options.pop("name")
-    options.pop("label", None)  # a preset's display name (Neat-S), not an option of the method
-    return options
 
 
 def check_training(training) -> None:

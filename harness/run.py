@@ -26,10 +26,9 @@ from omegaconf import DictConfig
 
 from harness import benchmarks, methods, models
 from harness import budget as budget_lib
-from harness.config import CONFIG_DIR, resolved, run_id, with_profile
+from harness.config import CONFIG_DIR, method_options, resolved, run_id, with_profile
 from harness.errors import describe, exit_status, traceback_tail
 from harness.memory import peak_memory, reset_peak_memory
-from harness.preflight import method_options
 from harness.provenance import describe as describe_sources
 from harness.results import (
     Result,
@@ -41,8 +40,8 @@ from harness.results import (
     versions,
     write_result,
 )
-from harness.runlock import RunLock
 from harness.placement import decide
+from harness.runlock import RunLock
 from harness.train import DivergedError, RunContext, TrainingData, train
 
 PHASES = ("data", "load", "method", "train", "eval", "write")

@@ -97,7 +97,7 @@ def test_every_model_is_built_on_the_meta_device_without_a_download(name):
 
 def test_paper_models_have_the_published_sizes():
     from harness import models
-    from harness.preflight import method_options
+    from harness.config import method_options
 
     cfg = compose(["model=llama2-7b", "method=lora"])  # MiLoRA Table 1's LoRA: r=32 on q,k,v,up,down
     model = models.empty_model(cfg.model, None, declared_shapes=True)
@@ -111,7 +111,7 @@ METHOD_MODELS = {"linear_probe": "vit-mini", "neat_s": "tiny-bert", "neat_l": "t
 @pytest.mark.parametrize("name", options("method"))
 def test_every_method_applies_to_a_model_it_is_meant_for(name):
     from harness import models
-    from harness.preflight import method_options
+    from harness.config import method_options
 
     model_name = METHOD_MODELS.get(name, "tiny-llama")
     cfg = compose([f"model={model_name}", f"method={name}"])
@@ -165,3 +165,10 @@ def test_every_training_recipe_trains_a_step(name, tiny_model, tokenizer, data_d
     out = train(model, methods.method_of(model), TrainingData([encode(r) for r in records], [], tokenizer), cfg.training,
                 RunContext(seed=0, progress=False))
     assert out["stats"]["steps"] == 1 and len(out["stats"]["loss_curve"]) == 1
+
+
+def test_run_ids_say_what_they_are():
+    assert run_id(compose(["task=gsm8k", "protocol=math_greedy", "model=tiny-llama"])).startswith("math-gsm8k-tiny-llama-lora-")
+    assert run_id(compose(["task=gsm8k", "protocol=math_greedy", "task.datasets=[gsm8k,MATH]"])).startswith("math-gsm8k+MATH-smollm2-135m-")
+    assert run_id(compose(["task=glue", "protocol=glue_dev", "task.dataset=cola", "model=tiny-bert"])).startswith("glue-cola-tiny-bert-")
+    assert run_id(compose([])).startswith("commonsense-smollm2-135m-lora-")  # eight sets: the benchmark's name
