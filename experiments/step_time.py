@@ -33,14 +33,13 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
 
     from harness import benchmarks, methods, models
     from harness.budget import linear_shapes, solved_config
-    from harness.config import compose
+    from harness.config import compose, method_options
     from harness.placement import decide
-    from harness.config import method_options
-    from harness.train import make_loader
+    from harness.train import make_loader, upcast_trainable
 
     cfg = compose(["profile=mini", f"method={method}", *overrides])
     torch.manual_seed(0)
-    placement = decide(cfg.model, cfg.training)
+    placement = decide(cfg.model, cfg.training, methods.get(method).trains_all_weights)
     model, tokenizer = models.load(cfg.model, placement=placement)
     device = placement.device
     model.to(device)
@@ -48,6 +47,7 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
     shapes = linear_shapes(model, options.get("target_modules"), options.get("layers_to_transform"))
     cfg, budget = solved_config(cfg, shapes, methods.total_parameters(model))
     model = methods.apply(model, method, **method_options(cfg))
+    upcast_trainable(model)  # fp32 master weights, as a run keeps them
     commonsense = benchmarks.get("commonsense")
     records, _ = commonsense.training_records(cfg.task, cfg.seed)
     encode = commonsense.encoder({**cfg.task, "train_on_inputs": True}, tokenizer)  # every token supervised

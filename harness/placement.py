@@ -1,8 +1,12 @@
 """Where a run computes and in which precision, decided once from the machine and the config.
 
 `device`: CUDA where there is one, else the CPU. `weights`: the dtype the model is loaded in (`model.dtype`:
-auto = bf16 on CUDA, fp32 on the CPU). `compute`: accelerate's mixed precision for training (`training.precision`:
-auto = bf16 autocast on CUDA, none on the CPU, where bf16 is ~30x slower). The result file records all three.
+auto = bf16 on CUDA, fp32 on the CPU), except that a method that trains the model's own weights (full
+fine-tuning) always loads them in fp32: they are its master weights (SPEC 2.3, "Precision"; MetaMath's full FT:
+bf16 mixed precision with fp32 master weights). Adapters train in fp32 on a bf16 base (peft upcasts them; the
+training loop upcasts any other trained parameter). `compute`: accelerate's mixed precision for training
+(`training.precision`: auto = bf16 autocast on CUDA, none on the CPU, where bf16 is ~30x slower). The result file
+records all three.
 """
 
 from __future__ import annotations
@@ -46,7 +50,10 @@ def compute_precision(name: str | None, device: str) -> str:
     return "bf16" if name == "bf16" else "no"
 
 
-def decide(model_cfg: Mapping | None = None, training: Mapping | None = None) -> Placement:
+def decide(model_cfg: Mapping | None = None, training: Mapping | None = None, trains_weights: bool = False) -> Placement:
+    """`trains_weights`: the method trains the model's own weights (`Method.trains_all_weights`)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Placement(device, weights_dtype((model_cfg or {}).get("dtype"), device),
+    requested = weights_dtype((model_cfg or {}).get("dtype"), device)
+    return Placement(device, torch.float32 if trains_weights else requested,
                      compute_precision((training or {}).get("precision"), device))
+

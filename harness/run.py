@@ -153,7 +153,7 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     seed_everything(cfg.seed)
     memory_scope = reset_peak_memory()
     load_start = time.perf_counter()
-    placement = decide(cfg.model, cfg.training)  # device and precision, once
+    placement = decide(cfg.model, cfg.training, methods.get(cfg.method.name).trains_all_weights)  # once
     # The benchmark decides the head: a causal LM unless it trains a classifier (GLUE, images).
     model, tokenizer = models.load(cfg.model, benchmark.model_head(cfg.task), placement)
     # On the accelerator before the method: PiSSA / MiLoRA run an SVD per adapted matrix at init.

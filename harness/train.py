@@ -21,7 +21,8 @@ from harness.errors import ConfigError, DataError
 from harness.placement import Placement, decide
 
 # Bumped by a change to the loop that alters what a run computes (it enters the run id; README, "For developers").
-BEHAVIOUR_VERSION = 1
+# 2: fp32 master weights for every trained parameter.
+BEHAVIOUR_VERSION = 2
 
 
 class DivergedError(RuntimeError):
@@ -93,6 +94,20 @@ def with_module_lrs(model, groups: list[dict], module_lrs: Mapping | None) -> li
     return out
 
 
+def upcast_trainable(model) -> None:
+    """fp32 master weights for whatever trains: a parameter that trains in bf16 / fp16 loses most small updates
+    (AdamW at lr 2e-5 leaves most bf16 weights unchanged). Full fine-tuning loads in fp32 already
+    (harness.placement); this catches the rest (a new head, peft's modules_to_save), while the frozen weights keep
+    their dtype. The compute precision stays the autocast's."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+
+
+def dtypes(tensors) -> list[str]:
+    return sorted({str(t.dtype).removeprefix("torch.") for t in tensors})
+
+
 def warmup_steps(training: Mapping, total_steps: int) -> int:
     """`training.warmup_steps`, or else `training.warmup_ratio` of the run's optimizer steps (GLUE scripts: 6%)."""
     if training.get("warmup_steps") is not None:
@@ -138,6 +153,11 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
         raise ConfigError(f"training.batch_size={batch_size} is not a multiple of training.micro_batch_size={micro}")
     accumulation = batch_size // micro
     trackers = "wandb" if logging.get("wandb") else None
+    # accelerate keeps one process-wide state and refuses another mixed precision later in the same process (a
+    # reproduction whose cells differ in training.precision): the run's own setting is put in place of the last.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=placement.compute, gradient_accumulation_steps=accumulation,
                               log_with=trackers)
     if trackers:
@@ -156,6 +176,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     model.to(accelerator.device)
     method.before_training(model, {"loader": loader, "device": accelerator.device, "training": training,
                                    "accumulation": accumulation})
+    upcast_trainable(model)
     groups = with_module_lrs(model, method.param_groups(model, dict(training)), training.get("module_lrs"))
     optimizer = torch.optim.AdamW(groups, lr=float(training["lr"]), betas=tuple(training["adam_betas"]),
                                   eps=float(training["adam_eps"]), weight_decay=float(training["weight_decay"]))
@@ -207,6 +228,11 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
         "first_loss": losses[0] if losses else None,
         "final_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
         "loss_curve": [round(loss, 6) for loss in losses],  # the mean micro-batch loss of each optimizer step
+        # what the weights that trained, and the optimizer's moments, were kept in (fp32 master weights)
+        "trainable_dtypes": dtypes(p for p in model.parameters() if p.requires_grad),
+        "optimizer_state_dtypes": dtypes(v for state in optimizer.state.values() for v in state.values()
+                                         if torch.is_tensor(v) and v.dim() > 0),
+        "compute": placement.compute,
     }
     if val_examples:
         val_loader = accelerator.prepare(make_loader(val_examples, tokenizer, micro, shuffle=False, seed=seed, collator=collator))

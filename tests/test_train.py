@@ -90,3 +90,36 @@ def test_warmup_from_steps_or_from_a_ratio_of_the_run():
     assert warmup_steps({"warmup_steps": 100, "warmup_ratio": 0.06}, 48) == 100
     assert warmup_steps({"warmup_steps": None, "warmup_ratio": 0.06}, 48) == 3  # ceil(2.88), GLUE's 6%
     assert warmup_steps({"warmup_steps": None}, 48) == 0
+
+
+def test_full_ft_keeps_fp32_master_weights_when_bf16_is_asked_and_small_updates_land(tokenizer, examples):
+    """SPEC 2.3 "Precision": with bf16 weights AdamW at lr 2e-5 leaves most weights unchanged; the run loads a
+    fully trained model in fp32 and trains under bf16 autocast, so nearly every weight moves."""
+    from harness import models
+    from harness.config import compose
+    from harness.placement import decide
+
+    cfg = compose(["model=tiny-llama", "method=full", "model.dtype=bfloat16", "training.precision=bf16"])
+    placement = decide(cfg.model, cfg.training, methods.get("full").trains_all_weights)
+    assert placement.weights == torch.float32 and placement.compute == "bf16"
+    assert decide(cfg.model, cfg.training).weights == torch.bfloat16  # an adapter's frozen base stays bf16
+    torch.manual_seed(0)
+    model = methods.apply(models.load_model(cfg.model, tokenizer, None, placement), "full")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    out = train(model, methods.method_of(model), TrainingData(examples[0][:8], [], tokenizer),
+                training(max_steps=3, lr=2e-5, batch_size=4, micro_batch_size=4, warmup_steps=0, precision="bf16"),
+                RunContext(seed=0, progress=False, placement=placement))
+    stats = out["stats"]
+    assert stats["trainable_dtypes"] == ["float32"] and stats["optimizer_state_dtypes"] == ["float32"]
+    assert stats["compute"] == "bf16"
+    moved = sum(int((p.detach() != before[n]).sum()) for n, p in out["model"].named_parameters())
+    assert moved / sum(p.numel() for p in before.values()) > 0.9
+
+
+def test_a_new_head_on_a_bf16_base_trains_in_fp32(tokenizer):
+    from harness.train import upcast_trainable
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4).to(torch.bfloat16), torch.nn.Linear(4, 2).to(torch.bfloat16))
+    model[0].requires_grad_(False)
+    upcast_trainable(model)
+    assert model[0].weight.dtype == torch.bfloat16 and model[1].weight.dtype == torch.float32
