@@ -19,7 +19,7 @@ from harness.config import method_options, resolved, run_id
 from harness.errors import ConfigError
 
 
-def check_training(training) -> None:
+def check_training(training, task=None) -> None:
     for key in ("batch_size", "micro_batch_size"):
         value = training.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -28,6 +28,9 @@ def check_training(training) -> None:
         raise ConfigError(f"training.batch_size={training.batch_size} is not a multiple of "
                           f"training.micro_batch_size={training.micro_batch_size}",
                           "choose a micro-batch that divides the batch; the rest is gradient accumulation")
+    if training.get("select_best") and (not training.get("eval_steps") or not (task or {}).get("val_set_size")):
+        raise ConfigError("training.select_best needs held-out records and training.eval_steps",
+                          "set task.val_set_size (LLM-Adapters: 120) and training.eval_steps (80)")
 
 
 @functools.lru_cache(maxsize=32)
@@ -38,7 +41,7 @@ def _architecture(model_json: str, head_json: str):
 
 def check(cfg: DictConfig) -> str:
     """Raises a HarnessError naming what cannot work; returns the run id."""
-    check_training(cfg.training)
+    check_training(cfg.training, cfg.task)
     benchmark = benchmarks.get(cfg.task.name)
     benchmark.scorer(cfg.protocol.name)
     rid = run_id(cfg)  # every data and weight source exists (their content is part of the id)

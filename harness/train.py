@@ -19,9 +19,12 @@ from tqdm.auto import tqdm
 
 from harness.errors import ConfigError, DataError
 from harness.placement import Placement, decide
+from harness.selection import BestCheckpoint
+
+SCHEDULES = ("linear", "cosine", "constant_with_warmup")  # transformers' get_scheduler names
 
 # Bumped by a change to the loop that alters what a run computes (it enters the run id; README, "For developers").
-# 2: fp32 master weights for every trained parameter.
+# 2: fp32 master weights for every trained parameter; checkpoint selection; the schedule by name.
 BEHAVIOUR_VERSION = 2
 
 
@@ -131,7 +134,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     """Trains `model` in place with `method`'s hooks on `data` by the `training` recipe; returns the trained
     model and the training statistics (with the per-step loss curve)."""
     from accelerate import Accelerator
-    from transformers import get_linear_schedule_with_warmup
+    from transformers import get_scheduler
 
     tokenizer, collator, seed, progress, run_name = data.tokenizer, data.collator, run.seed, run.progress, run.name
     train_examples, val_examples, logging = data.train, data.validation, dict(run.logging or {})
@@ -180,8 +183,20 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     groups = with_module_lrs(model, method.param_groups(model, dict(training)), training.get("module_lrs"))
     optimizer = torch.optim.AdamW(groups, lr=float(training["lr"]), betas=tuple(training["adam_betas"]),
                                   eps=float(training["adam_eps"]), weight_decay=float(training["weight_decay"]))
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps(training, total_steps), total_steps)
+    schedule = training.get("schedule", "linear")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"training.schedule={schedule!r}: use one of {list(SCHEDULES)}")
+    scheduler = get_scheduler(schedule, optimizer, warmup_steps(training, total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    eval_steps = int(training.get("eval_steps") or 0)
+    selection = None
+    if training.get("select_best"):
+        if not val_examples or not eval_steps:
+            raise ConfigError("training.select_best needs held-out records and training.eval_steps",
+                              "set task.val_set_size (LLM-Adapters: 120) and training.eval_steps (80)")
+        selection = BestCheckpoint(on_disk=method.trains_all_weights)
+    val_loader = (accelerator.prepare(make_loader(val_examples, tokenizer, micro, shuffle=False, seed=seed,
+                                                  collator=collator)) if val_examples else None)
 
     model.train()
     step, losses, step_times = 0, [], []
@@ -215,9 +230,13 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
             if trackers and step % int(logging.get("log_every", 10)) == 0:
                 accelerator.log({"train/loss": window_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
             window_loss = 0.0
+            if selection is not None and step % eval_steps == 0:
+                selection.offer(accelerator.unwrap_model(model), step, mean_loss(model, val_loader))
             if step >= total_steps:
                 break
     bar.close()
+    if selection is not None:
+        selection.restore(accelerator.unwrap_model(model))
     train_seconds = time.perf_counter() - start
     stats = {
         "steps": step,
@@ -234,8 +253,9 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
                                          if torch.is_tensor(v) and v.dim() > 0),
         "compute": placement.compute,
     }
-    if val_examples:
-        val_loader = accelerator.prepare(make_loader(val_examples, tokenizer, micro, shuffle=False, seed=seed, collator=collator))
+    if selection is not None:
+        stats.update(selected_step=selection.step, val_loss=selection.loss, val_curve=selection.curve)
+    elif val_loader is not None:
         stats["val_loss"] = mean_loss(model, val_loader)
         stats["val_curve"] = [{"step": step, "loss": stats["val_loss"]}]
     if trackers:

@@ -23,7 +23,7 @@ TINY = {
     "table4": ["model=vit-mini"],
     "sweep_budget": [*TINY_LLAMA_WIDE, "protocol.max_gen_toks=2"],
 }
-SHRINK = ["task.train_subset=8", "task.test_subset=2", "training.max_steps=1", "training.batch_size=4",
+SHRINK = ["task.train_subset=8", "task.val_set_size=2", "training.eval_steps=1", "task.test_subset=2", "training.max_steps=1", "training.batch_size=4",
           "training.micro_batch_size=4", "training.warmup_steps=0", "run.progress=false", "run.save_adapter=false"]
 
 

@@ -41,7 +41,7 @@ def test_training_conversion_keeps_the_answer(data_dir):
     for r in records:
         assert "<<" not in r["response"] and "####" not in r["response"]
         assert extract_gsm8k_answer(r["response"]) is not None
-        assert r["prompt"].startswith("Below is an instruction") and r["prompt"].endswith("### Response:\n")
+        assert r["prompt"].startswith("Below is an instruction") and r["prompt"].endswith("### Response:")  # no newline: MetaMath / MiLoRA train.py
 
 
 def test_rosa_format_trains_the_bare_question_then_the_original_answer(tokenizer, data_dir):
@@ -140,3 +140,20 @@ def test_a_hub_test_set_fails_fast_offline(monkeypatch):
     task = compose(["task=gsm8k", "task.datasets=[MATH]", "task.test_files.MATH=someone/MATH"]).task
     with pytest.raises(HubUnavailableError, match="someone/MATH"):
         math_task.test_sets(task)
+
+
+def test_milora_scores_gsm8k_with_its_numeric_fallback_and_its_own_settings():
+    from harness import benchmarks
+    from harness.benchmarks.math.answers import numeric_match, score_gsm8k
+
+    records = [{"question": "q", "answer": "so #### 50"}, {"question": "q", "answer": "so #### 7"}]
+    completions = ["The answer is: 5000", "The answer is: 7"]  # 50 written as a percentage (x 100), then exact
+    assert score_gsm8k(records, completions)[0]["correct"] == 1                      # MetaMath: exact only
+    assert score_gsm8k(records, completions, numeric_fallback=True)[0]["correct"] == 2  # MiLoRA: math_equal too
+    assert numeric_match(0.5, 50) and numeric_match(50.004, 50) and not numeric_match(51, 50)
+    milora = compose(["task=gsm8k", "protocol=math_milora"]).protocol
+    assert milora.max_new_tokens == 1024 and milora.max_new_tokens_per_set.MATH == 2048 and milora.numeric_fallback
+    assert list(milora.stop_strings) == ["Instruction:", "Instruction", "Response:", "Response"]
+    metamath = compose(["task=gsm8k", "protocol=math_greedy"]).protocol
+    assert metamath.max_new_tokens == 512 and len(metamath.stop_strings) == 10 and not metamath.numeric_fallback
+    assert benchmarks.get("math").scorer("math_milora").name == "math_milora"

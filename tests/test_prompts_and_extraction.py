@@ -36,6 +36,11 @@ def test_prompts_with_input_add_an_input_block():
     assert "paired with an input" in text
     assert "                ### Input:\n                some context\n                \n                ### Response:\n                ok" in text
     assert eval_prompt("Do it.", "ctx").endswith("### Input:\n                ctx\n\n                ### Response:\n                ")
+    # the original's headers with an input: one space after "request." in training, none in evaluation
+    assert train_prompt("Do it.", "ctx", "ok").startswith("Below is an instruction that describes a task, paired with an "
+                                                          "input that provides further context. Write a response that "
+                                                          "appropriately completes the request. \n\n")
+    assert eval_prompt("Do it.", "ctx").split("\n")[0].endswith("completes the request.")
 
 
 def test_response_is_split_after_the_prompt():

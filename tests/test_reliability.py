@@ -193,9 +193,9 @@ def test_run_id_follows_the_behaviour_versions(monkeypatch):
 
     cfg = compose(["model=tiny-llama"])
     before = run_id(cfg)
-    monkeypatch.setattr(type(methods.get("lora")), "behaviour_version", 2)
+    monkeypatch.setattr(type(methods.get("lora")), "behaviour_version", methods.get("lora").behaviour_version + 1)
     bumped = run_id(cfg)
-    monkeypatch.setattr(train, "BEHAVIOUR_VERSION", 2)
+    monkeypatch.setattr(train, "BEHAVIOUR_VERSION", train.BEHAVIOUR_VERSION + 1)
     assert len({before, bumped, run_id(cfg)}) == 3
     assert run_id(compose(["model=tiny-llama", "method=dora"])) != before
 

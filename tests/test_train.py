@@ -123,3 +123,51 @@ def test_a_new_head_on_a_bf16_base_trains_in_fp32(tokenizer):
     model[0].requires_grad_(False)
     upcast_trainable(model)
     assert model[0].weight.dtype == torch.bfloat16 and model[1].weight.dtype == torch.float32
+
+
+def test_checkpoint_selection_restores_the_lowest_validation_loss(tiny_model, tokenizer, examples):
+    from harness.train import make_loader, mean_loss
+
+    model = methods.apply(tiny_model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    out = train(model, methods.method_of(model), TrainingData(examples[0], examples[1], tokenizer),
+                training(select_best=True, eval_steps=2, lr=5e-2), QUIET)
+    stats = out["stats"]
+    curve = [point["loss"] for point in stats["val_curve"]]
+    assert [point["step"] for point in stats["val_curve"]] == [2, 4, 6]
+    assert stats["selected_step"] == stats["val_curve"][curve.index(min(curve))]["step"] and stats["val_loss"] == min(curve)
+    restored = mean_loss(out["model"], make_loader(examples[1], tokenizer, 2, False, 0))
+    assert restored == pytest.approx(min(curve), rel=1e-5)  # the model scored is the selected one
+
+
+def test_selection_without_held_out_records_is_rejected_before_training():
+    from harness.errors import ConfigError
+    from harness.preflight import check_training
+
+    with pytest.raises(ConfigError, match="select_best needs held-out records"):
+        check_training(training(select_best=True, eval_steps=80), {"val_set_size": 0})
+
+
+def test_a_full_models_best_state_goes_to_disk_and_comes_back(tmp_path, monkeypatch):
+    from harness.selection import BestCheckpoint
+
+    monkeypatch.setenv("HARNESS_CHECKPOINT_DIR", str(tmp_path))
+    model = torch.nn.Linear(3, 2)
+    best = BestCheckpoint(on_disk=True)
+    assert best.offer(model, 1, 0.5)
+    kept = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert not best.offer(model, 2, 0.7) and len(list(tmp_path.glob("harness-best-*/best.pt"))) == 1
+    best.restore(model)
+    assert torch.equal(model.weight, kept) and best.step == 1 and not list(tmp_path.iterdir())
+
+
+def test_the_schedule_is_chosen_by_name(tiny_model, tokenizer, examples):
+    from harness.errors import ConfigError
+
+    model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    out = train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer),
+                training(schedule="cosine", warmup_steps="null", warmup_ratio=0.03), QUIET)
+    assert out["stats"]["steps"] == 6
+    with pytest.raises(ConfigError, match="training.schedule='step'"):
+        train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer), training(schedule="step"), QUIET)

@@ -46,8 +46,9 @@ def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, reference_model
         paper_row = (paper.get("rows", {}).get(paper_model) or {}).get(key)
         if paper_row:
             values = [paper_row[paper_cols.index(d)] if d in paper_cols else None for d in datasets]
-            # the paper's own Avg for this row (a preset's, Neat-S, by its label), else the mean of its cells
-            paper_avg = (paper.get("avg", {}).get(paper_model) or {}).get(key, _avg(values))
+            # the paper's own Avg for this row (a preset's, Neat-S, by its label), as published: never recomputed
+            # from the rounded cells; absent when the published file has none
+            paper_avg = (paper.get("avg", {}).get(paper_model) or {}).get(key)
             rows.append({**base, "row": f"paper ({paper_model})", **dict(zip(columns, values)), "Avg": paper_avg})
             diffs = [o - p if not missing(o) and p is not None else None for o, p in zip(ours, values)]
             avg_ours = _avg(ours)

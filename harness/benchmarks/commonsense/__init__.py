@@ -13,6 +13,8 @@ from harness.benchmarks.lmeval import LmEval, LmEvalTask
 @register
 class Commonsense(Benchmark):
     name = "commonsense"
+    # 2: the with-input prompt headers' spacing as the original's (train one space, evaluation none)
+    behaviour_version = 2
     short_names = {"boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "hellaswag": "HellaS",
                    "winogrande": "WinoG", "ARC-Easy": "ARC-e", "ARC-Challenge": "ARC-c", "openbookqa": "OBQA"}
     # lm-eval 0.4's task for each test set: its name, its YAML under lm_eval/tasks/, its hub dataset. The

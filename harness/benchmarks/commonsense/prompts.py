@@ -10,14 +10,16 @@ from __future__ import annotations
 _INDENT = " " * 16
 
 TRAIN_HEADER = "Below is an instruction that describes a task. Write a response that appropriately completes the request.  \n\n"
+# With an input the original's headers differ: one space after "request." in training (finetune.py), none in
+# evaluation (evaluate.py).
 TRAIN_HEADER_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.  \n\n"
+    "Write a response that appropriately completes the request. \n\n"
 )
 EVAL_HEADER = "Below is an instruction that describes a task. Write a response that appropriately completes the request. \n\n"
 EVAL_HEADER_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request. \n\n"
+    "Write a response that appropriately completes the request.\n\n"
 )
 
 

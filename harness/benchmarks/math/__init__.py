@@ -25,8 +25,10 @@ def gsm8k_files_for_lmeval(task, name: str) -> dict | None:
 @register
 class Math(Benchmark):
     name = "math"
+    # 2: no newline after "### Response:" in the training prompt (MetaMath / MiLoRA train.py)
+    behaviour_version = 2
     short_names = {"gsm8k": "GSM8K", "MATH": "MATH"}
-    scorers = {"math_greedy": MathGreedy(),
+    scorers = {"math_greedy": MathGreedy("math_greedy"), "math_milora": MathGreedy("math_milora"),
                "lmeval": LmEval({"gsm8k": LmEvalTask("gsm8k", "gsm8k/gsm8k.yaml", "openai/gsm8k")}, gsm8k_files_for_lmeval)}
 
     def data_sources(self, task):

@@ -71,16 +71,28 @@ def math_correct(completion: str, solution: str) -> bool:
     return predicted is not None and math_equiv(predicted, math_gold(solution))
 
 
-def score_gsm8k(records: list[dict], completions: list[str]) -> tuple[dict, list[dict]]:
+def numeric_match(predicted: float, gold: float) -> bool:
+    """MiLoRA's `math_equal` fallback for numbers (inference/grader.py): equal within a relative 1e-4 to the
+    gold answer, or to it as a percentage either way (gold / 100, gold x 100)."""
+    from math import isclose
+
+    return any(isclose(g, float(predicted), rel_tol=1e-4) for g in (gold / 100, gold, gold * 100))
+
+
+def score_gsm8k(records: list[dict], completions: list[str], numeric_fallback: bool = False) -> tuple[dict, list[dict]]:
+    """`numeric_fallback`: MiLoRA's evaluation also accepts `numeric_match` (MetaMath's does not)."""
     rows = []
     for record, completion in zip(records, completions):
         gold = gsm8k_gold(record["answer"])
-        rows.append({"response": completion, "prediction": extract_gsm8k_answer(completion), "answer": gold,
-                     "correct": gsm8k_correct(completion, gold)})
+        predicted = extract_gsm8k_answer(completion)
+        correct = gsm8k_correct(completion, gold) or bool(numeric_fallback and predicted is not None
+                                                          and numeric_match(predicted, gold))
+        rows.append({"response": completion, "prediction": predicted, "answer": gold, "correct": correct})
     return accuracy_summary(rows), rows
 
 
-def score_math(records: list[dict], completions: list[str]) -> tuple[dict, list[dict]]:
+def score_math(records: list[dict], completions: list[str], numeric_fallback: bool = False) -> tuple[dict, list[dict]]:
+    """(MiLoRA's MATH scoring has no numeric fallback: `numeric_fallback` is accepted and ignored.)"""
     rows = [{"response": completion, "prediction": extract_math_answer(completion),
              "answer": math_gold(record["solution"]), "correct": math_correct(completion, record["solution"])}
             for record, completion in zip(records, completions)]

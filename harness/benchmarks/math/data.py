@@ -22,8 +22,10 @@ from harness.provenance import Hub, LocalFile
 TEST_SETS = {"gsm8k": ("gsm8k/test.jsonl", ("question", "answer"), "question"),
              "MATH": ("MATH/test.jsonl", ("problem", "solution"), "problem")}
 # MetaMath's training prompt (Alpaca without input).
+# MetaMath's training prompt, the response following "### Response:" directly, with no newline (MetaMath,
+# sufenlp/MiLoRA and GraphPKU/PiSSA train.py: PROMPT_DICT["prompt_no_input"], target = output + EOS).
 TRAIN_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-                  "request.\n\n### Instruction:\n{query}\n\n### Response:\n")
+                  "request.\n\n### Instruction:\n{query}\n\n### Response:")
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 
 

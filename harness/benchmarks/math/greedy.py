@@ -9,7 +9,8 @@ from harness.benchmarks.math.data import question_of
 from harness.errors import ConfigError
 from harness.generation import generate
 
-# MetaMath's evaluation prompt (training uses "### Response:\n" and the answer; the mismatch is the original's).
+# MetaMath's evaluation prompt, as MiLoRA's inference scripts use it (training puts the response right after
+# "### Response:"; evaluation adds " Let's think step by step.").
 EVAL_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
                  "request.\n\n### Instruction:\n{query}\n\n### Response: Let's think step by step.")
 
@@ -21,7 +22,11 @@ def _continuation(decoded: str) -> str:
 
 
 class MathGreedy(Scorer):
-    name = "math_greedy"
+    """Greedy decoding under one of the two evaluation set-ups (the protocol config): MetaMath's (`math_greedy`)
+    or MiLoRA's (`math_milora`), which differ in new tokens, stop strings and GSM8K's numeric fallback."""
+
+    def __init__(self, name: str):
+        self.name = name
 
     def score_set(self, model, tokenizer, name, records, protocol, task, progress=False):
         if name not in SET_SCORERS:
@@ -32,4 +37,5 @@ class MathGreedy(Scorer):
         decoded = generate(model, tokenizer, prompts, num_beams=1, max_new_tokens=max_new_tokens,
                            batch_size=int(protocol["batch_size"]), progress=progress, desc=f"eval {name}",
                            stop_strings=stops)
-        return SET_SCORERS[name](records, [cut_at_stop(_continuation(d), stops) for d in decoded])
+        return SET_SCORERS[name](records, [cut_at_stop(_continuation(d), stops) for d in decoded],
+                                 numeric_fallback=bool(protocol.get("numeric_fallback", False)))

@@ -1,0 +1,61 @@
+"""Checkpoint selection on validation loss (LLM-Adapters' `load_best_model_at_end`; the DoRA / MiLoRA scripts'
+`--val_set_size 120 --eval_step 80 --save_step 80`; MiLoRA section 4.1: "best checkpoint chosen by the
+validation set loss").
+
+Every `training.eval_steps` optimizer steps the loss on the held-out records is computed; the trainable state
+(adapter weights, a head, RoSA's sparse values: whatever has requires_grad) with the lowest one is kept and
+restored when training ends. As HF Trainer, only those steps are candidates (a last step that is not a multiple
+of eval_steps is not). An adapter's state is small and kept in memory on the CPU; a fully fine-tuned model's is
+its whole weights, kept on disk (`HARNESS_CHECKPOINT_DIR`, else the system's temporary folder).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class BestCheckpoint:
+    def __init__(self, on_disk: bool):
+        self.on_disk = on_disk
+        self.step: int | None = None
+        self.loss = float("inf")
+        self.curve: list[dict] = []
+        self._state: dict[str, torch.Tensor] | None = None
+        self._dir: Path | None = None
+
+    def offer(self, model, step: int, loss: float) -> bool:
+        """Records the validation loss of `step`; keeps the trainable state when it is the lowest so far."""
+        self.curve.append({"step": step, "loss": loss})
+        if not loss < self.loss:
+            return False
+        self.step, self.loss = step, loss
+        state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        if self.on_disk:
+            if self._dir is None:
+                self._dir = Path(tempfile.mkdtemp(prefix="harness-best-", dir=os.environ.get("HARNESS_CHECKPOINT_DIR")))
+            torch.save(state, self._dir / "best.pt")
+        else:
+            self._state = state
+        return True
+
+    @torch.no_grad()
+    def restore(self, model) -> None:
+        """Puts the kept state back into `model` (nothing to do when no step was evaluated)."""
+        if self.step is None:
+            return
+        state = torch.load(self._dir / "best.pt") if self.on_disk else self._state
+        for name, p in model.named_parameters():
+            if name in state:
+                p.copy_(state[name].to(p.device, p.dtype))
+        self.close()
+
+    def close(self) -> None:
+        self._state = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
