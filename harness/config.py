@@ -123,6 +123,7 @@ def semantic_config(cfg: DictConfig, with_inputs: bool = True) -> dict:
     for key in NON_SEMANTIC_TASK_KEYS:
         data.get("task", {}).pop(key, None)
     data.get("protocol", {}).pop("description", None)  # a caption's words
+    data.get("training", {}).pop("source", None)       # where the recipe comes from: a footnote's words
     _drop_paths(data.get("task"))
     _drop_paths(data.get("model"))
     if not any(v is not None for v in (data.get("budget") or {}).values()):

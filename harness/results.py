@@ -153,7 +153,7 @@ def load_results(results_dir: str | Path) -> list[Result]:
 
 
 FRAME_COLUMNS = ["run_id", "status", "experiment", "profile", "task", "protocol", "model", "paper_model", "method",
-                 "protocol_description", "label", "label_key", "knob", "rank", "seed", "dataset", "accuracy", "n", "metric", "trainable", "total",
+                 "protocol_description", "recipe_source", "label", "label_key", "knob", "rank", "seed", "dataset", "accuracy", "n", "metric", "trainable", "total",
                  "trainable_percent", "head", "budget_fraction", "step_s", "train_s", "eval_s", "peak_mb", "error"]
 
 
@@ -176,6 +176,7 @@ def frame(results: list[Result]) -> "pd.DataFrame":
                 "label": display.label(run["method"], options), "label_key": display.label_key(run["method"], options),
                 "knob": display.knob(run["method"], options), "rank": options.get("r"), "seed": config.get("seed"),
                 "protocol_description": (config.get("protocol") or {}).get("description") or run.get("protocol"),
+                "recipe_source": (config.get("training") or {}).get("source"),
                 "trainable": params.get("trainable"), "total": params.get("total"),
                 "trainable_percent": params.get("trainable_percent"), "head": params.get("head"),
                 "budget_fraction": (config.get("budget") or {}).get("fraction"),

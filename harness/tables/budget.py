@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from harness.methods import display
-from harness.tables.common import FAILED, missing, params_text, protocol_description, sizes_of_test_sets
+from harness.tables.common import FAILED, missing, params_text, protocol_description, recipe_sources, sizes_of_test_sets
 
 FULL = "-"  # the budget label of full fine-tuning, as in the paper's table
 
@@ -78,6 +78,8 @@ def caption(title: str, df: pd.DataFrame, profile_description: str, datasets: li
             f"'step s' is the mean training step time of our run.")
     if absent:
         text += f" No test data for {', '.join(absent)} ('-')."
+    if recipe_sources(df):
+        text += f" {recipe_sources(df)}"
     if note:
         text += f" {note}"
     return text

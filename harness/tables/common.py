@@ -25,6 +25,17 @@ def short_namer(task_name: str):
     return benchmarks.get(task_name).short_name
 
 
+def recipe_sources(df: pd.DataFrame) -> str:
+    """"Recipes: <source> (LoRA, PiSSA); ...": where each row's training recipe comes from (its config's
+    `training.source`), for the caption."""
+    if not len(df) or df["recipe_source"].isna().all():
+        return ""
+    parts = []
+    for source, rows in df.dropna(subset=["recipe_source"]).groupby("recipe_source", sort=False):
+        parts.append(f"{source} ({', '.join(dict.fromkeys(rows['label']))})")
+    return "Recipes: " + "; ".join(parts) + "."
+
+
 def protocol_description(df: pd.DataFrame) -> str:
     """The caption's words for the protocol of these results (its yaml's `description`)."""
     return str(df["protocol_description"].iloc[0]) if len(df) else "-"

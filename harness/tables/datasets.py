@@ -8,7 +8,8 @@ from typing import Mapping
 import pandas as pd
 
 from harness.methods import display
-from harness.tables.common import FAILED, missing, params_text, protocol_description, sizes_of_test_sets
+from harness.tables.common import (FAILED, missing, params_text, protocol_description, recipe_sources,
+                                   sizes_of_test_sets)
 
 
 def _avg(values: list[float | None]) -> float | None:
@@ -68,6 +69,8 @@ def caption(title: str, df: pd.DataFrame, profile_description: str, datasets: li
         text += f" Paper rows are the published numbers; a model without its own paper row is compared with {reference_model}."
     if (df.status != "finished").any():
         text += " 'failed': every run of that row failed or diverged (its result file says why)."
+    if recipe_sources(df):
+        text += f" {recipe_sources(df)}"
     if note:
         text += f" {note}"
     return text
