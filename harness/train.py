@@ -111,6 +111,25 @@ def dtypes(tensors) -> list[str]:
     return sorted({str(t.dtype).removeprefix("torch.") for t in tensors})
 
 
+def optimizer_and_schedule(groups: list[dict], training: Mapping, total_steps: int):
+    """The recipe's AdamW (its betas, eps, weight decay; groups may carry their own lr) and its schedule: warm-up
+    then `training.schedule` over `total_steps` (transformers' get_scheduler)."""
+    from transformers import get_scheduler
+
+    schedule = training.get("schedule", "linear")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"training.schedule={schedule!r}: use one of {list(SCHEDULES)}")
+    optimizer = torch.optim.AdamW(groups, lr=float(training["lr"]), betas=tuple(training["adam_betas"]),
+                                  eps=float(training["adam_eps"]), weight_decay=float(training["weight_decay"]))
+    return optimizer, get_scheduler(schedule, optimizer, warmup_steps(training, total_steps), total_steps)
+
+
+def clip_norm(training: Mapping) -> float | None:
+    """`training.max_grad_norm` (None: no clipping, as RoSA's recipe)."""
+    value = training.get("max_grad_norm")
+    return float(value) if value else None
+
+
 def warmup_steps(training: Mapping, total_steps: int) -> int:
     """`training.warmup_steps`, or else `training.warmup_ratio` of the run's optimizer steps (GLUE scripts: 6%)."""
     if training.get("warmup_steps") is not None:
@@ -134,7 +153,6 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     """Trains `model` in place with `method`'s hooks on `data` by the `training` recipe; returns the trained
     model and the training statistics (with the per-step loss curve)."""
     from accelerate import Accelerator
-    from transformers import get_scheduler
 
     tokenizer, collator, seed, progress, run_name = data.tokenizer, data.collator, run.seed, run.progress, run.name
     train_examples, val_examples, logging = data.train, data.validation, dict(run.logging or {})
@@ -178,15 +196,10 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     # Before the optimizer exists: a method may add parameters here (RoSA's sparse part, from gradients).
     model.to(accelerator.device)
     method.before_training(model, {"loader": loader, "device": accelerator.device, "training": training,
-                                   "accumulation": accumulation})
+                                   "accumulation": accumulation, "total_steps": total_steps})
     upcast_trainable(model)
     groups = with_module_lrs(model, method.param_groups(model, dict(training)), training.get("module_lrs"))
-    optimizer = torch.optim.AdamW(groups, lr=float(training["lr"]), betas=tuple(training["adam_betas"]),
-                                  eps=float(training["adam_eps"]), weight_decay=float(training["weight_decay"]))
-    schedule = training.get("schedule", "linear")
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"training.schedule={schedule!r}: use one of {list(SCHEDULES)}")
-    scheduler = get_scheduler(schedule, optimizer, warmup_steps(training, total_steps), total_steps)
+    optimizer, scheduler = optimizer_and_schedule(groups, training, total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     eval_steps = int(training.get("eval_steps") or 0)
     selection = None
@@ -213,8 +226,8 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
                     raise DivergedError(step, value)
                 accelerator.backward(loss)
                 window_loss += value / accumulation
-                if accelerator.sync_gradients and training.get("max_grad_norm"):
-                    accelerator.clip_grad_norm_(model.parameters(), float(training["max_grad_norm"]))
+                if accelerator.sync_gradients and clip_norm(training):
+                    accelerator.clip_grad_norm_(model.parameters(), clip_norm(training))
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)

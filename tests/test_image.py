@@ -176,8 +176,9 @@ def test_adapters_train_the_new_head_and_save_it(tmp_path, processor, name, opti
         train, _ = image.training_records(cfg("task.dataset=digits", "task.train_subset=8").task, seed=0)
         loader = make_loader([{"image": r["image"], "labels": r["label"]} for r in train], None, 8, False, 0,
                              collator=image.collator(processor))
+        training = compose(["training.lr=1e-3", "training.batch_size=8", "training.micro_batch_size=8"]).training
         methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device("cpu"),
-                                                         "training": {"lr": 1e-3}, "accumulation": 1})
+                                                         "training": training, "accumulation": 1, "total_steps": 4})
         assert all(m.rosa_sparse.nnz > 0 for m in rosa.state(model).targets.values())
     with torch.no_grad():  # as if trained: the head moves
         for n, p in model.named_parameters():

@@ -28,7 +28,8 @@ def loader(tokenizer, data_dir):
 
 
 def context(loader):
-    return {"loader": loader, "device": torch.device("cpu"), "training": {"lr": 1e-3}}
+    training = compose(["training.lr=1e-3", "training.batch_size=4", "training.micro_batch_size=4"]).training
+    return {"loader": loader, "device": torch.device("cpu"), "training": training, "accumulation": 1, "total_steps": 10}
 
 
 def test_sparse_delta_matches_the_dense_masked_reference():
@@ -66,13 +67,14 @@ def test_init_is_a_no_op_and_counts_add_up(tiny_model, inputs, loader):
     assert methods.trainable_parameters(model) == lora_count + sparse
 
 
-def test_mask_is_the_topk_of_accumulated_squared_gradients(tiny_model, loader):
+def test_mask_is_the_topk_of_the_per_example_fisher(tiny_model, loader):
     density = 0.03
     reference_model = copy.deepcopy(tiny_model)
     model = methods.apply(tiny_model, "rosa", r=2, density=density, mask_warmup_steps=0, mask_grad_batches=3,
                           target_modules=TARGETS)
     methods.method_of(model).before_training(model, context(loader))
-    # Independently: autograd's dense weight gradient of each target matrix, squared, averaged over the batches.
+    # Independently: autograd's dense weight gradient of each target matrix for each example alone (micro-batch 1,
+    # as the official hook sees it), squared, summed over the examples of the batches.
     for p in reference_model.parameters():
         p.requires_grad_(False)
     weights = {n.removesuffix(".weight"): p for n, p in reference_model.named_parameters() if n.endswith(tuple(f"{t}.weight" for t in TARGETS))}
@@ -81,10 +83,12 @@ def test_mask_is_the_topk_of_accumulated_squared_gradients(tiny_model, loader):
     acc = {n: torch.zeros_like(p) for n, p in weights.items()}
     batches = iter(loader)
     for _ in range(3):
-        reference_model.zero_grad()
-        reference_model(**next(batches)).loss.backward()
-        for n, p in weights.items():
-            acc[n] += p.grad.square()
+        batch = next(batches)
+        for i in range(batch["input_ids"].shape[0]):
+            reference_model.zero_grad()
+            reference_model(**{k: v[i:i + 1] for k, v in batch.items()}).loss.backward()
+            for n, p in weights.items():
+                acc[n] += p.grad.square()
     state = rosa.state(model)
     assert set(state.masks) == set(acc)
     for name, score in acc.items():
@@ -99,26 +103,41 @@ def test_mask_is_the_topk_of_accumulated_squared_gradients(tiny_model, loader):
         assert len(expected & got) >= k - 1
 
 
-def test_a_batch_of_micro_batches_scores_as_one_batch(tiny_model, tokenizer):
-    """Gradient accumulation: the score of a batch split in micro-batches is the square of the whole batch's G."""
+def test_the_fisher_score_does_not_depend_on_the_micro_batch_size(tiny_model, tokenizer):
+    """The per-example Fisher of a batch is the same in one micro-batch, in halves or one example at a time (the
+    official micro-batch 1); the squared batch gradient (`batch_squared`, not the paper's) is another score."""
     from harness.methods.rosa import accumulate_gradient_scores
 
     task = compose(["task.train_subset=8", "task.val_set_size=0"]).task
     records, _ = commonsense.training_records(task, seed=0)
-    # equal lengths, so that the mean loss of the batch is the mean of the micro-batches' mean losses
-    examples = [commonsense.tokenize(r, tokenizer, 40, train_on_inputs=True) for r in records]
-    examples = [e for e in examples if len(e["input_ids"]) == 40][:4]
-    assert len(examples) == 4
+    examples = [commonsense.tokenize(r, tokenizer, 256, train_on_inputs=False) for r in records][:4]  # unequal lengths
     whole = next(iter(make_loader(examples, tokenizer, 4, shuffle=False, seed=0)))
     halves = list(make_loader(examples, tokenizer, 2, shuffle=False, seed=0))
+    singles = list(make_loader(examples, tokenizer, 1, shuffle=False, seed=0))
     model = methods.apply(tiny_model, "rosa", r=2, density=0.05, target_modules=TARGETS)
     targets = rosa.state(model).targets
-    one = accumulate_gradient_scores(model, [[whole]], targets, "mean_squared")
-    split = accumulate_gradient_scores(model, [halves], targets, "mean_squared")
-    per_micro = accumulate_gradient_scores(model, [[h] for h in halves], targets, "mean_squared")
+    one = accumulate_gradient_scores(model, [[whole]], targets, "fisher")
+    split = accumulate_gradient_scores(model, [halves], targets, "fisher")
+    official = accumulate_gradient_scores(model, [singles], targets, "fisher")
+    squared = accumulate_gradient_scores(model, [[whole]], targets, "batch_squared")
     for name in targets:
-        torch.testing.assert_close(split[name], one[name], rtol=1e-4, atol=1e-10)
-        assert not torch.allclose(per_micro[name], one[name], rtol=1e-3)  # squaring each half is different
+        torch.testing.assert_close(one[name], official[name], rtol=1e-4, atol=1e-12)
+        torch.testing.assert_close(split[name], official[name], rtol=1e-4, atol=1e-12)
+        assert one[name].device.type == "cpu"  # the dense buffers live on the CPU
+        assert not torch.allclose(squared[name] / squared[name].sum(), one[name] / one[name].sum(), rtol=1e-2)
+
+
+def test_the_mask_warm_up_runs_on_the_runs_optimizer_and_schedule(tiny_model, loader):
+    model = methods.apply(tiny_model, "rosa", r=2, density=0.02, mask_warmup_steps=3, lr_lowrank=7e-4,
+                          target_modules=TARGETS)
+    ctx = context(loader)
+    ctx["training"] = compose(["training.lr=2e-4", "training.warmup_steps=4", "training.weight_decay=0.0",
+                               "training.batch_size=4", "training.micro_batch_size=4"]).training
+    methods.method_of(model).before_training(model, ctx)
+    state = rosa.state(model)
+    # the low-rank group at its own rate, ramping over the run's 4 warm-up steps (not a constant rate)
+    assert [lrs[0] for lrs in state.warmup_lrs] == pytest.approx([0.0, 7e-4 / 4, 7e-4 / 2])
+    assert state.warmup_weight_decay == [0.0]  # the run's, not AdamW's default 0.01
 
 
 def test_rosa_with_zero_density_is_lora(tiny_model, tokenizer, loader):

@@ -23,7 +23,7 @@ from harness.methods.registry import register
 from harness.methods.sparse import SparseDelta, topk_mask
 
 ROSA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "task_type", "density", "lr_sparse", "lr_lowrank",
-                "mask_warmup_steps", "mask_grad_batches", "mask_score", "masks", "modules_to_save"}
+                "mask_warmup_steps", "mask_grad_batches", "mask_score", "mask_buffer_device", "masks", "modules_to_save"}
 SPARSE_FILE = "rosa_sparse.safetensors"
 PEFT_PREFIX = "base_model.model."
 HEAD_PREFIX = "head."  # SpA's saved head parameters, beside the sparse parts
@@ -36,6 +36,8 @@ class RosaState:
     initial_lora: dict[str, torch.Tensor] = field(default_factory=dict)
     hooks: list = field(default_factory=list)
     ready: bool = False                              # masks attached (or none needed: density 0)
+    warmup_lrs: list = field(default_factory=list)   # the learning rates of each warm-up step (per group)
+    warmup_weight_decay: list = field(default_factory=list)
 
     @property
     def masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -114,26 +116,58 @@ def _reset_lora(model) -> None:
         params[name].copy_(value)
 
 
-def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], score: str) -> dict[str, torch.Tensor]:
-    """mean over batches of G^2 (or G), G = grad_out^T @ x the dense weight gradient of each target matrix.
+MASK_SCORES = ("fisher", "mean", "batch_squared")
 
-    Each batch is a list of micro-batches (gradient accumulation): G is the gradient of the batch's mean loss,
-    summed over its micro-batches before it is squared, so a batch of 32 in 8 micro-batches scores as one of 32.
-    The first batch's G becomes the running score in place: one dense fp32 buffer per matrix for the paper's
-    single gradient batch, two from a second batch on.
+
+def _example_weights(batch) -> torch.Tensor:
+    """w_i = N / N_i: turns the gradient of a micro-batch's mean loss (over its N supervised tokens) into that of
+    example i's own mean loss (over its N_i tokens), as a micro-batch of one computes it. Labels per token (a
+    language model, shifted as its loss shifts them) or one per example (a classifier)."""
+    labels = batch["labels"]
+    counts = (labels[:, 1:] != -100).sum(1).float() if labels.dim() == 2 else torch.ones(labels.shape[0])
+    counts = counts.to("cpu")
+    return torch.where(counts > 0, counts.sum() / counts.clamp(min=1), torch.zeros_like(counts))
+
+
+def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], score: str,
+                               buffer_device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The dense score of every target matrix from the dense weight gradients G = grad_out^T @ x.
+
+    `fisher` (the official hook, IST-DASLab/peft-rosa hooks.py ManualGradCollectorHook, which fires per backward
+    call with micro-batch 1): mean over examples of G_i^2, G_i the gradient of example i's own loss: the
+    empirical diagonal Fisher, the same whatever the micro-batch size. `mean`: mean over examples of G_i.
+    `batch_squared` (an earlier harness score, not the paper's): mean over batches of the squared gradient of the
+    batch's mean loss. The running scores live on `buffer_device` (the CPU, as the official code keeps them: at
+    LLaMA-2-7B all-linear they are ~26 GB); one matrix at a time is formed on the model's device.
     """
-    scores: dict[str, torch.Tensor] = {}
+    if score not in MASK_SCORES:
+        raise MethodConfigError(f"method.mask_score={score!r}: use one of {list(MASK_SCORES)}")
+    per_example = score != "batch_squared"
+    scores = {name: torch.zeros(_weight_shape(m), dtype=torch.float32, device=buffer_device) for name, m in targets.items()}
     batch_grads: dict[str, torch.Tensor] = {}
     reached: set[str] = set()
+    weights: list[torch.Tensor] = []  # this micro-batch's example weights (per-example scores)
     handles = []
 
     def capture(name):
         def forward_hook(module, args, output):
-            x2d = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            x = args[0].detach().float()
 
             def on_grad(grad):
-                batch_grads[name].add_(grad.reshape(-1, grad.shape[-1]).float().t() @ x2d)
+                grad = grad.float()
                 reached.add(name)
+                if not per_example:
+                    batch_grads[name].add_(grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1]))
+                    return
+                total = None
+                for i, w in enumerate(weights[0].tolist()):
+                    if w == 0.0:
+                        continue
+                    g = (grad[i].reshape(-1, grad.shape[-1]).t() @ x[i].reshape(-1, x.shape[-1])).mul_(w)
+                    g = g.square_() if score == "fisher" else g
+                    total = g if total is None else total.add_(g)
+                if total is not None:
+                    scores[name].add_(total.to(buffer_device))
 
             if output.requires_grad:
                 output.register_hook(on_grad)
@@ -141,30 +175,34 @@ def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], sc
 
     for name, module in targets.items():
         handles.append(module.register_forward_hook(capture(name)))
-    n = 0
+    count = 0  # examples (per-example scores) or batches (batch_squared)
     try:
         for micro_batches in batches:
             micro_batches = list(micro_batches)
-            batch_grads.update({name: torch.zeros(_weight_shape(m), dtype=torch.float32, device=next(m.parameters()).device)
-                                for name, m in targets.items()})
+            if not per_example:
+                batch_grads.update({name: torch.zeros(_weight_shape(m), dtype=torch.float32, device=next(m.parameters()).device)
+                                    for name, m in targets.items()})
             for batch in micro_batches:
                 model.zero_grad(set_to_none=True)
-                (model(**batch).loss / len(micro_batches)).backward()
-            for name, g in batch_grads.items():
-                g = g.square_() if score == "mean_squared" else g
-                scores[name] = scores[name].add_(g) if name in scores else g
-            batch_grads.clear()
-            n += 1
+                weights[:] = [_example_weights(batch)]
+                loss = model(**batch).loss
+                (loss if per_example else loss / len(micro_batches)).backward()
+                count += int((weights[0] > 0).sum()) if per_example else 0
+            if not per_example:
+                for name, g in batch_grads.items():
+                    scores[name].add_(g.square_().to(buffer_device))
+                batch_grads.clear()
+                count += 1
     finally:
         for h in handles:
             h.remove()
         model.zero_grad(set_to_none=True)
-    if n == 0:
-        raise ValueError("RoSA mask generation saw no batch")
+    if count == 0:
+        raise ValueError("RoSA mask generation saw no batch (or no example with a supervised token)")
     unreached = sorted(set(targets) - reached)
     if unreached:  # all-zero scores would give an arbitrary mask
         raise ValueError(f"RoSA mask generation: no gradient reached {len(unreached)} target(s), e.g. {unreached[:3]}")
-    return {name: s.div_(n).abs_() for name, s in scores.items()}
+    return {name: s.div_(count).abs_() for name, s in scores.items()}
 
 
 class _RoSABase(Method):
@@ -192,12 +230,13 @@ class _RoSABase(Method):
     def _options(self, options: dict) -> dict:
         check_options(self.name, options, ROSA_OPTIONS)
         o = {"r": 16, "alpha": 16, "dropout": 0.0, "density": 0.006, "target_modules": None, "task_type": None, "lr_sparse": None, "lr_lowrank": None,
-             "mask_warmup_steps": 64, "mask_grad_batches": 1, "mask_score": "mean_squared", "masks": None,
-             "modules_to_save": None, **options}
+             "mask_warmup_steps": 64, "mask_grad_batches": 1, "mask_score": "fisher", "mask_buffer_device": "cpu",
+             "masks": None, "modules_to_save": None, **options}
         if not (0.0 <= float(o["density"]) <= 1.0):
             raise MethodConfigError(f"method={self.name}: density must be in [0, 1], got {o['density']}")
-        if o["mask_score"] not in ("mean_squared", "mean"):
-            raise MethodConfigError(f"method={self.name}: mask_score must be mean_squared or mean, got {o['mask_score']!r}")
+        if o["mask_score"] not in MASK_SCORES:
+            raise MethodConfigError(f"method={self.name}: mask_score must be one of {list(MASK_SCORES)}, got "
+                                    f"{o['mask_score']!r}")
         if not isinstance(o["r"], int) or o["r"] < 0:
             raise MethodConfigError(f"method={self.name}: r must be a non-negative integer, got {o['r']!r}")
         if o["r"] == 0 and float(o["density"]) == 0.0:
@@ -238,23 +277,33 @@ class _RoSABase(Method):
         accumulation = int(context.get("accumulation", 1))
         micro_batches = (dict((k, v.to(device)) for k, v in b.items()) for b in _cycle(context["loader"]))
         batches = ([next(micro_batches) for _ in range(accumulation)] for _ in itertools.count())
-        trainable = [p for p in model.parameters() if p.requires_grad]
         if o["r"] > 0 and int(o["mask_warmup_steps"]) > 0:
-            # The LoRA-only warm-up runs at the low-rank learning rate without a schedule; only the masks it
-            # leads to are kept (L restarts from its initial values below).
-            optimizer = torch.optim.AdamW(trainable, lr=float(o["lr_lowrank"] or context["training"]["lr"]))
+            # The LoRA-only warm-up with the run's own optimizer, schedule and clipping (RoSA's scheduler.py runs
+            # the mask phase as the first 64 steps of the same composer run: DecoupledAdamW, weight decay 0, the
+            # run's warm-up and decay); only the masks it leads to are kept (L restarts from its initial values).
+            from harness.train import clip_norm, optimizer_and_schedule
+
+            training = context["training"]
+            optimizer, scheduler = optimizer_and_schedule(self.param_groups(model, dict(training)), training,
+                                                          int(context.get("total_steps") or o["mask_warmup_steps"]))
             model.train()
+            state.warmup_lrs = []
             for _ in range(int(o["mask_warmup_steps"])):
                 for batch in next(batches):
                     (model(**batch).loss / accumulation).backward()
+                if clip_norm(training):
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip_norm(training))
+                state.warmup_lrs.append([group["lr"] for group in optimizer.param_groups])
                 optimizer.step()
+                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            state.warmup_weight_decay = [group["weight_decay"] for group in optimizer.param_groups]
         # SpA trains nothing below the targets (a task's head at most): let activations carry the gradients
         frozen_model = o["r"] == 0
         if frozen_model and hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
         scores = accumulate_gradient_scores(model, (next(batches) for _ in range(int(o["mask_grad_batches"]))),
-                                            state.targets, o["mask_score"])
+                                            state.targets, o["mask_score"], str(o["mask_buffer_device"]))
         if frozen_model and hasattr(model, "disable_input_require_grads"):
             model.disable_input_require_grads()
         _reset_lora(model)
@@ -338,11 +387,14 @@ def _cycle(loader):
 @register("rosa")
 class RoSA(_RoSABase):
     label, display_order = "RoSA", 7
+    # 2: masks from the per-example Fisher, the warm-up on the run's optimizer and schedule
+    behaviour_version = 2
 
 
 @register("spa")
 class SpA(_RoSABase):
     label, display_order = "SpA", 8
+    behaviour_version = 2
 
     def _options(self, options: dict) -> dict:
         if options.get("r", 0) != 0:
