@@ -25,7 +25,8 @@ def gsm8k_files_for_lmeval(task, name: str) -> dict | None:
 @register
 class Math(Benchmark):
     name = "math"
-    # 2: no newline after "### Response:" in the training prompt (MetaMath / MiLoRA train.py)
+    # 2: no newline after "### Response:" in the training prompt (MetaMath / MiLoRA train.py); RoSA's format
+    # tokenizes the answer as its own sequence (a BOS before it on LLaMA)
     behaviour_version = 2
     short_names = {"gsm8k": "GSM8K", "MATH": "MATH"}
     scorers = {"math_greedy": MathGreedy("math_greedy"), "math_milora": MathGreedy("math_milora"),

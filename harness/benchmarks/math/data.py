@@ -142,12 +142,14 @@ def question_of(dataset: str, record: Mapping) -> str:
 
 def tokenize(record: Mapping, tokenizer, cutoff_len: int, train_on_inputs: bool, add_eos_token: bool = True) -> dict:
     """MetaMath / MiLoRA tokenize prompt and response together (`joint`), masking the prompt's own token count;
-    for RoSA's format the response is tokenized apart (without special tokens) and its ids appended."""
+    for RoSA's format the response is tokenized apart as its own sequence, with the tokenizer's special tokens, as
+    llm-foundry's `tokenizer(text=question, text_target=answer)` does (IST-DASLab/RoSA tasks.py): on LLaMA that
+    puts a BOS before the answer, `<s> question <s> answer </s>`."""
     prompt_ids = tokenizer(record["prompt"])["input_ids"]
     if record.get("joint", True):
         ids = tokenizer(record["prompt"] + record["response"])["input_ids"]
     else:
-        ids = prompt_ids + tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+        ids = prompt_ids + tokenizer(record["response"])["input_ids"]
     if add_eos_token:
         ids = ids + [tokenizer.eos_token_id]
     ids = ids[:cutoff_len]

@@ -73,10 +73,9 @@ def _fix_a_slash_b(s: str) -> str:
     parts = s.split("/")
     if len(parts) != 2:
         return s
-    try:
-        a, b = int(parts[0]), int(parts[1])
-    except ValueError:  # not integers (x/2, \\pi/2): left as they are, as the original
-        return s
+    # Not integers (x/2, \\pi/2): int() raises and the ValueError escapes, as in MetaMath's util.py, which catches
+    # only the AssertionError below: is_equiv then compares the answers as written.
+    a, b = int(parts[0]), int(parts[1])
     return s if s != f"{a}/{b}" else "\\frac{" + str(a) + "}{" + str(b) + "}"
 
 
