@@ -83,3 +83,37 @@ def test_sweep_cells_are_rosas_recipe():
             assert f["lr"] == 2e-4 and cfg.method.alpha == 16
         if cfg.method.name == "rosa":
             assert cfg.method.lr_lowrank == 7e-4
+
+
+VIT = {"oxford_pets": (5e-3, 5e-3, 8e-4), "stanford_cars": (1e-2, 1e-2, 4e-5), "cifar10": (5e-3, 5e-3, 9e-5),
+       "eurosat": (5e-3, 5e-3, 3e-4), "fgvc_aircraft": (1e-2, 1e-2, 7e-5), "resisc45": (1e-2, 5e-3, 3e-4),
+       "cifar100": (5e-3, 5e-3, 1e-4)}
+
+
+def test_table4_cells_are_neats_vit_script():
+    cells = paper_cells("table4")
+    assert len(cells) == 4 * 8
+    for cfg in cells:
+        t = cfg.training
+        assert (t.batch_size, t.micro_batch_size, t.epochs, t.warmup_steps, t.warmup_ratio, t.precision) == (256, 64, 10, None, 0.0, "fp32")
+        assert cfg.task.val_set_size == 0.1
+        head, backbone, wd = VIT.get(cfg.task.dataset, VIT["cifar100"])  # DTD: CIFAR-100's (harness choice)
+        assert t.weight_decay == wd
+        if cfg.method.name in ("neat", "lora"):
+            assert t.lr == backbone and t.module_lrs.classifier == head
+        if cfg.method.name == "neat":
+            assert cfg.method.r == 7 and list(cfg.method.target_modules) == ["q_proj", "v_proj"]
+        if cfg.method.name == "lora":  # the script's LoRA baseline
+            assert (cfg.method.r, cfg.method.alpha, cfg.method.dropout) == (16, 16, 0.1)
+
+
+def test_mini_profiles_keep_their_own_sizing():
+    _, mini = experiment_cells(["experiment=table4", "profile=mini"])
+    assert all(cfg.training.batch_size == 64 for cfg in mini)
+
+
+def test_a_fractional_hold_out_is_a_share_of_the_training_records():
+    from harness.benchmarks.records import subset_and_split
+
+    train, val = subset_and_split(list(range(50)), {"val_set_size": 0.1}, seed=0)
+    assert len(val) == 5 and len(train) == 45 and not set(train) & set(val)

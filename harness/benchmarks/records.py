@@ -95,7 +95,7 @@ def read_hub_records(dataset_id: str, split: str = "train", what: str = "task.tr
 
 def subset_and_split(records: list[dict], task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
     """(train, validation): an optional seeded subset (`task.train_subset`), else a seeded shuffle, then the
-    first `task.val_set_size` records held out, as LLM-Adapters does."""
+    first `task.val_set_size` records held out (a count, as LLM-Adapters; or a fraction below 1)."""
     rng = random.Random(seed)
     subset = task.get("train_subset")
     if subset is not None:
@@ -105,7 +105,10 @@ def subset_and_split(records: list[dict], task: Mapping, seed: int) -> tuple[lis
     else:
         records = list(records)
         rng.shuffle(records)
-    val_size = int(task.get("val_set_size") or 0)
+    val_size = task.get("val_set_size") or 0
+    if 0 < float(val_size) < 1:  # a fraction of the training records (Neat's ViT script: 10%)
+        val_size = int(round(float(val_size) * len(records)))
+    val_size = int(val_size)
     if val_size >= len(records):
         raise DataError(f"task.val_set_size={val_size} leaves no training records (only {len(records)})")
     return records[val_size:], records[:val_size]
