@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch.utils.data import DataLoader
@@ -58,6 +58,9 @@ class RunContext:
     progress: bool = True
     logging: Mapping = field(default_factory=dict)
     placement: Placement | None = None   # None: decided from the machine and training.precision
+    # called with (model, epoch) after every epoch (a protocol that reports the best epoch scores there); what it
+    # returns is kept in the statistics' `epochs`
+    on_epoch_end: Callable[[Any, int], Any] | None = None
 
 
 def make_loader(examples: list[dict], tokenizer, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
@@ -217,6 +220,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     start = time.perf_counter()
     step_start = start
     window_loss = 0.0
+    epoch, epoch_results = 0, []
     while step < total_steps:
         for batch in loader:
             with accelerator.accumulate(model):
@@ -247,6 +251,11 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
                 selection.offer(accelerator.unwrap_model(model), step, mean_loss(model, val_loader))
             if step >= total_steps:
                 break
+        epoch += 1
+        if run.on_epoch_end is not None and (step % steps_per_epoch == 0 or step >= total_steps):
+            model.eval()
+            epoch_results.append(run.on_epoch_end(accelerator.unwrap_model(model), epoch))
+            model.train()
     bar.close()
     if selection is not None:
         selection.restore(accelerator.unwrap_model(model))
@@ -266,6 +275,8 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
                                          if torch.is_tensor(v) and v.dim() > 0),
         "compute": placement.compute,
     }
+    if epoch_results:
+        stats["epochs"] = epoch_results
     if selection is not None:
         stats.update(selected_step=selection.step, val_loss=selection.loss, val_curve=selection.curve)
     elif val_loader is not None:

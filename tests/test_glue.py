@@ -108,3 +108,43 @@ def test_neat_s_preset_adapts_only_the_listed_layers():
     adapted = methods.apply(model, "neat", **options)
     adapter = methods.trainable_parameters(adapted) - methods.trainable_parameters(adapted, within=benchmarks.get("glue").head_modules)
     assert len(shapes) == 8 and adapter == methods.get("neat").count(shapes, options) == 8 * 2 * 1 * 384
+
+
+def test_glue_reports_the_best_dev_epoch_and_keeps_the_last(tmp_path):
+    """Neat's glue.py scores the dev set after every epoch and reports the maximum; the result keeps both."""
+    from harness.run import run_one
+
+    cfg = compose(["task=glue", "protocol=glue_dev", "training=glue", "model=tiny-bert", "method=lora", "method.r=2",
+                   "task.dataset=sst2", "task.train_subset=16", "task.test_subset=16", "training.epochs=3",
+                   "training.batch_size=8", "training.micro_batch_size=8", "training.warmup_steps=0",
+                   "run.progress=false", "run.save_adapter=false", f"run.results_dir={tmp_path}"])
+    result = run_one(cfg)
+    sst2, epochs = result["eval"]["metrics"]["sst2"], result["train"]["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    per_epoch = [e["metrics"]["sst2"]["accuracy"] for e in epochs]
+    assert sst2["accuracy"] == max(per_epoch) and sst2["epoch"] == per_epoch.index(max(per_epoch)) + 1
+    assert sst2["last_accuracy"] == pytest.approx(per_epoch[-1])  # the final (merged) model scores as epoch 3
+    assert compose(["task=glue", "protocol=glue_dev"]).protocol.report == "best_epoch"
+
+
+def test_best_epoch_metrics_pick_each_sets_best():
+    from harness.run import best_epoch_metrics
+
+    last = {"cola": {"accuracy": 40.0, "n": 4, "seconds": 1.0}}
+    epochs = [{"epoch": 1, "metrics": {"cola": {"accuracy": 30.0, "n": 4}}},
+              {"epoch": 2, "metrics": {"cola": {"accuracy": 50.0, "n": 4}}},
+              {"epoch": 3, "metrics": {"cola": {"accuracy": 40.0, "n": 4}}}]
+    best = best_epoch_metrics(last, epochs)["cola"]
+    assert best["accuracy"] == 50.0 and best["epoch"] == 2 and best["last_accuracy"] == 40.0
+
+
+def test_neat_glue_cells_use_the_scripts_per_task_settings():
+    from harness.config import experiment_cells
+
+    cells = {(c.task.dataset, c.method.get("label")): c for c in experiment_cells(["experiment=table3", "profile=paper"])[1]}
+    cola_s, rte_l = cells[("cola", "Neat-S")], cells[("rte", "Neat-L")]
+    assert (cola_s.method.scaling, cola_s.training.module_lrs.classifier, cola_s.training.lr, cola_s.training.epochs,
+            cola_s.training.batch_size) == (0.1, 1e-3, 5e-3, 100, 64)
+    assert (rte_l.method.scaling, rte_l.training.module_lrs.classifier, rte_l.training.lr, rte_l.training.epochs,
+            rte_l.training.batch_size) == (0.01, 5e-3, 5e-3, 100, 32)
+    assert all(c.seed == 0 and c.training.warmup_ratio == 0.06 for c in cells.values())
