@@ -100,13 +100,14 @@ def with_module_lrs(model, groups: list[dict], module_lrs: Mapping | None) -> li
     return out
 
 
-def upcast_trainable(model) -> None:
+def upcast_trainable(model, keep: set[int] = frozenset()) -> None:
     """fp32 master weights for whatever trains: a parameter that trains in bf16 / fp16 loses most small updates
     (AdamW at lr 2e-5 leaves most bf16 weights unchanged). Full fine-tuning loads in fp32 already
     (harness.placement); this catches the rest (a new head, peft's modules_to_save), while the frozen weights keep
-    their dtype. The compute precision stays the autocast's."""
+    their dtype, and so do the parameters in `keep` (a method's deliberate choice, `Method.set_trainable_precision`).
+    The compute precision stays the autocast's."""
     for p in model.parameters():
-        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16) and id(p) not in keep:
             p.data = p.data.float()
 
 
@@ -200,7 +201,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     model.to(accelerator.device)
     method.before_training(model, {"loader": loader, "device": accelerator.device, "training": training,
                                    "accumulation": accumulation, "total_steps": total_steps})
-    upcast_trainable(model)
+    upcast_trainable(model, keep=method.set_trainable_precision(model))
     groups = with_module_lrs(model, method.param_groups(model, dict(training)), training.get("module_lrs"))
     optimizer, scheduler = optimizer_and_schedule(groups, training, total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)

@@ -234,3 +234,19 @@ def test_sparse_delta_trains_under_bf16_autocast():
     out.float().sum().backward()
     assert torch.allclose(out.float(), reference, atol=0.05)
     assert torch.allclose(delta.values.grad, grad_fp32, atol=0.05)
+
+
+def test_rosa_trains_a_b_and_s_in_bf16_when_asked_and_fp32_by_default(tiny_model, tokenizer, loader):
+    examples = list(loader.dataset)
+    cfg = compose(["training.batch_size=4", "training.micro_batch_size=4", "training.max_steps=2", "training.warmup_steps=0"]).training
+    dtypes = {}
+    for choice in ("fp32", "bf16"):
+        model = methods.apply(copy.deepcopy(tiny_model), "rosa", r=2, density=0.02, mask_warmup_steps=1,
+                              target_modules=TARGETS, adapter_dtype=choice)
+        out = train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), cfg, QUIET)
+        dtypes[choice] = out["stats"]["trainable_dtypes"]
+        values = next(m.rosa_sparse.values for m in rosa.state(out["model"]).targets.values())
+        assert values.dtype == (torch.bfloat16 if choice == "bf16" else torch.float32) and values.abs().sum() > 0
+    assert dtypes == {"fp32": ["float32"], "bf16": ["bfloat16"]}
+    with pytest.raises(methods.MethodConfigError, match="adapter_dtype must be one of"):
+        methods.apply(copy.deepcopy(tiny_model), "rosa", r=2, target_modules=TARGETS, adapter_dtype="fp8")

@@ -86,6 +86,12 @@ class Method:
 
         `context`: `loader` (training batches), `device`, `training` (the training config)."""
 
+    def set_trainable_precision(self, model: nn.Module) -> set[int]:
+        """Casts the parameters this method deliberately trains in a lower precision (RoSA's bf16 option) and
+        returns their ids; the training loop keeps fp32 master weights for every other trained parameter. Called
+        after `before_training`. Default: none."""
+        return set()
+
     def merge(self, model: nn.Module) -> nn.Module:
         from peft import PeftModel
 

@@ -23,7 +23,8 @@ from harness.methods.registry import register
 from harness.methods.sparse import SparseDelta, topk_mask
 
 ROSA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "task_type", "density", "lr_sparse", "lr_lowrank",
-                "mask_warmup_steps", "mask_grad_batches", "mask_score", "mask_buffer_device", "masks", "modules_to_save"}
+                "mask_warmup_steps", "mask_grad_batches", "mask_score", "mask_buffer_device", "masks", "modules_to_save",
+                "adapter_dtype"}
 SPARSE_FILE = "rosa_sparse.safetensors"
 PEFT_PREFIX = "base_model.model."
 HEAD_PREFIX = "head."  # SpA's saved head parameters, beside the sparse parts
@@ -117,6 +118,7 @@ def _reset_lora(model) -> None:
 
 
 MASK_SCORES = ("fisher", "mean", "batch_squared")
+ADAPTER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _example_weights(batch) -> torch.Tensor:
@@ -231,7 +233,10 @@ class _RoSABase(Method):
         check_options(self.name, options, ROSA_OPTIONS)
         o = {"r": 16, "alpha": 16, "dropout": 0.0, "density": 0.006, "target_modules": None, "task_type": None, "lr_sparse": None, "lr_lowrank": None,
              "mask_warmup_steps": 64, "mask_grad_batches": 1, "mask_score": "fisher", "mask_buffer_device": "cpu",
-             "masks": None, "modules_to_save": None, **options}
+             "masks": None, "modules_to_save": None, "adapter_dtype": "fp32", **options}
+        if o["adapter_dtype"] not in ADAPTER_DTYPES:
+            raise MethodConfigError(f"method={self.name}: adapter_dtype must be one of {sorted(ADAPTER_DTYPES)}, got "
+                                    f"{o['adapter_dtype']!r}")
         if not (0.0 <= float(o["density"]) <= 1.0):
             raise MethodConfigError(f"method={self.name}: density must be in [0, 1], got {o['density']}")
         if o["mask_score"] not in MASK_SCORES:
@@ -308,6 +313,20 @@ class _RoSABase(Method):
             model.disable_input_require_grads()
         _reset_lora(model)
         attach_masks(model, {name: topk_mask(score, float(o["density"])) for name, score in scores.items()})
+
+    def set_trainable_precision(self, model) -> set[int]:
+        """`adapter_dtype=bf16`: A, B and S train in bf16, as the official scripts keep them (`rosa_dtype: bf16`);
+        the default fp32 keeps master weights, as every method's adapter."""
+        dtype = ADAPTER_DTYPES[_state(model).options["adapter_dtype"]]
+        if dtype == torch.float32:
+            return set()
+        sparse = {id(m.rosa_sparse.values) for m in _state(model).targets.values() if hasattr(m, "rosa_sparse")}
+        kept = set()
+        for name, p in model.named_parameters():  # A, B and S only: a task's head keeps fp32 master weights
+            if p.requires_grad and (id(p) in sparse or "lora_" in name):
+                p.data = p.data.to(dtype)
+                kept.add(id(p))
+        return kept
 
     def param_groups(self, model, training: dict) -> list[dict]:
         o = _state(model).options

@@ -79,7 +79,8 @@ class SparseDelta(nn.Module):
         # Outside autocast: under bf16 autocast (training on CUDA) `mm` would cast to bf16, which the sparse
         # kernels lack (MKL on the CPU; cuSPARSE refuses the mixed fp32-S / bf16-gradient product).
         with torch.autocast(x.device.type, enabled=False):
-            out = _SparseDeltaFunction.apply(x2d, self.values, self.crow, self.col, self.t_crow, self.t_col,
+            # values kept in bf16 (RoSA's bf16 option) enter the product in fp32; their gradient returns in bf16
+            out = _SparseDeltaFunction.apply(x2d, self.values.float(), self.crow, self.col, self.t_crow, self.t_col,
                                              self.t_order, self.shape)
         return out.reshape(*x.shape[:-1], self.shape[0]).to(x.dtype)
 
