@@ -29,6 +29,7 @@ from harness import budget as budget_lib
 from harness.config import CONFIG_DIR, method_options, resolved, run_id, with_profile
 from harness.errors import describe, exit_status, traceback_tail
 from harness.memory import peak_memory, reset_peak_memory
+from harness.placement import decide
 from harness.provenance import describe as describe_sources
 from harness.results import (
     Result,
@@ -40,7 +41,6 @@ from harness.results import (
     versions,
     write_result,
 )
-from harness.placement import decide
 from harness.runlock import RunLock
 from harness.train import DivergedError, RunContext, TrainingData, train
 

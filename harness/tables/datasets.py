@@ -8,8 +8,7 @@ from typing import Mapping
 import pandas as pd
 
 from harness.methods import display
-from harness.tables.common import (FAILED, missing, params_text, protocol_description, recipe_sources,
-                                   sizes_of_test_sets)
+from harness.tables.common import FAILED, missing, params_text, protocol_description, recipe_sources, sizes_of_test_sets
 
 
 def _avg(values: list[float | None]) -> float | None:
