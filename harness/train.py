@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from harness.errors import ConfigError, DataError
 from harness.placement import Placement, decide
 from harness.selection import BestCheckpoint
+from harness.throughput import summary
 
 SCHEDULES = ("linear", "cosine", "constant_with_warmup")  # transformers' get_scheduler names
 
@@ -109,6 +110,11 @@ def upcast_trainable(model, keep: set[int] = frozenset()) -> None:
     for p in model.parameters():
         if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16) and id(p) not in keep:
             p.data = p.data.float()
+
+
+def matrix_parameters(model) -> int:
+    """Weights of the model's linear layers (and embeddings' output projection): the N of the FLOPs estimate."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
 def dtypes(tensors) -> list[str]:
@@ -222,8 +228,12 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     step_start = start
     window_loss = 0.0
     epoch, epoch_results = 0, []
+    useful_tokens = computed_tokens = 0  # real and padded positions of the text batches (none for images)
     while step < total_steps:
         for batch in loader:
+            if "attention_mask" in batch:
+                useful_tokens += int(batch["attention_mask"].sum())
+                computed_tokens += batch["attention_mask"].numel()
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 value = loss.item()
@@ -275,6 +285,9 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
         "optimizer_state_dtypes": dtypes(v for state in optimizer.state.values() for v in state.values()
                                          if torch.is_tensor(v) and v.dim() > 0),
         "compute": placement.compute,
+        "throughput": summary(useful_tokens, computed_tokens, train_seconds, matrix_parameters(model),
+                              method.trains_all_weights,
+                              torch.cuda.get_device_name(0) if placement.device == "cuda" else None),
     }
     if epoch_results:
         stats["epochs"] = epoch_results

@@ -171,3 +171,24 @@ def test_the_schedule_is_chosen_by_name(tiny_model, tokenizer, examples):
     assert out["stats"]["steps"] == 6
     with pytest.raises(ConfigError, match="training.schedule='step'"):
         train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer), training(schedule="step"), QUIET)
+
+
+def test_throughput_counts_useful_tokens_and_padding(tiny_model, tokenizer, examples):
+    import math
+
+    from harness.throughput import flops_per_token, peak_flops, summary
+
+    supervised = [e for e in examples[0] if any(label != -100 for label in e["labels"])]
+    model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    steps = math.ceil(len(supervised) / 4)  # one epoch: every example once, in whatever order
+    out = train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer),
+                training(max_steps=steps, batch_size=4, micro_batch_size=4), QUIET)
+    t = out["stats"]["throughput"]
+    assert t["useful_tokens"] == sum(len(e["input_ids"]) for e in supervised)
+    assert t["computed_tokens"] > t["useful_tokens"] and t["padding_share"] == pytest.approx(
+        1 - t["useful_tokens"] / t["computed_tokens"])
+    assert t["useful_tokens_per_s"] > 0 and t["mfu"] is None  # no MFU off CUDA
+    # the FLOPs estimate: 4N per token for an adapter, 6N for full FT; MFU against the device's bf16 peak
+    assert flops_per_token(7e9, False) == 28e9 and flops_per_token(7e9, True) == 42e9
+    h200 = summary(12_000, 12_000, 1.0, 6_500_000_000, False, "NVIDIA H200")
+    assert peak_flops("NVIDIA H200") == 989e12 and h200["mfu"] == pytest.approx(4 * 6.5e9 * 12_000 / 989e12, rel=1e-3)
