@@ -1,0 +1,107 @@
+"""Training throughput of the harness beside a plain HF `Trainer` + peft baseline, in one invocation.
+
+Both train the same LoRA on the same model, the same commonsense examples in the same micro-batches (padded by
+the same collator), for the same number of optimizer steps; each reports useful (non-padding) tokens per second
+of its training loop (from its first step to its last, the first included in both), and the script prints their
+ratio.
+
+    .venv/bin/python experiments/throughput.py                          # SmolLM2-135M, CPU here
+    .venv/bin/python experiments/throughput.py model=llama2-7b-random --steps 10 --micro-batch 4   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+
+
+def examples_and_model(overrides: list[str], n_examples: int):
+    import torch
+
+    from harness import benchmarks, methods, models
+    from harness.config import compose, method_options
+    from harness.placement import decide
+
+    cfg = compose(["profile=mini", "method=lora", f"task.train_subset={n_examples}", "task.val_set_size=0", *overrides])
+    benchmark = benchmarks.get(cfg.task.name)
+    records, _ = benchmark.training_records(cfg.task, cfg.seed)
+    placement = decide(cfg.model, cfg.training)
+
+    def fresh():
+        torch.manual_seed(0)
+        model, tokenizer = models.load(cfg.model, None, placement)
+        model.to(placement.device)
+        return methods.apply(model, "lora", **method_options(cfg)), tokenizer
+
+    model, tokenizer = fresh()
+    encode = benchmark.encoder(cfg.task, tokenizer)
+    examples = [e for e in (encode(r) for r in records) if any(label != -100 for label in e["labels"])]
+    return cfg, placement, fresh, examples
+
+
+def harness_tokens_per_s(cfg, placement, fresh, examples, micro: int, steps: int) -> float:
+    from harness import methods
+    from harness.train import RunContext, TrainingData, train
+
+    training = {**cfg.training, "batch_size": micro, "micro_batch_size": micro, "max_steps": steps,
+                "warmup_steps": 0, "select_best": False}
+    model, tokenizer = fresh()
+    out = train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), training,
+                RunContext(seed=0, progress=False, placement=placement))
+    return out["stats"]["throughput"]["useful_tokens_per_s"]
+
+
+def trainer_tokens_per_s(cfg, placement, fresh, examples, micro: int, steps: int) -> float:
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    model, tokenizer = fresh()
+    collator = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True)
+    timing = {}
+
+    class Clock(TrainerCallback):  # the training loop's time, as the harness measures its own
+        def on_train_begin(self, args, state, control, **kwargs):
+            timing["start"] = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            timing["end"] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=micro, max_steps=steps,
+                                 learning_rate=float(cfg.training.lr), lr_scheduler_type="linear", warmup_steps=0,
+                                 logging_steps=10**9, save_strategy="no", report_to=[], seed=0,
+                                 dataloader_num_workers=0, bf16=placement.compute == "bf16",
+                                 use_cpu=placement.device == "cpu", max_grad_norm=1.0)
+        trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=[Clock()])
+        trainer.train()
+    # one epoch of exactly `steps` micro-batches: every example once, whatever the sampler's order
+    useful = sum(len(e["input_ids"]) for e in examples)
+    return useful / (timing["end"] - timing["start"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=tiny-llama method.r=16")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps (one epoch of the examples)")
+    parser.add_argument("--micro-batch", type=int, default=4)
+    args = parser.parse_intermixed_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("HARNESS_THREADS", torch.get_num_threads())))
+    needed = args.micro_batch * args.steps
+    cfg, placement, fresh, examples = examples_and_model(args.overrides, needed)
+    examples = (examples * math.ceil(needed / len(examples)))[:needed]
+    ours = harness_tokens_per_s(cfg, placement, fresh, examples, args.micro_batch, args.steps)
+    theirs = trainer_tokens_per_s(cfg, placement, fresh, examples, args.micro_batch, args.steps)
+    print(f"model {cfg.model.name} on {placement.device} ({placement.compute}), LoRA r={cfg.method.r}, micro-batch "
+          f"{args.micro_batch}, {args.steps} steps, {torch.get_num_threads()} threads")
+    print(f"harness          {ours:10.1f} useful tokens/s")
+    print(f"HF Trainer+peft  {theirs:10.1f} useful tokens/s")
+    print(f"ratio harness / Trainer: {ours / theirs:.2f}")
+
+
+if __name__ == "__main__":
+    main()
