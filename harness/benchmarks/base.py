@@ -64,15 +64,18 @@ class Benchmark:
     #: protocol name -> its scorer
     scorers: Mapping[str, Scorer] = {}
 
+    #: the benchmark's data module: `data_sources(task)`, `training_records(task, seed)`, `test_sets(task)`
+    data = None
+
     def data_sources(self, task: Mapping) -> list:
         """Every source the run reads (harness.provenance), checked for presence, before anything is read."""
-        raise NotImplementedError
+        return self.data.data_sources(task)
 
     def training_records(self, task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
-        raise NotImplementedError
+        return self.data.training_records(task, seed)
 
     def test_sets(self, task: Mapping) -> dict[str, list[dict]]:
-        raise NotImplementedError
+        return self.data.test_sets(task)
 
     def encoder(self, task: Mapping, processor) -> Callable[[dict], dict]:
         """record -> training example (token ids and labels, or an image to process)."""

@@ -13,6 +13,7 @@ from harness.benchmarks.lmeval import LmEval, LmEvalTask
 @register
 class Commonsense(Benchmark):
     name = "commonsense"
+    data = data
     # 2: the with-input prompt headers' spacing as the original's (train one space, evaluation none)
     behaviour_version = 2
     short_names = {"boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "hellaswag": "HellaS",
@@ -31,15 +32,6 @@ class Commonsense(Benchmark):
         "openbookqa": LmEvalTask("openbookqa", "openbookqa/openbookqa.yaml", "allenai/openbookqa"),
     }
     scorers = {"paper_gen": PaperGen(), "lmeval": LmEval(lmeval_tasks)}
-
-    def data_sources(self, task):
-        return data.data_sources(task)
-
-    def training_records(self, task, seed):
-        return data.training_records(task, seed)
-
-    def test_sets(self, task):
-        return data.test_sets(task)
 
     def encoder(self, task, tokenizer):
         return text_encoder(data.tokenize, task, tokenizer)

@@ -12,20 +12,12 @@ from harness.benchmarks.glue.dev import GlueDev
 @register
 class Glue(Benchmark):
     name = "glue"
+    data = data
     # BERT/RoBERTa name their classification head `classifier`, decoder models `score`
     head_modules = ("classifier", "score")
     short_names = {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "rte": "RTE", "stsb": "STS-B",
                    "mnli": "MNLI", "qqp": "QQP"}
     scorers = {"glue_dev": GlueDev()}
-
-    def data_sources(self, task):
-        return data.data_sources(task)
-
-    def training_records(self, task, seed):
-        return data.training_records(task, seed)
-
-    def test_sets(self, task):
-        return data.test_sets(task)
 
     def encoder(self, task, tokenizer):
         cutoff = int(task["cutoff_len"])  # the loss is the head's: no prompt masking, no EOS

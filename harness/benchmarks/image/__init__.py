@@ -12,21 +12,13 @@ from harness.benchmarks.image.accuracy import ImageAccuracy
 @register
 class Image(Benchmark):
     name = "image"
+    data = data
     # transformers' vision classifiers, ViT included, name their head so
     head_modules = ("classifier",)
     short_names = {"oxford_pets": "Pets", "stanford_cars": "Cars", "cifar10": "CIFAR10", "dtd": "DTD",
                    "eurosat": "EuroSAT", "fgvc_aircraft": "FGVC", "resisc45": "RESISC45", "cifar100": "CIFAR100",
                    "fashion_mnist": "F-MNIST", "digits": "Digits"}
     scorers = {"image_accuracy": ImageAccuracy()}
-
-    def data_sources(self, task):
-        return data.data_sources(task)
-
-    def training_records(self, task, seed):
-        return data.training_records(task, seed)
-
-    def test_sets(self, task):
-        return data.test_sets(task)
 
     def encoder(self, task, processor):
         return data.encoder(task, processor)

@@ -25,21 +25,13 @@ def gsm8k_files_for_lmeval(task, name: str) -> dict | None:
 @register
 class Math(Benchmark):
     name = "math"
+    data = data
     # 2: no newline after "### Response:" in the training prompt (MetaMath / MiLoRA train.py); RoSA's format
     # tokenizes the answer as its own sequence (a BOS before it on LLaMA)
     behaviour_version = 2
     short_names = {"gsm8k": "GSM8K", "MATH": "MATH"}
     scorers = {"math_greedy": MathGreedy("math_greedy"), "math_milora": MathGreedy("math_milora"),
                "lmeval": LmEval({"gsm8k": LmEvalTask("gsm8k", "gsm8k/gsm8k.yaml", "openai/gsm8k")}, gsm8k_files_for_lmeval)}
-
-    def data_sources(self, task):
-        return data.data_sources(task)
-
-    def training_records(self, task, seed):
-        return data.training_records(task, seed)
-
-    def test_sets(self, task):
-        return data.test_sets(task)
 
     def encoder(self, task, tokenizer):
         return text_encoder(data.tokenize, task, tokenizer)
