@@ -32,7 +32,7 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
     import torch
 
     from harness import benchmarks, methods, models
-    from harness.budget import linear_shapes, solved_config
+    from harness.budget import solved_for_model
     from harness.config import compose, method_options
     from harness.placement import decide
     from harness.train import make_loader, upcast_trainable
@@ -43,9 +43,7 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
     model, tokenizer = models.load(cfg.model, placement=placement)
     device = placement.device
     model.to(device)
-    options = method_options(cfg)
-    shapes = linear_shapes(model, options.get("target_modules"), options.get("layers_to_transform"))
-    cfg, budget = solved_config(cfg, shapes, methods.total_parameters(model))
+    cfg, budget = solved_for_model(cfg, model, methods.total_parameters(model))
     model = methods.apply(model, method, **method_options(cfg))
     upcast_trainable(model)  # fp32 master weights, as a run keeps them
     commonsense = benchmarks.get("commonsense")

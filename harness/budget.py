@@ -111,3 +111,13 @@ def solved_config(cfg, shapes: list[tuple[int, int]], total_params: int):
     solved = copy.deepcopy(cfg)
     solved.method[record["knob"]] = record["value"]
     return solved, record
+
+
+def solved_for_model(cfg, model: nn.Module, total_params: int):
+    """`solved_config` on `model`'s shapes (the real model, or its architecture on the meta device); the shapes are
+    read only when the run asks for a budget."""
+    if target_count(cfg.get("budget") or {}, total_params) is None:
+        return cfg, None
+    method = cfg.method
+    return solved_config(cfg, linear_shapes(model, method.get("target_modules"), method.get("layers_to_transform")),
+                         total_params)

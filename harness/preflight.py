@@ -47,13 +47,8 @@ def check(cfg: DictConfig) -> str:
     rid = run_id(cfg)  # every data and weight source exists (their content is part of the id)
     head = benchmark.model_head(cfg.task)
     model_json, head_json = json.dumps(resolved(cfg)["model"], sort_keys=True), json.dumps(head or {}, sort_keys=True)
-    total = methods.total_parameters(_architecture(model_json, head_json))
-    shapes = []
-    if budget_lib.target_count(cfg.get("budget") or {}, total) is not None:
-        options = method_options(cfg)
-        shapes = budget_lib.linear_shapes(_architecture(model_json, head_json), options.get("target_modules"),
-                                          options.get("layers_to_transform"))
-    solved, _ = budget_lib.solved_config(cfg, shapes, total)
+    architecture = _architecture(model_json, head_json)
+    solved, _ = budget_lib.solved_for_model(cfg, architecture, methods.total_parameters(architecture))
     # a fresh meta model: applying a method changes the model it is given
     fresh = models.empty_model(json.loads(model_json), head)
     methods.validate(fresh, cfg.method.name, head_modules=benchmark.head_modules, **method_options(solved))

@@ -161,10 +161,7 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
 
     phases.enter("method")
     total_params = methods.total_parameters(model)
-    options = method_options(cfg)
-    shapes = (budget_lib.linear_shapes(model, options.get("target_modules"), options.get("layers_to_transform"))
-              if budget_lib.target_count(cfg.get("budget") or {}, total_params) is not None else [])
-    solved, budget = budget_lib.solved_config(cfg, shapes, total_params)
+    solved, budget = budget_lib.solved_for_model(cfg, model, total_params)
     if budget:
         print(f"[harness] budget {budget['target']:,}: {cfg.method.name} {budget['knob']}={budget['value']:.6g} "
               f"-> {budget['predicted']:,} parameters", flush=True)
