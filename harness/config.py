@@ -117,7 +117,10 @@ def semantic_config(cfg: DictConfig, with_inputs: bool = True) -> dict:
     """The part of the resolved config that determines the result (what the run id hashes): the config less
     where things are and how they are shown, plus the content of what the run reads and the code's behaviour
     versions."""
+    from harness import benchmarks
+
     data = resolved(cfg)
+    data["task"] = benchmarks.get(cfg.task.name).semantic_task(data["task"])
     for key in NON_SEMANTIC_KEYS:
         data.pop(key, None)
     for key in NON_SEMANTIC_TASK_KEYS:

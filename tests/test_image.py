@@ -102,6 +102,44 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     assert max(r["image"].max() for r in test) == 255 and test[0]["image"].dtype == np.uint8
 
 
+def _idx_set(directory: Path, n: int) -> None:
+    """A train split of `n` distinct 2x2 images (image i holds i) with labels i % 5, in the IDX format."""
+    header = bytes([0, 0, 8, 3]) + n.to_bytes(4, "big") + (2).to_bytes(4, "big") + (2).to_bytes(4, "big")
+    _idx(directory / "train-images-idx3-ubyte.gz", header + bytes(i for i in range(n) for _ in range(4)))
+    _idx(directory / "train-labels-idx1-ubyte.gz", bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + bytes(i % 5 for i in range(n)))
+
+
+def test_a_test_set_carved_from_the_train_split_as_neat_splits_dtd(tmp_path):
+    # Neat's main.py for DTD: 20% of the train split is the test set, then 10% of the rest is validation
+    _idx_set(tmp_path, 50)  # no test files: a carved set reads only the train split
+    spec = f"{{source: idx, path: {tmp_path}, num_labels: 5, test_fraction: 0.2, split_seed: 3}}"
+    task = cfg(f"+task.sets.carved={spec}", "task.dataset=carved", "task.val_set_size=0.1").task
+    train, val = image.training_records(task, seed=0)
+    test = image.test_sets(task)["carved"]
+    ids = lambda rows: {int(r["image"][0, 0]) for r in rows}
+    assert (len(train), len(val), len(test)) == (36, 4, 10)
+    assert ids(train) | ids(val) | ids(test) == set(range(50))
+    assert not ids(train) & ids(test) and not ids(val) & ids(test) and not ids(train) & ids(val)
+    assert ids(image.test_sets(task)["carved"]) == ids(test)  # the split is fixed, whatever the run seed
+    assert {s.role: s.path.name for s in image.data_sources(task)}["test/carved:train-images-idx3-ubyte.gz"]
+    with pytest.raises(DataError, match=r"task.sets.carved.test_fraction=1.5"):
+        image.test_sets(cfg(f"+task.sets.carved={spec}", "task.dataset=carved", "task.sets.carved.test_fraction=1.5").task)
+
+
+def test_the_paper_dtd_set_takes_its_test_images_from_its_train_split():
+    task = cfg("task.dataset=dtd").task
+    test_source = {s.role: s for s in image.data_sources(task)}["test/dtd"]
+    assert task.sets.dtd.test_fraction == 0.2 and test_source.split == "train"
+
+
+def test_a_run_id_ignores_the_image_sets_it_does_not_read():
+    from harness.config import run_id
+
+    digits = cfg("task.dataset=digits")
+    assert run_id(digits) == run_id(cfg("task.dataset=digits", "+task.sets.extra={source: hub, path: a/b, num_labels: 3}"))
+    assert run_id(digits) != run_id(cfg("task.dataset=digits", "task.sets.digits.split_seed=1"))
+
+
 def test_unknown_sets_and_offline_hub_sets_fail_clearly(monkeypatch):
     with pytest.raises(DataError, match=r"task.dataset='imagenet': not in task.sets"):
         image.test_sets(cfg("task.dataset=imagenet").task)

@@ -97,6 +97,12 @@ class Benchmark:
     def short_name(self, dataset: str) -> str:
         return self.short_names.get(dataset, dataset)
 
+    def semantic_task(self, task: dict) -> dict:
+        """The part of the (resolved) task config that determines a run's result, for its run id. A benchmark
+        whose config lists alternatives the run does not use (image sets) drops them here, so adding one does
+        not change the id of every run."""
+        return task
+
 
 def text_encoder(tokenize, task: Mapping, tokenizer):
     """The encoder of a text benchmark from its `tokenize(record, tokenizer, cutoff_len, train_on_inputs,

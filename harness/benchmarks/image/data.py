@@ -7,8 +7,10 @@ from (`task.sets.<name>.source`):
   RESISC45) do not sit decoded in RAM.
 - `idx`: the gzipped IDX files of the MNIST family in a directory (Fashion-MNIST from Debian's
   `dataset-fashion-mnist`).
-- `sklearn_digits`: scikit-learn's bundled 8x8 digits, split once into train / test by a fixed seed
-  (`split_seed`, `test_fraction`, stratified), the same split for every run.
+- `sklearn_digits`: scikit-learn's bundled 8x8 digits (one pool of images, so `test_fraction` is required).
+A set with `test_fraction` takes its test images from its train split instead of a test split: a fixed split
+(`split_seed`, `stratify`), the same for every run. DTD in Neat's `main.py` (SPEC 2.5): 20% of the train split
+is the test set, and the validation 10% (`task.val_set_size`) is then held out of the remaining 80%.
 Records: {"image": uint8 array (H, W) or (H, W, C), or an encoded image {"bytes", "path"}, "label": int}.
 Grey images are repeated to three channels, so one pipeline serves every set and model.
 """
@@ -87,17 +89,27 @@ def read_idx_split(directory: Path, split: str, num_labels: int) -> list[dict]:
     return [{"image": images[i], "label": int(labels[i])} for i in range(len(images))]
 
 
-def read_digits(split: str, test_fraction: float, split_seed: int) -> list[dict]:
-    """scikit-learn's digits (1797 images, 8x8, values 0-16) as uint8 images, a fixed stratified split."""
+def read_digits() -> list[dict]:
+    """scikit-learn's digits (1797 images, 8x8, values 0-16) as uint8 images, one pool (split by `carve`)."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    train_idx, test_idx = train_test_split(np.arange(len(images)), test_size=float(test_fraction),
-                                           random_state=int(split_seed), stratify=digits.target)
-    chosen = train_idx if split == "train" else test_idx
-    return [{"image": images[i], "label": int(digits.target[i])} for i in sorted(chosen)]
+    return [{"image": images[i], "label": int(digits.target[i])} for i in range(len(images))]
+
+
+def carve(records: list[dict], spec: Mapping, split: str, name: str) -> list[dict]:
+    """The `split` ("train" or "test") part of a fixed split of `records` into train and `test_fraction` test,
+    by `split_seed`, stratified by label when `stratify` (scikit-learn's train_test_split)."""
+    from sklearn.model_selection import train_test_split
+
+    fraction = spec.get("test_fraction")
+    if not isinstance(fraction, (int, float)) or not 0 < float(fraction) < 1:
+        raise DataError(f"task.sets.{name}.test_fraction={fraction!r}: a fraction strictly between 0 and 1")
+    labels = [r["label"] for r in records] if spec.get("stratify", False) else None
+    train_idx, test_idx = train_test_split(np.arange(len(records)), test_size=float(fraction),
+                                           random_state=int(spec.get("split_seed", 0)), stratify=labels)
+    return [records[i] for i in sorted(train_idx if split == "train" else test_idx)]
 
 
 def read_hub_images(spec: Mapping, split: str, name: str) -> list[dict]:
@@ -133,8 +145,9 @@ def data_sources(task: Mapping) -> list:
     spec, name = image_set(task), task["dataset"]
     if spec["source"] == "idx":
         directory = Path(str(spec["path"]))
+        carved = spec.get("test_fraction") is not None
         files = [(f"{'train' if split == 'train' else 'test/' + name}:{f}", directory / f)
-                 for split, pair in IDX_FILES.items() for f in pair]
+                 for split in IDX_FILES for f in IDX_FILES["train" if carved else split]]
         for _, path in files:
             if not path.is_file():
                 raise DataError(f"{path}: file not found. Fashion-MNIST comes from Debian's dataset-fashion-mnist "
@@ -143,18 +156,23 @@ def data_sources(task: Mapping) -> list:
         return [LocalFile(role, path) for role, path in files]
     if spec["source"] == "sklearn_digits":
         return [Packaged("train", "scikit-learn"), Packaged(f"test/{name}", "scikit-learn")]
+    test_split = spec.get("train_split", "train") if spec.get("test_fraction") is not None else spec.get("test_split", "test")
     return [Hub("train", str(spec["path"]), "dataset", spec.get("config"), spec.get("train_split", "train")),
-            Hub(f"test/{name}", str(spec["path"]), "dataset", spec.get("config"), spec.get("test_split", "test"))]
+            Hub(f"test/{name}", str(spec["path"]), "dataset", spec.get("config"), test_split)]
 
 
 def _read(task: Mapping, split: str) -> list[dict]:
     spec = image_set(task)
     name = task["dataset"]
+    carved = spec.get("test_fraction") is not None or spec["source"] == "sklearn_digits"
+    read_split = "train" if carved else split  # a carved test set comes out of the train split
     if spec["source"] == "idx":
-        return read_idx_split(Path(str(spec["path"])), split, int(spec["num_labels"]))
-    if spec["source"] == "sklearn_digits":
-        return read_digits(split, spec.get("test_fraction", 0.25), spec.get("split_seed", 0))
-    return read_hub_images(spec, split, name)
+        records = read_idx_split(Path(str(spec["path"])), read_split, int(spec["num_labels"]))
+    elif spec["source"] == "sklearn_digits":
+        records = read_digits()
+    else:
+        records = read_hub_images(spec, read_split, name)
+    return carve(records, spec, split, name) if carved else records
 
 
 # --- the task interface --------------------------------------------------------------------------------------
