@@ -35,6 +35,7 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
     from harness.budget import solved_for_model
     from harness.config import compose, method_options
     from harness.placement import decide
+    from harness.batching import batching_of
     from harness.train import make_loader, upcast_trainable
 
     cfg = compose(["profile=mini", f"method={method}", *overrides])
@@ -50,7 +51,8 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
     records, _ = commonsense.training_records(cfg.task, cfg.seed)
     encode = commonsense.encoder({**cfg.task, "train_on_inputs": True}, tokenizer)  # every token supervised
     examples = [encode(r) for r in records[:micro_batch]]
-    loader = make_loader(examples, tokenizer, micro_batch, False, 0)
+    model.config.use_cache = False  # as training runs (packed batches need it)
+    loader = make_loader(examples, tokenizer, micro_batch, False, 0, batching=batching_of(cfg.training))
     return cfg, model, loader, device, budget
 
 
@@ -70,6 +72,7 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
     import torch
 
     from harness import methods
+    from harness.batching import token_counts
     from harness.memory import peak_memory, reset_peak_memory
     from harness.placement import decide
 
@@ -104,7 +107,7 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
     peak = memory.get("cuda_max_allocated_mb", memory["cpu_peak_rss_mb"])
     knob = f"{budget['knob']}={budget['value']:.4g}" if budget else ""
     return {"method": method, "knob": knob, "step_s": seconds, "peak_mb": peak, "trainable": methods.trainable_parameters(model),
-            "tokens": int(batch["attention_mask"].sum()), "device": device, "model": cfg.model.name}
+            "tokens": token_counts(batch)[0], "device": device, "model": cfg.model.name}
 
 
 def main() -> None:

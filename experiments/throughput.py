@@ -1,9 +1,9 @@
 """Training throughput of the harness beside a plain HF `Trainer` + peft baseline, in one invocation.
 
-Both train the same LoRA on the same model, the same commonsense examples in the same micro-batches (padded by
-the same collator), for the same number of optimizer steps; each reports useful (non-padding) tokens per second
-of its training loop (from its first step to its last, the first included in both), and the script prints their
-ratio.
+All train the same LoRA on the same model, the same commonsense examples in micro-batches of the same size, for
+the same number of optimizer steps: the harness with packed micro-batches (its default) and with padded ones
+(the Trainer's collator), and the Trainer. Each reports useful (non-padding) tokens per second of its training
+loop (from its first step to its last, the first included in all), and the script prints the ratios.
 
     .venv/bin/python experiments/throughput.py                          # SmolLM2-135M, CPU here
     .venv/bin/python experiments/throughput.py model=llama2-7b-random --steps 10 --micro-batch 4   # on a GPU
@@ -42,12 +42,12 @@ def examples_and_model(overrides: list[str], n_examples: int):
     return cfg, placement, fresh, examples
 
 
-def harness_tokens_per_s(cfg, placement, fresh, examples, micro: int, steps: int) -> float:
+def harness_tokens_per_s(cfg, placement, fresh, examples, micro: int, steps: int, batching: str) -> float:
     from harness import methods
     from harness.train import RunContext, TrainingData, train
 
     training = {**cfg.training, "batch_size": micro, "micro_batch_size": micro, "max_steps": steps,
-                "warmup_steps": 0, "select_best": False}
+                "warmup_steps": 0, "select_best": False, "batching": batching}
     model, tokenizer = fresh()
     out = train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), training,
                 RunContext(seed=0, progress=False, placement=placement))
@@ -94,13 +94,16 @@ def main() -> None:
     needed = args.micro_batch * args.steps
     cfg, placement, fresh, examples = examples_and_model(args.overrides, needed)
     examples = (examples * math.ceil(needed / len(examples)))[:needed]
-    ours = harness_tokens_per_s(cfg, placement, fresh, examples, args.micro_batch, args.steps)
+    packed = harness_tokens_per_s(cfg, placement, fresh, examples, args.micro_batch, args.steps, "packed")
+    padded = harness_tokens_per_s(cfg, placement, fresh, examples, args.micro_batch, args.steps, "padded")
     theirs = trainer_tokens_per_s(cfg, placement, fresh, examples, args.micro_batch, args.steps)
     print(f"model {cfg.model.name} on {placement.device} ({placement.compute}), LoRA r={cfg.method.r}, micro-batch "
           f"{args.micro_batch}, {args.steps} steps, {torch.get_num_threads()} threads")
-    print(f"harness          {ours:10.1f} useful tokens/s")
-    print(f"HF Trainer+peft  {theirs:10.1f} useful tokens/s")
-    print(f"ratio harness / Trainer: {ours / theirs:.2f}")
+    print(f"harness, packed  {packed:10.1f} useful tokens/s")
+    print(f"harness, padded  {padded:10.1f} useful tokens/s")
+    print(f"HF Trainer+peft  {theirs:10.1f} useful tokens/s (padded)")
+    print(f"ratio packed / padded (harness): {packed / padded:.2f}")
+    print(f"ratio harness (packed) / Trainer: {packed / theirs:.2f}; harness (padded) / Trainer: {padded / theirs:.2f}")
 
 
 if __name__ == "__main__":

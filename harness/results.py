@@ -80,7 +80,8 @@ class Result(TypedDict, total=False):
     status: str             # finished | failed | diverged
     run: RunInfo
     params: dict            # trainable (the adapter's), total, trainable_percent, head, budget
-    train: dict             # steps, examples, times, first / final loss, loss_curve (per optimizer step), val_loss
+    train: dict             # steps, examples, times, first / final loss, loss_curve (per optimizer step), val_loss,
+                            # batching (packed / padded), throughput
     eval: dict              # merged, seconds, examples, metrics: {test set: {accuracy, n, ...}}
     timing: dict
     memory: dict

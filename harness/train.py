@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from harness.batching import batching_of, check_packing, language_model_collator, token_counts
 from harness.errors import ConfigError, DataError
 from harness.placement import Placement, decide
 from harness.selection import BestCheckpoint
@@ -26,7 +27,8 @@ SCHEDULES = ("linear", "cosine", "constant_with_warmup")  # transformers' get_sc
 
 # Bumped by a change to the loop that alters what a run computes (it enters the run id; README, "For developers").
 # 2: fp32 master weights for every trained parameter; checkpoint selection; the schedule by name.
-BEHAVIOUR_VERSION = 2
+# 3: language-modelling micro-batches packed by default (training.batching).
+BEHAVIOUR_VERSION = 3
 
 
 class DivergedError(RuntimeError):
@@ -65,12 +67,10 @@ class RunContext:
 
 
 def make_loader(examples: list[dict], tokenizer, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
-                collator=None):
-    """Batches of examples; the default collator pads token-level labels with -100 (language modelling), a
-    task may bring its own (a classification label per example)."""
-    from transformers import DataCollatorForSeq2Seq
-
-    collator = collator or DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True)
+                collator=None, batching: str = "padded"):
+    """Batches of examples; language-modelling examples are padded or packed (`batching`, harness.batching), a
+    task may bring its own collator (a classification label per example, images)."""
+    collator = collator or language_model_collator(tokenizer, batching)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
                       generator=generator, num_workers=num_workers)
@@ -199,7 +199,8 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     loader = make_loader(train_examples, tokenizer, micro, shuffle=True, seed=seed,
-                         num_workers=int(training.get("num_workers", 0)), collator=collator)
+                         num_workers=int(training.get("num_workers", 0)), collator=collator,
+                         batching=batching_of(training))
     steps_per_epoch = math.ceil(len(loader) / accumulation)
     total_steps = int(training["max_steps"]) if training.get("max_steps") else steps_per_epoch * int(training["epochs"])
 
@@ -218,8 +219,15 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
             raise ConfigError("training.select_best needs held-out records and training.eval_steps",
                               "set task.val_set_size (LLM-Adapters: 120) and training.eval_steps (80)")
         selection = BestCheckpoint(on_disk=method.trains_all_weights)
+    # the held-out loss is a mean over examples of padded batches, whatever the training batching
     val_loader = (accelerator.prepare(make_loader(val_examples, tokenizer, micro, shuffle=False, seed=seed,
                                                   collator=collator)) if val_examples else None)
+
+    batching = batching_of(training) if collator is None else "benchmark"  # (its own collator: not text)
+    if batching == "packed":  # once, before the first step: packed examples must not see each other
+        probe = language_model_collator(tokenizer, "packed")(train_examples[:2])
+        with accelerator.autocast():
+            check_packing(model, {k: v.to(accelerator.device) for k, v in probe.items()}, placement.compute)
 
     model.train()
     step, losses, step_times = 0, [], []
@@ -231,9 +239,8 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     useful_tokens = computed_tokens = 0  # real and padded positions of the text batches (none for images)
     while step < total_steps:
         for batch in loader:
-            if "attention_mask" in batch:
-                useful_tokens += int(batch["attention_mask"].sum())
-                computed_tokens += batch["attention_mask"].numel()
+            useful, computed = token_counts(batch)
+            useful_tokens, computed_tokens = useful_tokens + useful, computed_tokens + computed
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 value = loss.item()
@@ -285,6 +292,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
         "optimizer_state_dtypes": dtypes(v for state in optimizer.state.values() for v in state.values()
                                          if torch.is_tensor(v) and v.dim() > 0),
         "compute": placement.compute,
+        "batching": batching,
         "throughput": summary(useful_tokens, computed_tokens, train_seconds, matrix_parameters(model),
                               method.trains_all_weights,
                               torch.cuda.get_device_name(0) if placement.device == "cuda" else None),

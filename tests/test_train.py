@@ -182,11 +182,14 @@ def test_throughput_counts_useful_tokens_and_padding(tiny_model, tokenizer, exam
     model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
     steps = math.ceil(len(supervised) / 4)  # one epoch: every example once, in whatever order
     out = train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer),
-                training(max_steps=steps, batch_size=4, micro_batch_size=4), QUIET)
+                training(max_steps=steps, batch_size=4, micro_batch_size=4, batching="padded"), QUIET)
     t = out["stats"]["throughput"]
     assert t["useful_tokens"] == sum(len(e["input_ids"]) for e in supervised)
     assert t["computed_tokens"] > t["useful_tokens"] and t["padding_share"] == pytest.approx(
         1 - t["useful_tokens"] / t["computed_tokens"])
+    packed = train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer),
+                   training(max_steps=steps, batch_size=4, micro_batch_size=4), QUIET)["stats"]["throughput"]
+    assert packed["useful_tokens"] == packed["computed_tokens"] == t["useful_tokens"] and packed["padding_share"] == 0
     assert t["useful_tokens_per_s"] > 0 and t["mfu"] is None  # no MFU off CUDA
     # the FLOPs estimate: 4N per token for an adapter, 6N for full FT; MFU against the device's bf16 peak
     assert flops_per_token(7e9, False) == 28e9 and flops_per_token(7e9, True) == 42e9

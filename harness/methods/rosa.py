@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.batching import example_segments, supervised_token_counts
 from harness.methods.base import Method, MethodConfigError, check_options, module_matches
 from harness.methods.registry import register
 from harness.methods.sparse import SparseDelta, topk_mask
@@ -121,14 +122,13 @@ MASK_SCORES = ("fisher", "mean", "batch_squared")
 ADAPTER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _example_weights(batch) -> torch.Tensor:
-    """w_i = N / N_i: turns the gradient of a micro-batch's mean loss (over its N supervised tokens) into that of
-    example i's own mean loss (over its N_i tokens), as a micro-batch of one computes it. Labels per token (a
-    language model, shifted as its loss shifts them) or one per example (a classifier)."""
-    labels = batch["labels"]
-    counts = (labels[:, 1:] != -100).sum(1).float() if labels.dim() == 2 else torch.ones(labels.shape[0])
-    counts = counts.to("cpu")
-    return torch.where(counts > 0, counts.sum() / counts.clamp(min=1), torch.zeros_like(counts))
+def _example_weights(batch) -> tuple[list[tuple[int, slice]], torch.Tensor]:
+    """The examples of a micro-batch (harness.batching: rows when padded, runs of a row when packed) and their
+    weights w_i = N / N_i, which turn the gradient of the micro-batch's mean loss (over its N supervised tokens)
+    into that of example i's own mean loss (over its N_i tokens), as a micro-batch of one computes it."""
+    segments = example_segments(batch)
+    counts = supervised_token_counts(batch, segments)
+    return segments, torch.where(counts > 0, counts.sum() / counts.clamp(min=1), torch.zeros_like(counts))
 
 
 def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], score: str,
@@ -148,7 +148,7 @@ def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], sc
     scores = {name: torch.zeros(_weight_shape(m), dtype=torch.float32, device=buffer_device) for name, m in targets.items()}
     batch_grads: dict[str, torch.Tensor] = {}
     reached: set[str] = set()
-    weights: list[torch.Tensor] = []  # this micro-batch's example weights (per-example scores)
+    weights: list = []  # this micro-batch's examples and their weights (per-example scores)
     handles = []
 
     def capture(name):
@@ -162,10 +162,12 @@ def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], sc
                     batch_grads[name].add_(grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1]))
                     return
                 total = None
-                for i, w in enumerate(weights[0].tolist()):
+                segments, example_weights = weights[0]
+                for (row, positions), w in zip(segments, example_weights.tolist()):
                     if w == 0.0:
                         continue
-                    g = (grad[i].reshape(-1, grad.shape[-1]).t() @ x[i].reshape(-1, x.shape[-1])).mul_(w)
+                    g_out, g_in = grad[row, positions], x[row, positions]
+                    g = (g_out.reshape(-1, grad.shape[-1]).t() @ g_in.reshape(-1, x.shape[-1])).mul_(w)
                     g = g.square_() if score == "fisher" else g
                     total = g if total is None else total.add_(g)
                 if total is not None:
@@ -189,7 +191,7 @@ def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], sc
                 weights[:] = [_example_weights(batch)]
                 loss = model(**batch).loss
                 (loss if per_example else loss / len(micro_batches)).backward()
-                count += int((weights[0] > 0).sum()) if per_example else 0
+                count += int((weights[0][1] > 0).sum()) if per_example else 0
             if not per_example:
                 for name, g in batch_grads.items():
                     scores[name].add_(g.square_().to(buffer_device))
