@@ -135,3 +135,43 @@ def test_bad_options_are_named(tiny_model):
         methods.apply(tiny_model, "milora", r=0)
     with pytest.raises(MethodConfigError, match="convention"):
         methods.apply(tiny_model, "neat", r=2, convention="sideways")
+
+
+@pytest.mark.parametrize("opts", [dict(r=4), dict(r=3, depth=1), dict(r=4, convention="d_in"),
+                                  dict(r=3, depth=1, convention="d_in", scaling=0.5)])
+def test_neat_factored_forward_equals_the_dense_delta_weight(tiny_model, inputs, opts):
+    """Neat's forward from two thin factors (no d_out x d_in delta) gives the outputs and gradients of the dense
+    delta weight: peft's own PEANuT layer for its convention, the paper's formula for d_in."""
+    import copy
+
+    from peft.tuners.peanut.layer import Linear as PeanutLinear
+    from transformers.activations import ACT2FN
+
+    model = adapt(tiny_model, "neat", opts)
+    perturb(model)  # B away from zero: a delta to compare
+    layers = [m for m in model.modules() if isinstance(m, PeanutLinear)]
+    assert layers and all(type(m) is not PeanutLinear for m in layers)
+    for layer in layers:  # the delta weight of the factors is the convention's formula
+        W0, A, B, s = layer.base_layer.weight, layer.peanut_A["default"].weight, layer.peanut_B["default"].weight, layer.scaling["default"]
+        if opts.get("convention") == "d_in":
+            h = ACT2FN["relu"](W0 @ A.t())
+            if opts.get("depth"):
+                h = ACT2FN["relu"](layer.peanut_decoders["default"][0](ACT2FN["relu"](layer.peanut_encoders["default"][0](h)))) + h
+            expected = s * h @ B.t()
+        else:
+            expected = PeanutLinear._compute_delta_weight(layer, "default", W0)  # peft's own computation
+        torch.testing.assert_close(layer.get_delta_weight("default"), expected, rtol=1e-5, atol=1e-7)
+
+    dense = copy.deepcopy(model)
+    for m in dense.modules():  # peft's forward: x @ (the dense delta weight)^T
+        if isinstance(m, PeanutLinear):
+            m.forward = PeanutLinear.forward.__get__(m)
+    outputs = {}
+    for name, net in (("factored", model), ("dense", dense)):
+        net.zero_grad(set_to_none=True)
+        out = net(**inputs).logits
+        out.square().mean().backward()
+        outputs[name] = out.detach(), {n: p.grad for n, p in net.named_parameters() if p.requires_grad}
+    torch.testing.assert_close(outputs["factored"][0], outputs["dense"][0], rtol=1e-5, atol=1e-5)
+    for n, grad in outputs["dense"][1].items():
+        torch.testing.assert_close(outputs["factored"][1][n], grad, rtol=1e-4, atol=1e-7, msg=n)

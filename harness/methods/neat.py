@@ -2,9 +2,9 @@
 
 Two conventions exist. peft's PEANuT: dW^T = B(act(W0^T A^T)), A: d_out -> r, 2*r*d_out parameters.
 The Neat paper's LLM code: dW = act(W0 Th1) Th2 with Th1 [d_in, r] and Th2 [r, d_in], 2*r*d_in parameters.
-peft ships only the first; the second is the same peft layer with the projections on the input side, which
-`InputSidePeanutLinear` provides by overriding the delta-weight computation (forward, merge and saving stay
-peft's).
+peft ships only the first; the second is the same peft layer with the projections on the input side
+(`InputSidePeanutLinear`). Both compute the forward from two thin factors instead of peft's dense delta weight
+(`_factored_linear_classes`); merging and saving stay peft's.
 """
 
 from __future__ import annotations
@@ -24,24 +24,60 @@ NEAT_OPTIONS = {"r", "scaling", "depth", "act_fn", "convention", "target_modules
 CONVENTION_FILE = "harness_neat.json"
 
 
-def _input_side_linear_class():
+def _factored_linear_classes():
+    """peft's PEANuT layer with a forward that never forms the dense delta weight (peft's does: a d_out x d_in
+    matrix per layer and step, 2.01x LoRA's memory at LLaMA-2-7B r=32), as Neat's own ViT / NLU code computes
+    it: x @ dW^T = (x @ left) @ right with two thin factors, for both conventions. Merging, saving and the
+    parameters stay peft's; `_compute_delta_weight` (merge) is the product of the same factors."""
     from peft.tuners.peanut.layer import Linear as PeanutLinear
     from transformers.activations import ACT2FN
 
-    class InputSidePeanutLinear(PeanutLinear):
-        """PEANuT with the paper's LLM convention: dW = act(W0 @ A^T) -> depth layers -> B, A/B over d_in."""
+    class FactoredPeanutLinear(PeanutLinear):
+        """peft's convention: dW^T = s * net(act(W0^T A^T)) B^T, A / B over d_out; left = net(act(W0^T A^T))
+        [d_in, r], right = s * B^T [r, d_out]."""
 
-        def _compute_delta_weight(self, adapter: str, base_weight: torch.Tensor) -> torch.Tensor:
-            A, B = self.peanut_A[adapter], self.peanut_B[adapter]
+        def _network(self, adapter: str, h: torch.Tensor) -> torch.Tensor:
+            # the optional depth: encoders, then decoders with residuals (peft's PEANuT layer)
             act = ACT2FN[self.act_fn[adapter]]
-            h = act(base_weight.to(A.weight.dtype) @ A.weight.t())  # [d_out, r]
             residuals = []
             for encoder in self.peanut_encoders[adapter]:
                 residuals.append(h)
                 h = act(encoder(h))
             for i, decoder in enumerate(self.peanut_decoders[adapter]):
                 h = act(decoder(h)) + residuals[len(residuals) - 1 - i]
-            return B(h) * self.scaling[adapter]  # [d_out, d_in]
+            return h
+
+        def _factors(self, adapter: str, base_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            A, B = self.peanut_A[adapter], self.peanut_B[adapter]
+            act = ACT2FN[self.act_fn[adapter]]
+            left = self._network(adapter, act(base_weight.t().to(A.weight.dtype) @ A.weight.t()))
+            return left, B.weight.t() * self.scaling[adapter]
+
+        def _compute_delta_weight(self, adapter: str, base_weight: torch.Tensor) -> torch.Tensor:
+            left, right = self._factors(adapter, base_weight)
+            return (left @ right).t()  # [d_out, d_in]
+
+        def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            if self.disable_adapters or self.merged or not self.active_adapters:
+                return super().forward(x, *args, **kwargs)
+            result = self.base_layer(x, *args, **kwargs)
+            result_dtype = result.dtype
+            for adapter in self.active_adapters:
+                if adapter not in self.peanut_A:
+                    continue
+                left, right = self._factors(adapter, self.get_base_layer().weight)
+                result = result + ((self._cast_input_dtype(x, left.dtype) @ left) @ right).to(result_dtype)
+            return result
+
+    class InputSidePeanutLinear(FactoredPeanutLinear):
+        """The Neat paper's LLM convention: dW = s * net(act(W0 A^T)) B^T, A / B over d_in; left = s * B
+        [d_in, r], right = net(act(W0 A^T))^T [r, d_out]."""
+
+        def _factors(self, adapter: str, base_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            A, B = self.peanut_A[adapter], self.peanut_B[adapter]
+            act = ACT2FN[self.act_fn[adapter]]
+            h = self._network(adapter, act(base_weight.to(A.weight.dtype) @ A.weight.t()))  # [d_out, r]
+            return B.weight * self.scaling[adapter], h.t()
 
         def to_input_side(self, adapter: str) -> None:
             r, device = self.r[adapter], self.peanut_A[adapter].weight.device
@@ -51,7 +87,22 @@ def _input_side_linear_class():
             nn.init.kaiming_uniform_(self.peanut_A[adapter].weight, a=math.sqrt(5))
             nn.init.zeros_(self.peanut_B[adapter].weight)
 
-    return InputSidePeanutLinear
+    return FactoredPeanutLinear, InputSidePeanutLinear
+
+
+def _factored(peft_model, convention: str):
+    """Gives every PEANuT layer of `peft_model` the factored forward (and the input-side projections for the
+    paper's convention, freshly initialised: `apply` only)."""
+    from peft.tuners.peanut.layer import Linear as PeanutLinear
+
+    output_side, input_side = _factored_linear_classes()
+    for module in peft_model.modules():
+        if type(module) is PeanutLinear:
+            module.__class__ = input_side if convention == "d_in" else output_side
+            if convention == "d_in":
+                for adapter in list(module.peanut_A):
+                    module.to_input_side(adapter)
+    return peft_model
 
 
 def _peanut_config(options: dict):
@@ -73,14 +124,16 @@ def _peanut_config(options: dict):
 class Neat(Method):
     label, display_order = "Neat", 5
     budget_knob = "r"
+    # 2: the factored forward (the same function, other rounding than peft's dense delta weight)
+    behaviour_version = 2
 
     def count(self, shapes, options):
         r, depth = int(options["r"]), int(options.get("depth", 0))
         side = 1 if options.get("convention", "d_out") == "d_out" else 0
         return sum(2 * r * shape[1 - side] + 2 * depth * r * r for shape in shapes)
+
     def apply(self, model, **options):
         from peft import get_peft_model
-        from peft.tuners.peanut.layer import Linear as PeanutLinear
 
         check_options(self.name, options, NEAT_OPTIONS)
         convention = options.get("convention", "d_out")
@@ -89,14 +142,8 @@ class Neat(Method):
         config = _peanut_config(options)
         if config.task_type is None:
             config.task_type = infer_task_type(model)
-        peft_model = get_peft_model(model, config)
+        peft_model = _factored(get_peft_model(model, config), convention)
         if convention == "d_in":
-            input_side = _input_side_linear_class()
-            for module in peft_model.modules():
-                if type(module) is PeanutLinear:
-                    module.__class__ = input_side
-                    for adapter in list(module.peanut_A):
-                        module.to_input_side(adapter)
             peft_model.set_adapter(peft_model.active_adapter)  # marks the new projections trainable
         peft_model._harness_neat_convention = convention
         return peft_model
@@ -115,7 +162,7 @@ class Neat(Method):
         marker = directory / CONVENTION_FILE
         convention = json.loads(marker.read_text())["convention"] if marker.exists() else "d_out"
         if convention == "d_out":
-            return PeftModel.from_pretrained(base_model, str(directory))
+            return _factored(PeftModel.from_pretrained(base_model, str(directory)), "d_out")
         # peft's loader would build d_out-shaped projections; build the d_in layers, then load the weights.
         model = self.apply(base_model, **{**options, "convention": "d_in"})
         set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
