@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from harness import benchmarks, methods, models
+from harness import benchmarks, distributed, methods, models
 from harness import budget as budget_lib
 from harness.config import CONFIG_DIR, method_options, resolved, run_id, with_profile
 from harness.errors import describe, exit_status, traceback_tail
@@ -165,8 +165,7 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     if budget:
         print(f"[harness] budget {budget['target']:,}: {cfg.method.name} {budget['knob']}={budget['value']:.6g} "
               f"-> {budget['predicted']:,} parameters", flush=True)
-    # A task's new head (a classifier) trains with every method, each in its own way.
-    model = methods.apply(model, cfg.method.name, head_modules=benchmark.head_modules, **method_options(solved))
+    model = adapt(model, cfg.method.name, benchmark.head_modules, method_options(solved))
     setup_seconds = time.perf_counter() - load_start
 
     phases.enter("train")
@@ -187,7 +186,7 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     phases.enter("eval")
     method = methods.method_of(model)
     merged = bool(cfg.protocol.merge_before_eval and method.mergeable)
-    if cfg.run.save_adapter:  # before a merge folds the adapter into the weights
+    if cfg.run.save_adapter and distributed.is_main():  # before a merge folds the adapter into the weights
         save_adapter(model, Path(cfg.run.results_dir) / "adapters", rid)
     eval_model = methods.merge(model) if merged else model
     eval_model.eval()
@@ -212,11 +211,25 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
         "timing": {"setup_seconds": round(setup_seconds, 2)},
         "memory": peak_memory(memory_scope),
     }
+    if not distributed.is_main():  # one run: the main process writes its files
+        return record
     write_predictions(out_path.with_suffix(".predictions.jsonl"), predictions)
     pause_point("result")
     write_result(out_path, record)  # last: its presence with status finished means the run finished
     print(f"[harness] wrote {out_path}", flush=True)
     return record
+
+
+def adapt(model, method: str, head_modules, options: dict):
+    """The model with the method applied (a task's new head, a classifier, trains with every method, each in its
+    own way). With several processes an initialisation that reads the weights (an SVD) runs on the main process
+    only; the others build the same structure and receive its values."""
+    shared_init = distributed.active() and methods.get(method).init_reads_weights
+    model = methods.apply(model, method, head_modules=head_modules,
+                          structure_only=shared_init and not distributed.is_main(), **options)
+    if shared_init:
+        distributed.broadcast_model(model)
+    return model
 
 
 def _epoch_scorer(scorer, processor, test_sets, cfg: DictConfig):
@@ -250,18 +263,26 @@ def failure_record(cfg: DictConfig, rid: str, phase: str, exc: BaseException) ->
     }
 
 
+def _try_lock(lock: RunLock) -> tuple[bool, dict | None]:
+    """(acquired, the holder's record when not)."""
+    return (True, None) if lock.acquire() else (False, lock.holder())
+
+
 def run_cell(cfg: DictConfig) -> Outcome:
     """Runs one configured cell unless it is finished (reused) or running elsewhere (locked); never raises for
     the cell's own failure, which is written as its result file and returned."""
     rid = run_id(cfg)
     out_path = result_path(cfg.run.results_dir, rid)
-    previous = previous_result(out_path)  # a damaged file is an error: it is never overwritten
+    # several processes (torchrun) are one run: the main process reads and writes its files and holds its lock
+    distributed.start(cpu=decide(cfg.model, cfg.training).device == "cpu")
+    previous = distributed.on_main(lambda: previous_result(out_path))  # a damaged file is an error, never overwritten
     if cfg.run.skip_existing and previous and previous["status"] == "finished":
         print(f"[harness] {rid}: result exists, skipping ({out_path})", flush=True)
         return Outcome(rid, "reused", previous)
     lock = RunLock(runs_dir(cfg.run.results_dir), rid, stale_after_s=float(cfg.run.lock_stale_seconds))
-    if not lock.acquire():
-        holder = lock.holder() or {}
+    acquired, holder = distributed.on_main(lambda: _try_lock(lock))
+    if not acquired:
+        holder = holder or {}
         where = f"host {holder.get('host')} pid {holder.get('pid')}" + (
             f" (Slurm job {holder['slurm_job_id']})" if holder.get("slurm_job_id") else "")
         print(f"[harness] {rid}: running elsewhere ({where}, since {holder.get('started')}), skipping", flush=True)
@@ -269,7 +290,7 @@ def run_cell(cfg: DictConfig) -> Outcome:
     phases = _Phases()
     try:
         # finished by another process between the check above and the lock
-        previous = previous_result(out_path)
+        previous = distributed.on_main(lambda: previous_result(out_path))
         if cfg.run.skip_existing and previous and previous["status"] == "finished":
             return Outcome(rid, "reused", previous)
         if previous:
@@ -279,12 +300,14 @@ def run_cell(cfg: DictConfig) -> Outcome:
         return Outcome(rid, "finished", _train_and_score(cfg, rid, out_path, phases))
     except Exception as exc:
         record = failure_record(cfg, rid, phases.current, exc)
-        write_result(out_path, record)
+        if distributed.is_main():
+            write_result(out_path, record)
         print(f"[harness] {rid}: {record['status']} in phase {phases.current}: {record['failure']['error']} "
               f"(record: {out_path})", flush=True)
         return Outcome(rid, record["status"], record, record["failure"]["error"], exc)
     finally:
-        lock.release()
+        if distributed.is_main():
+            lock.release()
 
 
 def run_one(cfg: DictConfig) -> dict:

@@ -24,11 +24,11 @@ def peak_flops(device_name: str | None) -> float | None:
 
 
 def summary(useful: int, computed: int, seconds: float, matrix_params: int, trains_all_weights: bool,
-            device_name: str | None = None) -> dict:
+            device_name: str | None = None, devices: int = 1) -> dict:
     """{"useful_tokens", "computed_tokens", "padding_share", "useful_tokens_per_s", "mfu"} (mfu: None off CUDA or
-    on a device without a known peak)."""
+    on a device without a known peak). Tokens of all `devices` together; the MFU is against all their peaks."""
     per_s = useful / seconds if seconds > 0 else None
-    peak = peak_flops(device_name)
+    peak = peak_flops(device_name) * devices if peak_flops(device_name) else None
     mfu = flops_per_token(matrix_params, trains_all_weights) * per_s / peak if peak and per_s else None
     return {"useful_tokens": useful, "computed_tokens": computed,
             "padding_share": 1.0 - useful / computed if computed else None,

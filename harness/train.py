@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from harness.batching import batching_of, check_packing, language_model_collator, token_counts
+from harness import distributed
 from harness.errors import ConfigError, DataError
 from harness.placement import Placement, decide
 from harness.selection import BestCheckpoint
@@ -27,7 +28,7 @@ SCHEDULES = ("linear", "cosine", "constant_with_warmup")  # transformers' get_sc
 
 # Bumped by a change to the loop that alters what a run computes (it enters the run id; README, "For developers").
 # 2: fp32 master weights for every trained parameter; checkpoint selection; the schedule by name.
-# 3: language-modelling micro-batches packed by default (training.batching).
+# 3: language-modelling micro-batches packed by default (training.batching); the held-out loss a mean over tokens.
 BEHAVIOUR_VERSION = 3
 
 
@@ -148,14 +149,21 @@ def warmup_steps(training: Mapping, total_steps: int) -> int:
 
 
 @torch.no_grad()
-def mean_loss(model, loader) -> float:
+def mean_loss(model, loader, device=None) -> float:
+    """The held-out loss: the mean over every supervised token (over every example, for a classifier) of the
+    held-out examples, whichever batches they are in, so that N processes' shards give one process's number."""
+    device = device or next(model.parameters()).device
     model.eval()
     total, count = 0.0, 0
     for batch in loader:
-        size = batch["labels"].shape[0]  # examples (token ids, or images)
-        total += model(**batch).loss.item() * size
-        count += size
+        labels = batch["labels"]
+        # the batch's loss is a mean over its targets: token labels shifted by one, or one label per example
+        size = int((labels[:, 1:] != -100).sum()) if labels.dim() == 2 else labels.shape[0]
+        if size:
+            total += model(**{k: v.to(device) for k, v in batch.items()}).loss.item() * size
+            count += size
     model.train()
+    total, count = distributed.sum_over_processes([total, count])
     return total / max(count, 1)
 
 
@@ -180,9 +188,13 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
               "left after truncation to cutoff_len", flush=True)
     train_examples = supervised
     batch_size, micro = int(training["batch_size"]), int(training["micro_batch_size"])
-    if batch_size % micro:
-        raise ConfigError(f"training.batch_size={batch_size} is not a multiple of training.micro_batch_size={micro}")
-    accumulation = batch_size // micro
+    # With N processes the global batch stays the recipe's: each accumulates batch / (micro x N) micro-batches.
+    distributed.start(cpu=placement.device == "cpu")
+    processes = distributed.world_size()
+    if batch_size % (micro * processes):
+        raise ConfigError(f"training.batch_size={batch_size} is not a multiple of training.micro_batch_size={micro}"
+                          + (f" x {processes} processes" if processes > 1 else ""))
+    accumulation = batch_size // (micro * processes)
     trackers = "wandb" if logging.get("wandb") else None
     # accelerate keeps one process-wide state and refuses another mixed precision later in the same process (a
     # reproduction whose cells differ in training.precision): the run's own setting is put in place of the last.
@@ -190,7 +202,8 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
 
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=placement.compute, gradient_accumulation_steps=accumulation,
-                              log_with=trackers)
+                              log_with=trackers if distributed.is_main() else None, cpu=placement.device == "cpu")
+    trackers = trackers if distributed.is_main() else None
     if trackers:
         accelerator.init_trackers(logging.get("wandb_project", "peft-harness"), config=dict(training),
                                   init_kwargs={"wandb": {"mode": logging.get("wandb_mode", "offline"), "name": run_name}})
@@ -201,17 +214,22 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     loader = make_loader(train_examples, tokenizer, micro, shuffle=True, seed=seed,
                          num_workers=int(training.get("num_workers", 0)), collator=collator,
                          batching=batching_of(training))
-    steps_per_epoch = math.ceil(len(loader) / accumulation)
+    # (accelerate gives each process every N-th micro-batch of the loader)
+    steps_per_epoch = math.ceil(len(loader) / (accumulation * processes))
     total_steps = int(training["max_steps"]) if training.get("max_steps") else steps_per_epoch * int(training["epochs"])
 
     # Before the optimizer exists: a method may add parameters here (RoSA's sparse part, from gradients).
     model.to(accelerator.device)
+    # (the whole loader, not a process's shard; `on_main`: what the main process computes for all, RoSA's masks)
     method.before_training(model, {"loader": loader, "device": accelerator.device, "training": training,
-                                   "accumulation": accumulation, "total_steps": total_steps})
+                                   "accumulation": accumulation * processes, "total_steps": total_steps,
+                                   "on_main": distributed.on_main})
     upcast_trainable(model, keep=method.set_trainable_precision(model))
     groups = with_module_lrs(model, method.param_groups(model, dict(training)), training.get("module_lrs"))
     optimizer, scheduler = optimizer_and_schedule(groups, training, total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    # The schedule is stepped here once per optimizer step: accelerate's wrapper would step it once per process
+    # (it assumes the processes' batches add up to a larger one; here they split the recipe's batch).
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     eval_steps = int(training.get("eval_steps") or 0)
     selection = None
     if training.get("select_best"):
@@ -219,15 +237,17 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
             raise ConfigError("training.select_best needs held-out records and training.eval_steps",
                               "set task.val_set_size (LLM-Adapters: 120) and training.eval_steps (80)")
         selection = BestCheckpoint(on_disk=method.trains_all_weights)
-    # the held-out loss is a mean over examples of padded batches, whatever the training batching
-    val_loader = (accelerator.prepare(make_loader(val_examples, tokenizer, micro, shuffle=False, seed=seed,
-                                                  collator=collator)) if val_examples else None)
+    # the held-out loss is a mean over examples of padded batches, whatever the training batching; each process
+    # takes its shard (not accelerate's, which repeats examples to even the shards out)
+    val_loader = (make_loader(distributed.shard(val_examples), tokenizer, micro, shuffle=False, seed=seed,
+                              collator=collator) if val_examples else None)
 
     batching = batching_of(training) if collator is None else "benchmark"  # (its own collator: not text)
     if batching == "packed":  # once, before the first step: packed examples must not see each other
         probe = language_model_collator(tokenizer, "packed")(train_examples[:2])
         with accelerator.autocast():
-            check_packing(model, {k: v.to(accelerator.device) for k, v in probe.items()}, placement.compute)
+            check_packing(accelerator.unwrap_model(model), {k: v.to(accelerator.device) for k, v in probe.items()},
+                          placement.compute)
 
     model.train()
     step, losses, step_times = 0, [], []
@@ -244,18 +264,24 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 value = loss.item()
-                if not math.isfinite(value):  # before backward and step: no NaN ever reaches the weights
+                # before backward and step: no NaN ever reaches the weights (and every process stops together)
+                finite = math.isfinite(value) if processes == 1 else \
+                    distributed.sum_over_processes([float(not math.isfinite(value))])[0] == 0
+                if not finite:
                     raise DivergedError(step, value)
                 accelerator.backward(loss)
                 window_loss += value / accumulation
                 if accelerator.sync_gradients and clip_norm(training):
                     accelerator.clip_grad_norm_(model.parameters(), clip_norm(training))
-                optimizer.step()
-                scheduler.step()
+                optimizer.step()  # (accelerate's optimizer steps only at the end of an accumulation)
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            if processes > 1:  # the mean over the processes' micro-batches: the loss of the whole batch
+                window_loss = distributed.sum_over_processes([window_loss])[0] / processes
             now = time.perf_counter()
             step_times.append(now - step_start)
             step_start = now
@@ -266,7 +292,8 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
                 accelerator.log({"train/loss": window_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
             window_loss = 0.0
             if selection is not None and step % eval_steps == 0:
-                selection.offer(accelerator.unwrap_model(model), step, mean_loss(model, val_loader))
+                plain = accelerator.unwrap_model(model)
+                selection.offer(plain, step, mean_loss(plain, val_loader, accelerator.device))
             if step >= total_steps:
                 break
         epoch += 1
@@ -293,19 +320,21 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
                                          if torch.is_tensor(v) and v.dim() > 0),
         "compute": placement.compute,
         "batching": batching,
-        "throughput": summary(useful_tokens, computed_tokens, train_seconds, matrix_parameters(model),
-                              method.trains_all_weights,
-                              torch.cuda.get_device_name(0) if placement.device == "cuda" else None),
+        "processes": processes,
+        "throughput": summary(*[int(n) for n in distributed.sum_over_processes([useful_tokens, computed_tokens])],
+                              train_seconds, matrix_parameters(model), method.trains_all_weights,
+                              torch.cuda.get_device_name(0) if placement.device == "cuda" else None, processes),
     }
     if epoch_results:
         stats["epochs"] = epoch_results
     if selection is not None:
         stats.update(selected_step=selection.step, val_loss=selection.loss, val_curve=selection.curve)
     elif val_loader is not None:
-        stats["val_loss"] = mean_loss(model, val_loader)
+        stats["val_loss"] = mean_loss(accelerator.unwrap_model(model), val_loader, accelerator.device)
         stats["val_curve"] = [{"step": step, "loss": stats["val_loss"]}]
     if trackers:
         accelerator.log({f"final/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}, step=step)
         accelerator.end_training()
+    model = accelerator.unwrap_model(model)
     model.config.use_cache = True
-    return {"model": accelerator.unwrap_model(model), "stats": stats}
+    return {"model": model, "stats": stats}

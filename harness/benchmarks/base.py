@@ -32,13 +32,25 @@ class Scorer:
         """({"accuracy": the headline number x 100, "n", ...}, one prediction row per record)."""
         raise NotImplementedError
 
+    def summarize(self, name: str, rows: list[dict]) -> dict:
+        """A set's metrics from its prediction rows (what `score_set` returns beside them): accuracy over the
+        rows' `correct`, unless the scorer's metric is another."""
+        return accuracy_summary(rows)
+
     def evaluate(self, model, processor, test_sets: Mapping[str, list[dict]], protocol: Mapping, task: Mapping,
                  progress: bool = True) -> tuple[dict, dict]:
-        """({set: metrics with their seconds}, {set: prediction rows})."""
+        """({set: metrics with their seconds}, {set: prediction rows}). With several processes each scores a
+        shard of every set and all get the merged rows, in the set's order, and their metrics."""
+        from harness import distributed
+
         metrics, predictions = {}, {}
         for name, records in test_sets.items():
             start = time.perf_counter()
-            metrics[name], predictions[name] = self.score_set(model, processor, name, records, protocol, task, progress)
+            metrics[name], predictions[name] = self.score_set(model, processor, name, distributed.shard(records),
+                                                              protocol, task, progress and distributed.is_main())
+            if distributed.active():
+                predictions[name] = distributed.merge_shards(distributed.gather(predictions[name]))
+                metrics[name] = self.summarize(name, predictions[name])
             metrics[name]["seconds"] = round(time.perf_counter() - start, 2)
             if progress:
                 print(f"[harness] {name}: {metrics[name].get('metric', 'accuracy')} {metrics[name]['accuracy']:.1f} "

@@ -110,7 +110,14 @@ class LmEval(Scorer):
 
     def evaluate(self, model, tokenizer, test_sets, protocol, task, progress=True):
         """Scores every set of `task.datasets` with lm-eval (the benchmark's own test sets are not read: lm-eval
-        reads its records); `task.test_subset` becomes lm-eval's `limit` (the first N, as test_subset_mode=first)."""
+        reads its records); `task.test_subset` becomes lm-eval's `limit` (the first N, as test_subset_mode=first).
+        With several processes the main one runs lm-eval (on a model it did not load, lm-eval does not shard)
+        and the others receive its scores."""
+        from harness import distributed
+
+        return distributed.on_main(lambda: self._evaluate(model, tokenizer, protocol, task, progress))
+
+    def _evaluate(self, model, tokenizer, protocol, task, progress):
         if task.get("test_subset") is not None and task.get("test_subset_mode", "first") != "first":
             raise ConfigError("protocol=lmeval takes the first task.test_subset records (lm-eval's limit)",
                               "set task.test_subset_mode=first")

@@ -31,14 +31,15 @@ def present_modules(model: nn.Module, names) -> list[str]:
     return [n for n in names or () if n in last_parts]
 
 
-def apply(model: nn.Module, name: str, head_modules=(), **options: Any) -> nn.Module:
+def apply(model: nn.Module, name: str, head_modules=(), structure_only: bool = False, **options: Any) -> nn.Module:
     """Adds method `name` to `model` (options as in `conf/method/<name>.yaml`); returns the model to train.
 
     `head_modules`: the task's new head (e.g. `classifier`), trained with every method; how is the method's
-    business (`Method.with_head`)."""
+    business (`Method.with_head`). `structure_only`: the same parameters without a costly initialisation
+    (`Method.apply_structure`), for a process that receives the values from another."""
     method = get(name)
     options = method.with_head(dict(options), present_modules(model, head_modules))
-    adapted = method.apply(model, **options)
+    adapted = (method.apply_structure if structure_only else method.apply)(model, **options)
     setattr(adapted, METHOD_ATTR, name)
     setattr(adapted, "_harness_method_options", dict(options))
     return adapted

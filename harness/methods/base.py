@@ -43,6 +43,15 @@ class Method:
     def apply(self, model: nn.Module, **options: Any) -> nn.Module:
         raise NotImplementedError
 
+    #: its initialisation reads the weights (an SVD): with several processes only the main process computes it,
+    #: the others build the same structure with `apply_structure` and receive the values (harness.distributed)
+    init_reads_weights: bool = False
+
+    def apply_structure(self, model: nn.Module, **options: Any) -> nn.Module:
+        """The model `apply` would give, with the same parameters and buffers but any values in them: for a
+        process that receives the values from the main one. Overridden where `apply` computes something costly."""
+        return self.apply(model, **options)
+
     def knob_label(self, options: dict) -> str:
         """The knobs a table shows beside the label ("r=16", "r=12 d=0.15%"); "" for none."""
         return f"r={options['r']}" if self.budget_knob == "r" and options.get("r") else ""

@@ -83,6 +83,13 @@ class ResidualInitLoRA(LowRankBudget, Method):
     """
 
     INITIAL_ATTR = "_harness_initial_adapter_dir"
+    init_reads_weights = True  # an SVD of every adapted weight
+
+    def apply_structure(self, model, **options):
+        # the same peft LoRA layers, randomly initialised: no SVD (the values come from the main process)
+        options = {k: v for k, v in options.items() if k != "svd_niter"}
+        check_options(self.name, options, LORA_OPTIONS)
+        return wrap(model, lora_config(self.name, options, init_lora_weights=True))
 
     def remember_initial_adapter(self, model) -> None:
         initial_parent = Path(tempfile.mkdtemp(prefix=f"harness-{self.name}-initial-"))

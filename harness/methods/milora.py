@@ -30,8 +30,8 @@ def milora_init_layer(layer, adapter_name: str = "default") -> None:
     lora_A = sqrt_s[:, None] * Vh[-r:]          # [r, d_in]
     lora_B = U[:, -r:] * sqrt_s[None, :]        # [d_out, r]
     A, B = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
-    A.data = lora_A.to(A.dtype)
-    B.data = lora_B.to(B.dtype)
+    A.data = lora_A.to(A.dtype).contiguous()  # (an SVD's factors are column-major)
+    B.data = lora_B.to(B.dtype).contiguous()
     residual = weight.float() - scale * (lora_B @ lora_A)
     base.weight.data = transpose(residual.to(base.weight.dtype), layer.fan_in_fan_out).contiguous()
 

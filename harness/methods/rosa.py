@@ -273,10 +273,16 @@ class _RoSABase(Method):
         return model
 
     def before_training(self, model, context: dict) -> None:
-        """Generates the masks (warm-up, gradient accumulation, top-k), then restarts from the initial L."""
+        """Generates the masks (warm-up, gradient accumulation, top-k), then restarts from the initial L. With
+        several processes the main one generates them (`context["on_main"]`) and every process attaches them."""
         state = _state(model)
         if state.ready:
             return
+        masks = context.get("on_main", lambda compute: compute())(lambda: self._generate_masks(model, context))
+        attach_masks(model, masks)
+
+    def _generate_masks(self, model, context: dict) -> dict:
+        state = _state(model)
         o = state.options
         device = context["device"]
         # Warm-up steps and gradient batches are optimizer batches (training.batch_size), as in the paper's
@@ -314,7 +320,8 @@ class _RoSABase(Method):
         if frozen_model and hasattr(model, "disable_input_require_grads"):
             model.disable_input_require_grads()
         _reset_lora(model)
-        attach_masks(model, {name: topk_mask(score, float(o["density"])) for name, score in scores.items()})
+        # on the CPU: sent to the other processes as they are
+        return {name: tuple(t.cpu() for t in topk_mask(score, float(o["density"]))) for name, score in scores.items()}
 
     def set_trainable_precision(self, model) -> set[int]:
         """`adapter_dtype=bf16`: A, B and S train in bf16, as the official scripts keep them (`rosa_dtype: bf16`);

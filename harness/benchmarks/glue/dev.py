@@ -51,9 +51,12 @@ class GlueDev(Scorer):
         predicted = predict(model, tokenizer, records, int(protocol["batch_size"]), int(protocol["max_length"]),
                             progress, f"eval {name}")
         labels = [r["label"] for r in records]
-        values = glue_metrics(name, predicted, labels)
+        rows = [{"prediction": p, "label": l, "correct": p == l} for p, l in zip(predicted, labels)]
+        return self.summarize(name, rows), rows
+
+    def summarize(self, name, rows):
+        values = glue_metrics(name, [r["prediction"] for r in rows], [r["label"] for r in rows])
         headline = GLUE_SETS[name].metric
         # every metric x 100, then `accuracy` set to the headline one (for CoLA: Matthews, not accuracy)
-        metrics = {**{k: 100.0 * v for k, v in values.items()}, "accuracy": 100.0 * values[headline],
-                   "metric": headline, "n": len(records)}
-        return metrics, [{"prediction": p, "label": l, "correct": p == l} for p, l in zip(predicted, labels)]
+        return {**{k: 100.0 * v for k, v in values.items()}, "accuracy": 100.0 * values[headline],
+                "metric": headline, "n": len(rows)}

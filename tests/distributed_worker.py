@@ -1,0 +1,77 @@
+"""Run by tests/test_distributed.py under `torchrun --nproc_per_node 2`: applies the methods whose set-up reads
+the weights (PiSSA and MiLoRA's SVD, RoSA's masks) as a run does, and prints from each process how often it
+computed them and a digest of the weights it holds."""
+
+import hashlib
+import json
+import sys
+
+import torch
+
+from harness import distributed, methods
+from harness.config import compose
+from harness.methods import rosa
+from harness.models import load_model, load_tokenizer
+from harness.run import adapt
+from harness.train import make_loader
+
+
+def digest(model) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    distributed.start(cpu=True)
+    svd_calls = {"n": 0}
+    real_svd = torch.linalg.svd
+
+    def counted_svd(*args, **kwargs):
+        svd_calls["n"] += 1
+        return real_svd(*args, **kwargs)
+
+    torch.linalg.svd = counted_svd
+    mask_calls = {"n": 0}
+    real_scores = rosa.accumulate_gradient_scores
+
+    def counted_scores(*args, **kwargs):
+        mask_calls["n"] += 1
+        return real_scores(*args, **kwargs)
+
+    rosa.accumulate_gradient_scores = counted_scores
+
+    cfg = compose(["model=tiny-llama"])
+    tokenizer = load_tokenizer(cfg.model)
+    report = {"rank": distributed.rank()}
+    targets = ["q_proj", "v_proj"]
+    for method, options in (("pissa", dict(r=2, alpha=4)), ("milora", dict(r=2, alpha=4))):
+        torch.manual_seed(100 + distributed.rank())  # different random states: only the shared values can agree
+        model = adapt(load_model(cfg.model, tokenizer), method, (), dict(options, target_modules=targets))
+        report[method] = {"digest": digest(model), "svd_calls": svd_calls["n"]}
+        svd_calls["n"] = 0
+
+    torch.manual_seed(0)
+    model = methods.apply(load_model(cfg.model, tokenizer), "rosa", r=2, density=0.05, target_modules=targets,
+                          mask_warmup_steps=2)
+    model.config.use_cache = False
+    examples = [{"input_ids": list(range(5 + i, 15 + 2 * i)), "labels": list(range(5 + i, 15 + 2 * i))} for i in range(8)]
+    loader = make_loader(examples, tokenizer, 2, shuffle=True, seed=distributed.rank(), batching="packed")
+    training = compose(["training.warmup_steps=1"]).training
+    methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device("cpu"),
+                                                     "training": training, "accumulation": 1, "total_steps": 4,
+                                                     "on_main": distributed.on_main})
+    masks = {name: m.rosa_sparse.indices() for name, m in rosa.state(model).targets.items()}
+    h = hashlib.sha256()
+    for name in sorted(masks):
+        h.update(torch.stack(masks[name]).numpy().tobytes())
+    report["rosa"] = {"mask_digest": h.hexdigest()[:16], "mask_generations": mask_calls["n"]}
+    print("REPORT " + json.dumps(report), flush=True)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
