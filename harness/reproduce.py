@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+from harness import distributed
 from harness.config import experiment_cells, with_profile
 from harness.errors import cli_errors, exit_status
 from harness.preflight import check
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     if running:
         print(f"[harness] {len(running)} cell(s) still running elsewhere: the table is written when they finish "
               f"(`make {base.experiment_name}` or rerun this command)", flush=True)
-    else:
+    elif distributed.is_main():  # (several processes run each cell together; the main one writes the table)
         with cli_errors():
             paths = make_table(base, cells)
         print(paths[0].read_text())
