@@ -17,7 +17,7 @@ LOCK_cuda = requirements/lock-cuda.txt
 LOCK_FILE = $(if $(filter none,$(LOCK)),,$(or $(LOCK_$(LOCK)),$(LOCK)))
 PIN = $(if $(LOCK_FILE),-c $(LOCK_FILE))
 
-.PHONY: setup setup-latest lock fashion-mnist test test-fast reproduce-table1 table1 reproduce-table2 table2 reproduce-table3 table3 reproduce-table4 table4 sweep-budget table-sweep-budget clean-results
+.PHONY: setup setup-latest lock fashion-mnist test test-fast reproduce-table1 table1 reproduce-table2 table2 reproduce-table3 table3 reproduce-table4 table4 sweep-budget table-sweep-budget clean-results $(addprefix status-,$(TABLES)) status-sweep-budget
 
 setup:
 	@if [ -n "$(LOCK_FILE)" ] && [ ! -f "$(LOCK_FILE)" ]; then echo "setup: no lock $(LOCK_FILE) (LOCK=$(LOCK))"; exit 1; fi
@@ -90,6 +90,13 @@ sweep-budget:
 
 table-sweep-budget:
 	$(PY) -m harness.tables experiment=sweep_budget $(ARGS)
+
+# where every cell stands (finished / running / failed / missing), e.g. `make status-table1`, `make status-sweep-budget`
+$(addprefix status-,$(TABLES)): status-%:
+	$(PY) -m harness.status experiment=$* $(ARGS)
+
+status-sweep-budget:
+	$(PY) -m harness.status experiment=sweep_budget $(ARGS)
 
 clean-results:
 	rm -rf results/runs/*.json results/runs/*.jsonl results/tables/*.md results/tables/*.csv results/tables/*.tex
