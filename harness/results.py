@@ -64,6 +64,7 @@ class RunInfo(TypedDict, total=False):
     paper_model: str | None
     method: str
     config: dict            # the resolved config the run used (a solved budget's knob included)
+    requested_config: dict  # with a budget: the config before the knob was solved (the run id's)
     placement: dict         # device, the weights' dtype, the compute precision (harness.placement)
     versions: dict          # python and the field's packages
     git: dict               # commit and whether the tree was dirty
@@ -86,6 +87,7 @@ class Result(TypedDict, total=False):
     timing: dict
     memory: dict
     failure: dict           # phase, error (one line), error_type, traceback (last lines)
+    evaluated_from: dict    # scored by harness.evaluate: the trained run's id, the adapter, when
 
 
 def write_result(path: Path, result: Result) -> None:

@@ -1,0 +1,130 @@
+"""Scores a trained run's saved adapter (or full model) again, without training: another protocol, or the same
+one again.
+
+    python -m harness.evaluate <run id> [protocol=lmeval] [protocol.batch_size=32] [run.results_dir=results]
+    python -m harness.evaluate results/adapters/<run id>                     # the same, from the adapter folder
+
+The run's result file gives the config (model, method, task, seed); `protocol=<name>` puts another protocol in
+place of the run's and `key=value` changes one field. The result is written under the run id `harness.run` would
+give that cell, so a reproduction reuses it and does not train again: with the run's own protocol the run's
+result is rewritten with the new scores (its training statistics kept); with another it is a new result whose
+`train` is the trained run's and `evaluated_from` names it. Several processes (torchrun) shard the scoring as
+a run does. A run's saved adapter is under `results/adapters/<run id>/` (`run.save_adapter`, on by default).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from harness import benchmarks, distributed, methods, models
+from harness.config import compose, resolved, run_id
+from harness.errors import ConfigError, HarnessError, cli_errors
+from harness.placement import decide
+from harness.results import Result, previous_result, result_path, runs_dir, write_result
+from harness.runlock import RunLock
+
+
+class EvaluateError(HarnessError):
+    """A run to re-score that cannot be: no result, not finished, no saved adapter."""
+
+
+def locate(target: str, results_dir: str | Path | None) -> tuple[Result, Path, Path]:
+    """(the trained run's result, its results folder, its adapter folder) from a run id or an adapter folder."""
+    path = Path(target)
+    if path.is_dir() and path.parent.name == "adapters":
+        results, rid = path.parent.parent, path.name
+    else:
+        results, rid = Path(results_dir or compose().run.results_dir), target
+    source = previous_result(result_path(results, rid))
+    if source is None:
+        raise EvaluateError(f"{result_path(results, rid)}: no result file for run {rid!r}",
+                            "pass a run id from results/runs/ (or its folder under results/adapters/) and run.results_dir")
+    if source["status"] != "finished":
+        raise EvaluateError(f"run {rid} is {source['status']} (phase {source['failure'].get('phase')}); only a finished "
+                            "run's adapter is re-scored", "run the cell again with harness.run")
+    adapter = results / "adapters" / rid
+    if not (adapter / methods.SAVED_METHOD_FILE).is_file():
+        raise EvaluateError(f"{adapter}: no saved adapter for run {rid}", "the run had run.save_adapter=false: train it again")
+    return source, results, adapter
+
+
+def evaluation_config(config: dict, overrides: list[str], results: Path) -> DictConfig:
+    """The run's config with `protocol=<name>` (the group, composed for the run's task) and `key=value` fields."""
+    cfg = OmegaConf.create(copy.deepcopy(config))
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise ConfigError(f"{override!r}: overrides are key=value")
+        if key == "protocol":
+            cfg.protocol = compose([f"task={cfg.task.name}", f"protocol={value}"]).protocol
+        else:
+            OmegaConf.update(cfg, key.lstrip("+"), yaml.safe_load(value) if value else None, force_add=True)
+    cfg.run.results_dir = str(results)
+    return cfg
+
+
+def evaluate(target: str, overrides: list[str], results_dir: str | None = None) -> Result:
+    """Scores the run's adapter with its config changed by `overrides`; writes and returns the result."""
+    source, results, adapter = locate(target, results_dir)
+    cfg = evaluation_config(source["run"]["config"], overrides, results)
+    # the id harness.run gives this cell: the config as asked for (before a budget solved the knob)
+    requested = evaluation_config(source["run"].get("requested_config") or source["run"]["config"], overrides, results)
+    rid = run_id(requested)
+    benchmark = benchmarks.get(cfg.task.name)
+    scorer = benchmark.scorer(cfg.protocol.name)
+
+    placement = decide(cfg.model, cfg.training, methods.get(cfg.method.name).trains_all_weights)
+    distributed.start(cpu=placement.device == "cpu")
+    lock = RunLock(runs_dir(results), rid, stale_after_s=float(cfg.run.lock_stale_seconds))
+    if not distributed.on_main(lock.acquire):
+        raise EvaluateError(f"run {rid} is running elsewhere ({lock.holder()})", "wait for it, then score again")
+    try:
+        from harness.run import score_model, seed_everything, write_predictions
+
+        test_sets = {} if scorer.reads_own_test_data else benchmark.test_sets(cfg.task)
+        seed_everything(cfg.seed)  # random-weight models are rebuilt from the run's seed, as it built them
+        base, processor = models.load(cfg.model, benchmark.model_head(cfg.task), placement)
+        model = methods.load(base.to(placement.device), adapter)
+        model.to(placement.device)
+        metrics, predictions, merged, seconds = score_model(model, processor, test_sets, cfg)
+        record: Result = copy.deepcopy(source)
+        record["run"].update(id=rid, protocol=cfg.protocol.name, config=resolved(cfg),
+                             ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        if "requested_config" in record["run"]:
+            record["run"]["requested_config"] = resolved(requested)
+        record["eval"] = {"merged": merged, "seconds": round(seconds, 2),
+                          "examples": sum(m["n"] for m in metrics.values()), "metrics": metrics}
+        record["evaluated_from"] = {"run_id": source["run"]["id"], "adapter": str(adapter.resolve()),
+                                    "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if distributed.is_main():
+            out = result_path(results, rid)
+            write_predictions(out.with_suffix(".predictions.jsonl"), predictions)
+            write_result(out, record)
+            print(f"[harness] wrote {out} (scored {source['run']['id']} with {cfg.protocol.name})", flush=True)
+        return record
+    finally:
+        if distributed.is_main():
+            lock.release()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    targets = [a for a in args if "=" not in a]
+    if len(targets) != 1:
+        print("usage: python -m harness.evaluate <run id | results/adapters/<run id>> [protocol=<name>] [key=value ...]",
+              file=sys.stderr)
+        raise SystemExit(2)
+    overrides = [a for a in args if "=" in a]
+    results_dir = next((a.split("=", 1)[1] for a in overrides if a.startswith("run.results_dir=")), None)
+    with cli_errors():
+        evaluate(targets[0], [o for o in overrides if not o.startswith("run.results_dir=")], results_dir)
+
+
+if __name__ == "__main__":
+    main()
