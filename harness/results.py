@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import subprocess
 import tempfile
 from importlib import metadata
@@ -234,4 +235,20 @@ def environment() -> dict[str, Any]:
     from harness.envlock import lock_status
 
     env["lock"] = lock_status()  # which requirements lock, its sha256, and whether the installed versions match
+    env["host"] = socket.gethostname()
+    env["scheduler"] = scheduler()
     return env
+
+
+def scheduler() -> dict | None:
+    """The Slurm job (and array task) or submitit job the run ran in, if any (harness.submit)."""
+    if os.environ.get("SLURM_JOB_ID"):
+        return {"kind": "slurm", "job_id": os.environ["SLURM_JOB_ID"],
+                "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+                "array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+                "restarts": os.environ.get("SLURM_RESTART_COUNT")}
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        return {"kind": f"submitit-{os.environ['SUBMITIT_EXECUTOR']}", "job_id": submitit.JobEnvironment().job_id}
+    return None

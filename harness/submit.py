@@ -1,0 +1,145 @@
+"""Submits an experiment's unfinished cells as one job array and returns (or waits, then writes the table).
+
+    python -m harness.submit experiment=table1 launcher=slurm launcher.partition=gpu      # returns at once
+    python -m harness.submit experiment=table1 launcher=local --wait                      # this machine
+    python -m harness.submit experiment=table1 launcher=slurm --dry-run                   # what would go
+
+Cells that are finished or running (a live lock) are left out; missing, failed, diverged and stale-locked ones
+are submitted, `launcher.cells_per_task` per array task. Each task runs its cells as `harness.run` does
+(`run_cell`: the lock, the result file, a failure record), so a sweep can be submitted again at any time and
+completes the grid with every cell run once. A task that Slurm preempts or times out is requeued and reruns
+its cell from the start (the lock lets the requeued task take over its own cell); the harness does not save
+mid-training checkpoints, so size `launcher.timeout_min` for a whole cell.
+
+submitit directly rather than hydra-submitit-launcher: that launcher submits every point of a multirun and
+blocks until all end (hydra #2479), with no way to leave out finished or running cells; here the harness picks
+the cells and returns after submitting.
+
+`launcher.processes_per_cell: N` runs each cell on N processes (Slurm tasks of one node, one GPU each), DDP as
+`torchrun` would (harness.distributed); submitit exports the ranks and the rendezvous address.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import experiment_cells, with_profile
+from harness.errors import ConfigError, cli_errors
+from harness.status import cell_state, format_states
+
+PENDING = ("missing", "failed", "diverged", "stale lock", "unknown")
+
+
+class CellTask:
+    """One array task: runs its cells one after another. Checkpointable: on preemption or timeout submitit
+    requeues it with the same cells (finished ones are then reused, the interrupted one rerun)."""
+
+    def __init__(self, cells: list[DictConfig]):
+        self.cells = cells
+
+    def __call__(self) -> list[dict]:
+        import os
+
+        import torch
+
+        from harness.run import run_cell
+
+        if int(self.cells[0].launcher.processes_per_cell) > 1:  # a cell on N processes: rank / world from submitit
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        torch.set_num_threads(int(os.environ.get("HARNESS_THREADS", torch.get_num_threads())))
+        outcomes = [run_cell(cfg) for cfg in self.cells]
+        return [{"run_id": o.run_id, "status": o.status, "error": o.error} for o in outcomes]
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(CellTask(self.cells))
+
+
+def executor_for(launcher: DictConfig):
+    import submitit
+
+    if launcher.cluster not in ("local", "slurm"):
+        raise ConfigError(f"launcher.cluster={launcher.cluster!r}: use local or slurm")
+    folder = Path(str(launcher.folder)) / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster=str(launcher.cluster))
+    processes = int(launcher.processes_per_cell)
+    params = {"timeout_min": int(launcher.timeout_min), "tasks_per_node": processes, "nodes": 1,
+              "cpus_per_task": int(launcher.cpus_per_task), "name": "harness"}
+    if launcher.cluster == "slurm":
+        params.update(slurm_array_parallelism=int(launcher.array_parallelism),
+                      gpus_per_node=int(launcher.gpus_per_node) or None,
+                      slurm_partition=launcher.partition, slurm_account=launcher.account, slurm_qos=launcher.qos,
+                      mem_gb=launcher.mem_gb)
+    else:  # (submitit's local executor starts every task at once: array_parallelism is Slurm's)
+        params.update(gpus_per_node=int(launcher.gpus_per_node))
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return executor
+
+
+def chunks(cells: list, size: int) -> list[list]:
+    if size < 1:
+        raise ConfigError(f"launcher.cells_per_task={size}: at least 1")
+    return [cells[i:i + size] for i in range(0, len(cells), size)]
+
+
+def submit(overrides: list[str], dry_run: bool = False, wait: bool = False) -> dict:
+    """Submits the cells to run; returns {"states", "submitted" (run ids), "jobs"}."""
+    base, cells = experiment_cells(overrides)
+    states = [cell_state(cfg) for cfg in cells]
+    todo = [(cfg, s) for cfg, s in zip(cells, states) if s["state"] in PENDING]
+    print(format_states(base, states))
+    launcher = base.launcher
+    tasks = chunks([cfg for cfg, _ in todo], int(launcher.cells_per_task))
+    print(f"[harness] {len(todo)} of {len(cells)} cells to run, as {len(tasks)} array task(s) on launcher "
+          f"{launcher.name} ({OmegaConf.to_container(launcher, resolve=True)})", flush=True)
+    if dry_run or not tasks:
+        return {"states": states, "submitted": [s["run_id"] for _, s in todo] if not dry_run else [], "jobs": []}
+    executor = executor_for(launcher)
+    with executor.batch():
+        jobs = [executor.submit(CellTask(task)) for task in tasks]
+    ids = [job.job_id for job in jobs]
+    array = ids[0].split("_")[0]
+    print(f"[harness] submitted job {array} ({len(jobs)} task(s)); follow with `python -m harness.status "
+          f"experiment={base.experiment_name}`" + (f", `squeue -j {array}`" if launcher.cluster == "slurm" else "")
+          + f"; logs under {Path(str(launcher.folder)) / array}*", flush=True)
+    if wait:
+        for job in jobs:
+            for outcome in job.results()[0]:
+                print(f"[harness] {outcome['run_id']}: {outcome['status']}"
+                      + (f" ({outcome['error']})" if outcome["error"] else ""), flush=True)
+        write_table_when_done(base, cells)
+    return {"states": states, "submitted": [s["run_id"] for _, s in todo], "jobs": ids}
+
+
+def write_table_when_done(base: DictConfig, cells: list[DictConfig]) -> None:
+    from harness.tables import make_table
+
+    left = [s for s in (cell_state(cfg) for cfg in cells) if s["state"] != "finished"]
+    if left:
+        print(f"[harness] {len(left)} cell(s) not finished ({', '.join(sorted({s['state'] for s in left}))}): "
+              "no table yet; submit again to run them", flush=True)
+        return
+    paths = make_table(base, cells)
+    print(paths[0].read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    dry_run, wait = "--dry-run" in args, "--wait" in args
+    overrides = with_profile([a for a in args if a not in ("--dry-run", "--wait")])
+    start = time.perf_counter()
+    with cli_errors():
+        submit(overrides, dry_run=dry_run, wait=wait)
+    if wait:
+        print(f"[harness] finished in {time.perf_counter() - start:.0f}s wall time", flush=True)
+
+
+if __name__ == "__main__":
+    main()

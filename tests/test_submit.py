@@ -1,0 +1,45 @@
+"""`harness.submit` through submitit's local executor (real processes, no Slurm): the unfinished cells of a tiny
+experiment as an array, run in parallel, the same results and table as a serial reproduction."""
+
+import json
+
+import pytest
+
+from harness.results import load_df
+from harness.submit import main, submit
+
+pytestmark = pytest.mark.slow
+
+TINY = ["experiment=table1", "profile=mini", "model=tiny-llama", "method.r=4", "task.train_subset=8",
+        "task.val_set_size=0", "task.test_subset=2", "training.micro_batch_size=4", "training.batch_size=4",
+        "training.max_steps=1", "training.warmup_steps=0", "training.select_best=false", "protocol.max_new_tokens=4",
+        "run.progress=false"]
+
+
+def scores(results) -> dict:
+    frame = load_df(results)
+    return {(row.run_id, row.dataset): row.accuracy for row in frame.itertuples()}
+
+
+def test_local_array_runs_the_missing_cells_in_parallel_as_a_serial_run_does(tmp_path, capsys):
+    from harness.reproduce import main as reproduce
+
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    reproduce(TINY + [f"run.results_dir={serial}"])
+    capsys.readouterr()
+    dry = submit(TINY + [f"run.results_dir={parallel}", "launcher=local", "launcher.cells_per_task=2"], dry_run=True)
+    assert dry["jobs"] == [] and not (parallel / "runs").exists()
+    out = submit(TINY + [f"run.results_dir={parallel}", "launcher=local", "launcher.cells_per_task=2"], wait=True)
+    assert len(out["jobs"]) == 3 and len(out["submitted"]) == 5  # 5 cells, 2 per task
+    assert "| model" in capsys.readouterr().out  # the table, once every cell finished
+    assert scores(parallel) == scores(serial) and len(scores(serial)) == 5 * 5
+    for path in (serial / "runs").glob("*.predictions.jsonl"):
+        assert (parallel / "runs" / path.name).read_text() == path.read_text()
+    results = [json.loads(p.read_text()) for p in (parallel / "runs").glob("*.json")]
+    schedulers = {r["run"]["environment"]["scheduler"]["job_id"] for r in results}
+    assert len(schedulers) == 3 and all(r["run"]["environment"]["scheduler"]["kind"] == "submitit-local" for r in results)
+    # submitted again: nothing left to run
+    again = submit(TINY + [f"run.results_dir={parallel}", "launcher=local"])
+    assert again["submitted"] == [] and again["jobs"] == []
+    main(TINY + [f"run.results_dir={parallel}", "--dry-run"])
+    assert "0 of 5 cells to run" in capsys.readouterr().out
