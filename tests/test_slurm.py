@@ -1,0 +1,78 @@
+"""`harness.submit` on a real Slurm (Debian's slurm-wlm, one node on localhost, started by tools/local_slurm.sh):
+a tiny experiment as a job array gives the serial run's results and table; a job killed mid-cell and
+submitted again completes the grid with every cell run once. Skipped where Slurm cannot be started."""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from harness.config import PROJECT_ROOT
+from harness.results import load_df
+from harness.status import cell_states
+from harness.submit import submit
+
+pytestmark = pytest.mark.slow
+
+TINY = ["experiment=table1", "profile=mini", "model=tiny-llama", "method.r=4", "task.train_subset=8",
+        "task.val_set_size=0", "task.test_subset=2", "training.micro_batch_size=4", "training.batch_size=4",
+        "training.max_steps=1", "training.warmup_steps=0", "training.select_best=false", "protocol.max_new_tokens=4",
+        "run.progress=false", "launcher=slurm", "launcher.partition=debug", "launcher.gpus_per_node=0",
+        "launcher.cpus_per_task=1", "launcher.mem_gb=null", "launcher.timeout_min=15"]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    proc = subprocess.run([str(PROJECT_ROOT / "tools" / "local_slurm.sh"), "start"], capture_output=True, text=True,
+                          timeout=120)
+    if proc.returncode != 0:
+        pytest.skip(f"no local Slurm: {proc.stderr.strip() or proc.stdout.strip()}")
+    conf = proc.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+
+
+def scores(results) -> dict:
+    return {(row.run_id, row.dataset): row.accuracy for row in load_df(results).itertuples()}
+
+
+def test_a_slurm_array_gives_the_serial_runs_results(slurm, tmp_path, capsys):
+    from harness.reproduce import main as reproduce
+
+    reproduce([o for o in TINY if not o.startswith("launcher")] + [f"run.results_dir={tmp_path / 'serial'}"])
+    out = submit(TINY + [f"run.results_dir={tmp_path / 'slurm'}"], wait=True)
+    assert len(out["jobs"]) == 5 and all(job.split("_")[0] == out["jobs"][0].split("_")[0] for job in out["jobs"])
+    assert scores(tmp_path / "slurm") == scores(tmp_path / "serial") and len(scores(tmp_path / "serial")) == 25
+    results = [json.loads(p.read_text()) for p in (tmp_path / "slurm" / "runs").glob("*.json")]
+    tasks = sorted(r["run"]["environment"]["scheduler"]["array_task_id"] for r in results)
+    assert tasks == ["0", "1", "2", "3", "4"] and all(r["run"]["environment"]["scheduler"]["kind"] == "slurm" for r in results)
+    assert "| model" in capsys.readouterr().out
+
+
+def test_a_killed_job_submitted_again_completes_the_grid_once(slurm, tmp_path, monkeypatch):
+    overrides = TINY + [f"run.results_dir={tmp_path}"]
+    monkeypatch.setenv("HARNESS_PAUSE_AT", "train")  # every cell stops in training (sbatch exports the environment)
+    first = submit(overrides)
+    array = first["jobs"][0].split("_")[0]
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(s["state"] == "running" for s in cell_states(overrides)[1]):
+        time.sleep(1)
+    assert any(s["state"] == "running" for s in cell_states(overrides)[1])
+    subprocess.run(["scancel", "--signal=KILL", array], check=True)  # killed mid-cell: no requeue, locks left
+    deadline = time.time() + 60
+    while time.time() < deadline and subprocess.run(["squeue", "-h", "-j", array], capture_output=True, text=True).stdout.strip():
+        time.sleep(1)
+    assert not any((tmp_path / "runs").glob("*.json"))  # nothing finished
+    monkeypatch.delenv("HARNESS_PAUSE_AT")
+    again = submit(overrides, wait=True)
+    assert len(again["submitted"]) == 5  # the killed cells' locks are stale: every cell runs again
+    states = cell_states(overrides)[1]
+    assert [s["state"] for s in states] == ["finished"] * 5
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 5
