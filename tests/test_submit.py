@@ -43,3 +43,14 @@ def test_local_array_runs_the_missing_cells_in_parallel_as_a_serial_run_does(tmp
     assert again["submitted"] == [] and again["jobs"] == []
     main(TINY + [f"run.results_dir={parallel}", "--dry-run"])
     assert "0 of 5 cells to run" in capsys.readouterr().out
+
+
+def test_a_task_runs_its_cells_on_two_processes(tmp_path):
+    """`launcher.processes_per_cell=2`: the array task's two processes run each cell together (DDP over gloo,
+    ranks from submitit), one result per cell."""
+    overrides = [o if o != "training.micro_batch_size=4" else "training.micro_batch_size=2" for o in TINY]
+    out = submit(overrides + [f"run.results_dir={tmp_path}", "launcher=local", "launcher.processes_per_cell=2",
+                              "launcher.cells_per_task=5"], wait=True)
+    assert len(out["jobs"]) == 1
+    results = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert len(results) == 5 and all(r["train"]["processes"] == 2 and r["status"] == "finished" for r in results)
