@@ -46,14 +46,20 @@ from harness.train import DivergedError, RunContext, TrainingData, train
 
 PHASES = ("data", "load", "method", "train", "eval", "write")
 # HARNESS_PAUSE_AT=<phase> (or "result": after the adapter and predictions, before the result file) stops the
-# run there for an hour: the kill tests interrupt a run at a known point with it.
+# run there for an hour (or while HARNESS_PAUSE_FILE exists): the kill and requeue tests interrupt a run at a
+# known point with it.
 PAUSE_ENV = "HARNESS_PAUSE_AT"
 
 
 def pause_point(name: str) -> None:
+    """Stops here for an hour when HARNESS_PAUSE_AT names this point, or, with HARNESS_PAUSE_FILE, while that
+    file exists (a test lets the run go on by deleting it)."""
     if os.environ.get(PAUSE_ENV) == name:
         print(f"[harness] paused at {name} ({PAUSE_ENV})", flush=True)
-        time.sleep(3600)
+        flag = os.environ.get("HARNESS_PAUSE_FILE")
+        deadline = time.time() + 3600
+        while time.time() < deadline and (flag is None or os.path.exists(flag)):
+            time.sleep(0.5)
 
 
 def seed_everything(seed: int) -> None:

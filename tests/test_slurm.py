@@ -76,3 +76,32 @@ def test_a_killed_job_submitted_again_completes_the_grid_once(slurm, tmp_path, m
     states = cell_states(overrides)[1]
     assert [s["state"] for s in states] == ["finished"] * 5
     assert len(list((tmp_path / "runs").glob("*.json"))) == 5
+
+
+def test_a_preempted_task_is_requeued_and_finishes_its_cells(slurm, tmp_path, monkeypatch):
+    """Slurm's warning signal before preemption or the time limit (USR2, as submitit asks for): submitit
+    requeues the task, which runs its cells again from the start and finishes them."""
+    overrides = TINY + [f"run.results_dir={tmp_path}", "launcher.cells_per_task=5"]
+    flag = tmp_path / "pause"
+    flag.touch()
+    monkeypatch.setenv("HARNESS_PAUSE_AT", "train")
+    monkeypatch.setenv("HARNESS_PAUSE_FILE", str(flag))  # paused while it exists
+    job = submit(overrides)["jobs"][0]
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(s["state"] == "running" for s in cell_states(overrides)[1]):
+        time.sleep(1)
+    assert any(s["state"] == "running" for s in cell_states(overrides)[1])
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and "1" not in subprocess.run(
+            ["scontrol", "show", "job", job], capture_output=True, text=True).stdout.split("Restarts=")[-1][:1]:
+        time.sleep(1)
+    # (Slurm holds a requeued job back for a while before it may start again: let it start now)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+    flag.unlink()  # the requeued task goes on
+    deadline = time.time() + 300
+    while time.time() < deadline and not all(s["state"] == "finished" for s in cell_states(overrides)[1]):
+        time.sleep(2)
+    results = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert len(results) == 5 and all(r["status"] == "finished" for r in results)
+    assert {r["run"]["environment"]["scheduler"]["restarts"] for r in results} == {"1"}
