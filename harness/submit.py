@@ -3,13 +3,15 @@
     python -m harness.submit experiment=table1 launcher=slurm launcher.partition=gpu      # returns at once
     python -m harness.submit experiment=table1 launcher=local --wait                      # this machine
     python -m harness.submit experiment=table1 launcher=slurm --dry-run                   # what would go
+    python -m harness.submit experiment=table1 launcher=slurm --evaluate protocol=lmeval  # a second protocol
 
 Cells that are finished or running (a live lock) are left out; missing, failed, diverged and stale-locked ones
 are submitted, `launcher.cells_per_task` per array task. Each task runs its cells as `harness.run` does
 (`run_cell`: the lock, the result file, a failure record), so a sweep can be submitted again at any time and
 completes the grid with every cell run once. A task that Slurm preempts or times out is requeued and reruns
 its cell from the start (the lock lets the requeued task take over its own cell); the harness does not save
-mid-training checkpoints, so size `launcher.timeout_min` for a whole cell.
+mid-training checkpoints, so size `launcher.timeout_min` for a whole cell. `--evaluate <overrides>` scores
+the trained runs with another protocol or protocol settings (harness.evaluate) as array tasks: no training.
 
 submitit directly rather than hydra-submitit-launcher: that launcher submits every point of a multirun and
 blocks until all end (hydra #2479), with no way to leave out finished or running cells; here the harness picks
@@ -62,6 +64,35 @@ class CellTask:
         return submitit.helpers.DelayedSubmission(CellTask(self.cells))
 
 
+class EvaluationTask(CellTask):
+    """One array task that scores trained runs again (harness.evaluate) instead of training: a second protocol."""
+
+    def __init__(self, cells: list[DictConfig], sources: list[str], overrides: list[str]):
+        super().__init__(cells)
+        self.sources, self.overrides = sources, overrides
+
+    def __call__(self) -> list[dict]:
+        from harness.evaluate import evaluate
+
+        if int(self.cells[0].launcher.processes_per_cell) > 1:
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        out = []
+        for cfg, source in zip(self.cells, self.sources):
+            try:
+                record = evaluate(source, self.overrides, str(cfg.run.results_dir))
+                out.append({"run_id": record["run"]["id"], "status": "finished", "error": None})
+            except Exception as exc:  # the next cell is still scored; the error is reported
+                out.append({"run_id": source, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        return out
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(EvaluationTask(self.cells, self.sources, self.overrides))
+
+
 def executor_for(launcher: DictConfig):
     import submitit
 
@@ -89,13 +120,32 @@ def chunks(cells: list, size: int) -> list[list]:
     return [cells[i:i + size] for i in range(0, len(cells), size)]
 
 
-def submit(overrides: list[str], dry_run: bool = False, wait: bool = False) -> dict:
-    """Submits the cells to run; returns {"states", "submitted" (run ids), "jobs"}."""
-    base, cells = experiment_cells(overrides)
+def evaluation_sources(overrides: list[str], cells: list[DictConfig]) -> list[str | None]:
+    """For each cell, the run id of the same cell as trained (the overrides without the evaluation's), when it
+    is finished; else None."""
+    _, trained = experiment_cells(overrides)
+    if len(trained) != len(cells):
+        raise ConfigError("--evaluate: the evaluation's overrides change the experiment's grid")
+    return [s["run_id"] if s["state"] == "finished" else None for s in (cell_state(cfg) for cfg in trained)]
+
+
+def submit(overrides: list[str], dry_run: bool = False, wait: bool = False,
+           evaluate: list[str] | None = None) -> dict:
+    """Submits the cells to run; returns {"states", "submitted" (run ids), "jobs"}. `evaluate`: overrides of a
+    second protocol (`protocol=lmeval`, `protocol.num_beams=1`): the cells are not trained but the trained runs
+    of `overrides` are scored with them, as harness.evaluate does."""
+    base, cells = experiment_cells(overrides + list(evaluate or []))
     states = [cell_state(cfg) for cfg in cells]
     todo = [(cfg, s) for cfg, s in zip(cells, states) if s["state"] in PENDING]
     print(format_states(base, states))
     launcher = base.launcher
+    if evaluate is not None:
+        sources = dict(zip([s["run_id"] for s in states], evaluation_sources(overrides, cells)))
+        untrained = [s["run_id"] for _, s in todo if sources[s["run_id"]] is None]
+        if untrained:
+            print(f"[harness] {len(untrained)} cell(s) have no finished trained run to score: left out (submit "
+                  "without --evaluate first)", flush=True)
+        todo = [(cfg, s) for cfg, s in todo if sources[s["run_id"]] is not None]
     tasks = chunks([cfg for cfg, _ in todo], int(launcher.cells_per_task))
     print(f"[harness] {len(todo)} of {len(cells)} cells to run, as {len(tasks)} array task(s) on launcher "
           f"{launcher.name} ({OmegaConf.to_container(launcher, resolve=True)})", flush=True)
@@ -103,7 +153,12 @@ def submit(overrides: list[str], dry_run: bool = False, wait: bool = False) -> d
         return {"states": states, "submitted": [s["run_id"] for _, s in todo] if not dry_run else [], "jobs": []}
     executor = executor_for(launcher)
     with executor.batch():
-        jobs = [executor.submit(CellTask(task)) for task in tasks]
+        if evaluate is not None:
+            rid = {id(cfg): s["run_id"] for cfg, s in todo}
+            jobs = [executor.submit(EvaluationTask(task, [sources[rid[id(cfg)]] for cfg in task], list(evaluate)))
+                    for task in tasks]
+        else:
+            jobs = [executor.submit(CellTask(task)) for task in tasks]
     ids = [job.job_id for job in jobs]
     array = ids[0].split("_")[0]
     print(f"[harness] submitted job {array} ({len(jobs)} task(s)); follow with `python -m harness.status "
@@ -133,10 +188,14 @@ def write_table_when_done(base: DictConfig, cells: list[DictConfig]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     dry_run, wait = "--dry-run" in args, "--wait" in args
-    overrides = with_profile([a for a in args if a not in ("--dry-run", "--wait")])
+    args = [a for a in args if a not in ("--dry-run", "--wait")]
+    evaluate = None
+    if "--evaluate" in args:  # what follows it: the second protocol's overrides
+        at = args.index("--evaluate")
+        args, evaluate = args[:at], args[at + 1:]
     start = time.perf_counter()
     with cli_errors():
-        submit(overrides, dry_run=dry_run, wait=wait)
+        submit(with_profile(args), dry_run=dry_run, wait=wait, evaluate=evaluate)
     if wait:
         print(f"[harness] finished in {time.perf_counter() - start:.0f}s wall time", flush=True)
 

@@ -38,6 +38,14 @@ def test_local_array_runs_the_missing_cells_in_parallel_as_a_serial_run_does(tmp
     results = [json.loads(p.read_text()) for p in (parallel / "runs").glob("*.json")]
     schedulers = {r["run"]["environment"]["scheduler"]["job_id"] for r in results}
     assert len(schedulers) == 3 and all(r["run"]["environment"]["scheduler"]["kind"] == "submitit-local" for r in results)
+    # a second protocol setting scored from the trained runs as array tasks, without training
+    scored = submit(TINY + [f"run.results_dir={parallel}", "launcher=local"], wait=True, evaluate=["protocol.num_beams=2"])
+    assert len(scored["submitted"]) == 5
+    rescored = [json.loads(p.read_text()) for p in (parallel / "runs").glob("*.json")]
+    rescored = [r for r in rescored if r.get("evaluated_from")]
+    assert len(rescored) == 5 and all(r["run"]["config"]["protocol"]["num_beams"] == 2 for r in rescored)
+    trained = {r["run"]["id"]: r for r in results}
+    assert all(r["train"] == trained[r["evaluated_from"]["run_id"]]["train"] for r in rescored)
     # submitted again: nothing left to run
     again = submit(TINY + [f"run.results_dir={parallel}", "launcher=local"])
     assert again["submitted"] == [] and again["jobs"] == []
