@@ -44,19 +44,22 @@ class CellTask:
         self.cells = cells
 
     def __call__(self) -> list[dict]:
+        from harness.run import run_cell
+
+        self.prepare_process()
+        outcomes = [run_cell(cfg) for cfg in self.cells]
+        return [{"run_id": o.run_id, "status": o.status, "error": o.error} for o in outcomes]
+
+    def prepare_process(self) -> None:
         import os
 
         import torch
-
-        from harness.run import run_cell
 
         if int(self.cells[0].launcher.processes_per_cell) > 1:  # a cell on N processes: rank / world from submitit
             import submitit
 
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         torch.set_num_threads(int(os.environ.get("HARNESS_THREADS", torch.get_num_threads())))
-        outcomes = [run_cell(cfg) for cfg in self.cells]
-        return [{"run_id": o.run_id, "status": o.status, "error": o.error} for o in outcomes]
 
     def checkpoint(self):
         import submitit
@@ -74,10 +77,7 @@ class EvaluationTask(CellTask):
     def __call__(self) -> list[dict]:
         from harness.evaluate import evaluate
 
-        if int(self.cells[0].launcher.processes_per_cell) > 1:
-            import submitit
-
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        self.prepare_process()
         out = []
         for cfg, source in zip(self.cells, self.sources):
             try:

@@ -195,15 +195,14 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
         raise ConfigError(f"training.batch_size={batch_size} is not a multiple of training.micro_batch_size={micro}"
                           + (f" x {processes} processes" if processes > 1 else ""))
     accumulation = batch_size // (micro * processes)
-    trackers = "wandb" if logging.get("wandb") else None
+    trackers = "wandb" if logging.get("wandb") and distributed.is_main() else None  # (one run: the main process logs)
     # accelerate keeps one process-wide state and refuses another mixed precision later in the same process (a
     # reproduction whose cells differ in training.precision): the run's own setting is put in place of the last.
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=placement.compute, gradient_accumulation_steps=accumulation,
-                              log_with=trackers if distributed.is_main() else None, cpu=placement.device == "cpu")
-    trackers = trackers if distributed.is_main() else None
+                              log_with=trackers, cpu=placement.device == "cpu")
     if trackers:
         accelerator.init_trackers(logging.get("wandb_project", "peft-harness"), config=dict(training),
                                   init_kwargs={"wandb": {"mode": logging.get("wandb_mode", "offline"), "name": run_name}})
@@ -237,8 +236,8 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
             raise ConfigError("training.select_best needs held-out records and training.eval_steps",
                               "set task.val_set_size (LLM-Adapters: 120) and training.eval_steps (80)")
         selection = BestCheckpoint(on_disk=method.trains_all_weights)
-    # the held-out loss is a mean over examples of padded batches, whatever the training batching; each process
-    # takes its shard (not accelerate's, which repeats examples to even the shards out)
+    # the held-out loss (padded batches, whatever the training batching) is a mean over the held-out tokens; each
+    # process takes its shard (not accelerate's, which repeats examples to even the shards out)
     val_loader = (make_loader(distributed.shard(val_examples), tokenizer, micro, shuffle=False, seed=seed,
                               collator=collator) if val_examples else None)
 
@@ -251,7 +250,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
 
     model.train()
     step, losses, step_times = 0, [], []
-    bar = tqdm(total=total_steps, desc=f"train {run_name}", disable=not progress)
+    bar = tqdm(total=total_steps, desc=f"train {run_name}", disable=not (progress and distributed.is_main()))
     start = time.perf_counter()
     step_start = start
     window_loss = 0.0
