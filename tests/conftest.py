@@ -54,3 +54,16 @@ def tiny_model(tiny_cfg, tokenizer):
 def inputs(tokenizer):
     return tokenizer(["The answer to the question is", "Below is an instruction that describes a task"],
                      return_tensors="pt", padding=True)
+
+
+@pytest.fixture(scope="session")
+def serial_tiny_table1(tmp_path_factory) -> Path:
+    """The results folder of one serial reproduction of tests/grids.py's tiny Table 1 (run once per session:
+    the submission tests compare their arrays with it)."""
+    from grids import TINY_TABLE1
+
+    from harness.reproduce import main as reproduce
+
+    results = tmp_path_factory.mktemp("serial_tiny_table1")
+    reproduce(TINY_TABLE1 + [f"run.results_dir={results}"])
+    return results

@@ -13,14 +13,12 @@ from harness.config import PROJECT_ROOT
 from harness.results import load_df
 from harness.status import cell_states
 from harness.submit import submit
+from grids import TINY_TABLE1  # tests/grids.py
 
 pytestmark = pytest.mark.slow
 
-TINY = ["experiment=table1", "profile=mini", "model=tiny-llama", "method.r=4", "task.train_subset=8",
-        "task.val_set_size=0", "task.test_subset=2", "training.micro_batch_size=4", "training.batch_size=4",
-        "training.max_steps=1", "training.warmup_steps=0", "training.select_best=false", "protocol.max_new_tokens=4",
-        "run.progress=false", "launcher=slurm", "launcher.partition=debug", "launcher.gpus_per_node=0",
-        "launcher.cpus_per_task=1", "launcher.mem_gb=null", "launcher.timeout_min=15"]
+TINY = TINY_TABLE1 + ["launcher=slurm", "launcher.partition=debug", "launcher.gpus_per_node=0",
+                      "launcher.cpus_per_task=1", "launcher.mem_gb=null", "launcher.timeout_min=15"]
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +41,10 @@ def scores(results) -> dict:
     return {(row.run_id, row.dataset): row.accuracy for row in load_df(results).itertuples()}
 
 
-def test_a_slurm_array_gives_the_serial_runs_results(slurm, tmp_path, capsys):
-    from harness.reproduce import main as reproduce
-
-    reproduce([o for o in TINY if not o.startswith("launcher")] + [f"run.results_dir={tmp_path / 'serial'}"])
+def test_a_slurm_array_gives_the_serial_runs_results(slurm, serial_tiny_table1, tmp_path, capsys):
     out = submit(TINY + [f"run.results_dir={tmp_path / 'slurm'}"], wait=True)
     assert len(out["jobs"]) == 5 and all(job.split("_")[0] == out["jobs"][0].split("_")[0] for job in out["jobs"])
-    assert scores(tmp_path / "slurm") == scores(tmp_path / "serial") and len(scores(tmp_path / "serial")) == 25
+    assert scores(tmp_path / "slurm") == scores(serial_tiny_table1) and len(scores(serial_tiny_table1)) == 25
     results = [json.loads(p.read_text()) for p in (tmp_path / "slurm" / "runs").glob("*.json")]
     tasks = sorted(r["run"]["environment"]["scheduler"]["array_task_id"] for r in results)
     assert tasks == ["0", "1", "2", "3", "4"] and all(r["run"]["environment"]["scheduler"]["kind"] == "slurm" for r in results)

@@ -9,13 +9,11 @@ from harness.results import runs_dir, write_result
 from harness.run import failure_record, run_cell
 from harness.runlock import RunLock
 from harness.status import cell_states, format_states, main
+from grids import TINY_TABLE1  # tests/grids.py
 
 pytestmark = pytest.mark.slow
 
-TINY = ["experiment=table1", "profile=mini", "model=tiny-llama", "method.r=4", "task.train_subset=8",
-        "task.val_set_size=0", "task.test_subset=2", "training.micro_batch_size=4", "training.batch_size=4",
-        "training.max_steps=1", "training.warmup_steps=0", "training.select_best=false", "protocol.max_new_tokens=4",
-        "run.progress=false"]
+TINY = TINY_TABLE1
 
 
 def test_status_shows_finished_running_failed_and_missing_cells(tmp_path, capsys):

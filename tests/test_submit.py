@@ -7,13 +7,11 @@ import pytest
 
 from harness.results import load_df
 from harness.submit import main, submit
+from grids import TINY_TABLE1  # tests/grids.py
 
 pytestmark = pytest.mark.slow
 
-TINY = ["experiment=table1", "profile=mini", "model=tiny-llama", "method.r=4", "task.train_subset=8",
-        "task.val_set_size=0", "task.test_subset=2", "training.micro_batch_size=4", "training.batch_size=4",
-        "training.max_steps=1", "training.warmup_steps=0", "training.select_best=false", "protocol.max_new_tokens=4",
-        "run.progress=false"]
+TINY = TINY_TABLE1
 
 
 def scores(results) -> dict:
@@ -21,11 +19,8 @@ def scores(results) -> dict:
     return {(row.run_id, row.dataset): row.accuracy for row in frame.itertuples()}
 
 
-def test_local_array_runs_the_missing_cells_in_parallel_as_a_serial_run_does(tmp_path, capsys):
-    from harness.reproduce import main as reproduce
-
-    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
-    reproduce(TINY + [f"run.results_dir={serial}"])
+def test_local_array_runs_the_missing_cells_in_parallel_as_a_serial_run_does(serial_tiny_table1, tmp_path, capsys):
+    serial, parallel = serial_tiny_table1, tmp_path / "parallel"
     capsys.readouterr()
     dry = submit(TINY + [f"run.results_dir={parallel}", "launcher=local", "launcher.cells_per_task=2"], dry_run=True)
     assert dry["jobs"] == [] and not (parallel / "runs").exists()
