@@ -99,10 +99,15 @@ def gather(obj: Any) -> list:
     return out
 
 
+def _collective_device() -> str:
+    """Where a collective's tensors must be: NCCL takes CUDA tensors, gloo CPU ones."""
+    return "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+
+
 def sum_over_processes(values: list[float]) -> list[float]:
     if not active():
         return list(values)
-    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    device = _collective_device()
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(tensor)
     return tensor.tolist()
@@ -114,7 +119,7 @@ def broadcast_model(model) -> None:
     that read the weights ran on the main process only: PiSSA also rewrites the base weights)."""
     if not active():
         return
-    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    device = _collective_device()
     for tensor in list(model.parameters()) + list(model.buffers()):
         if tensor.device.type == "meta":
             continue

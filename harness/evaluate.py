@@ -91,7 +91,6 @@ def evaluate(target: str, overrides: list[str], results_dir: str | None = None) 
         seed_everything(cfg.seed)  # random-weight models are rebuilt from the run's seed, as it built them
         base, processor = models.load(cfg.model, benchmark.model_head(cfg.task), placement)
         model = methods.load(base.to(placement.device), adapter)
-        model.to(placement.device)
         metrics, predictions, merged, seconds = score_model(model, processor, test_sets, cfg)
         record: Result = copy.deepcopy(source)
         record["run"].update(id=rid, protocol=cfg.protocol.name, config=resolved(cfg),
