@@ -18,7 +18,7 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 # Keys that say where things go or how they are shown, not what is computed: they stay out of the run hash so
 # that a result is found again from another checkout, data location or results folder.
 NON_SEMANTIC_KEYS = ("run", "logging", "data_dir", "grid", "grid_cross", "profile_overrides", "table", "experiment_name",
-                     "profile", "launcher")
+                     "profile", "launcher", "sharding")
 # Where the data and weights are: replaced in the run hash by what they hold (`inputs`, harness.provenance).
 LOCATION_TASK_KEYS = ("data_dir", "train_file", "test_files", "paper_train_file")
 NON_SEMANTIC_TASK_KEYS = (*LOCATION_TASK_KEYS, "missing_ok")

@@ -180,7 +180,8 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
                         benchmark.collator(tokenizer, cfg.task))
     per_epoch = _epoch_scorer(scorer, tokenizer, test_sets, cfg) if cfg.protocol.get("report") == "best_epoch" else None
     trained = train(model, methods.method_of(model), data, cfg.training,
-                    RunContext(cfg.seed, rid, progress, cfg.logging, placement, per_epoch))
+                    RunContext(cfg.seed, rid, progress, cfg.logging, placement, per_epoch,
+                               cfg.get("sharding")))
     model = trained["model"]
     # Counted after training: a method may add parameters before its first step (RoSA's sparse part).
     # A task's head (GLUE's classifier) trains with every method but is not the adapter's: counted apart.

@@ -6,7 +6,8 @@ Every `training.eval_steps` optimizer steps the loss on the held-out records is 
 (adapter weights, a head, RoSA's sparse values: whatever has requires_grad) with the lowest one is kept and
 restored when training ends. As HF Trainer, only those steps are candidates (a last step that is not a multiple
 of eval_steps is not). An adapter's state is small and kept in memory on the CPU; a fully fine-tuned model's is
-its whole weights, kept on disk (`HARNESS_CHECKPOINT_DIR`, else the system's temporary folder).
+its whole weights, kept on disk (`HARNESS_CHECKPOINT_DIR`, else the system's temporary folder). Under sharded
+training (sharding=fsdp2) each process keeps and restores its own shard.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class BestCheckpoint:
         if not loss < self.loss:
             return False
         self.step, self.loss = step, loss
-        state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        state = {n: _local(p).detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
         if self.on_disk:
             if self._dir is None:
                 self._dir = Path(tempfile.mkdtemp(prefix="harness-best-", dir=os.environ.get("HARNESS_CHECKPOINT_DIR")))
@@ -51,7 +52,7 @@ class BestCheckpoint:
         state = torch.load(self._dir / "best.pt") if self.on_disk else self._state
         for name, p in model.named_parameters():
             if name in state:
-                p.copy_(state[name].to(p.device, p.dtype))
+                _local(p).copy_(state[name].to(p.device, p.dtype))
         self.close()
 
     def close(self) -> None:
@@ -59,3 +60,11 @@ class BestCheckpoint:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _local(parameter: torch.Tensor) -> torch.Tensor:
+    """This process's part of a parameter: its shard under sharded training (a DTensor), else all of it. Each
+    process keeps and restores its own part, so selection needs no collective."""
+    from torch.distributed.tensor import DTensor
+
+    return parameter.to_local() if isinstance(parameter, DTensor) else parameter

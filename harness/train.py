@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from harness.batching import batching_of, check_packing, language_model_collator, token_counts
-from harness import distributed
+from harness import distributed, sharding
 from harness.errors import ConfigError, DataError
 from harness.placement import Placement, decide
 from harness.selection import BestCheckpoint
@@ -65,6 +65,7 @@ class RunContext:
     # called with (model, epoch) after every epoch (a protocol that reports the best epoch scores there); what it
     # returns is kept in the statistics' `epochs`
     on_epoch_end: Callable[[Any, int], Any] | None = None
+    sharding: Mapping | None = None      # conf/sharding: none, or fsdp2 (harness.sharding) on several processes
 
 
 def make_loader(examples: list[dict], tokenizer, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
@@ -149,19 +150,27 @@ def warmup_steps(training: Mapping, total_steps: int) -> int:
 
 
 @torch.no_grad()
-def mean_loss(model, loader, device=None) -> float:
+def mean_loss(model, loader, device=None, lockstep: bool = False) -> float:
     """The held-out loss: the mean over every supervised token (over every example, for a classifier) of the
-    held-out examples, whichever batches they are in, so that N processes' shards give one process's number."""
+    held-out examples, whichever batches they are in, so that N processes' shards give one process's number.
+    `lockstep` (sharded weights, whose every forward is a collective): a process with fewer batches than another
+    repeats a forward whose loss it does not count, so every process runs as many."""
     device = device or next(model.parameters()).device
     model.eval()
     total, count = 0.0, 0
-    for batch in loader:
+    batches = list(loader)
+    rounds = max(distributed.gather(len(batches))) if lockstep else len(batches)
+    for i in range(rounds):
+        counted = i < len(batches)
+        batch = batches[i if counted else -1]
         labels = batch["labels"]
         # the batch's loss is a mean over its targets: token labels shifted by one, or one label per example
         size = int((labels[:, 1:] != -100).sum()) if labels.dim() == 2 else labels.shape[0]
-        if size:
-            total += model(**{k: v.to(device) for k, v in batch.items()}).loss.item() * size
-            count += size
+        if size or lockstep:
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss.item()
+            if size and counted:
+                total += loss * size
+                count += size
     model.train()
     total, count = distributed.sum_over_processes([total, count])
     return total / max(count, 1)
@@ -195,14 +204,24 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
         raise ConfigError(f"training.batch_size={batch_size} is not a multiple of training.micro_batch_size={micro}"
                           + (f" x {processes} processes" if processes > 1 else ""))
     accumulation = batch_size // (micro * processes)
+    sharded = sharding.active(run.sharding)
+    if sharded and run.on_epoch_end is not None:
+        raise ConfigError("sharding=fsdp2 with protocol.report=best_epoch: the per-epoch scoring would run on "
+                          "sharded weights, whose forwards are collective", "use sharding=none (DDP) for this task")
+    if sharded and val_examples and len(val_examples) < processes:
+        raise ConfigError(f"sharding=fsdp2 on {processes} processes needs at least as many held-out records "
+                          f"(task.val_set_size gives {len(val_examples)})")
     trackers = "wandb" if logging.get("wandb") and distributed.is_main() else None  # (one run: the main process logs)
     # accelerate keeps one process-wide state and refuses another mixed precision later in the same process (a
     # reproduction whose cells differ in training.precision): the run's own setting is put in place of the last.
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
+    shard_options = sharding.accelerator_options(run.sharding, placement.compute)
     accelerator = Accelerator(mixed_precision=placement.compute, gradient_accumulation_steps=accumulation,
-                              log_with=trackers, cpu=placement.device == "cpu")
+                              log_with=trackers, cpu=placement.device == "cpu", **shard_options)
+    if sharded:
+        sharding.enable_on_cpu(accelerator, shard_options["fsdp_plugin"])
     if trackers:
         accelerator.init_trackers(logging.get("wandb_project", "peft-harness"), config=dict(training),
                                   init_kwargs={"wandb": {"mode": logging.get("wandb_mode", "offline"), "name": run_name}})
@@ -226,9 +245,11 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     upcast_trainable(model, keep=method.set_trainable_precision(model))
     groups = with_module_lrs(model, method.param_groups(model, dict(training)), training.get("module_lrs"))
     optimizer, scheduler = optimizer_and_schedule(groups, training, total_steps)
+    skeleton = sharding.meta_copy(model) if sharded else None  # what the trained weights are gathered into
     # The schedule is stepped here once per optimizer step: accelerate's wrapper would step it once per process
     # (it assumes the processes' batches add up to a larger one; here they split the recipe's batch).
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    held_share = sharding.held_share(model) if sharded else 1.0  # (1/N when FSDP sharded the weights)
     eval_steps = int(training.get("eval_steps") or 0)
     selection = None
     if training.get("select_best"):
@@ -292,7 +313,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
             window_loss = 0.0
             if selection is not None and step % eval_steps == 0:
                 plain = accelerator.unwrap_model(model)
-                selection.offer(plain, step, mean_loss(plain, val_loader, accelerator.device))
+                selection.offer(plain, step, mean_loss(plain, val_loader, accelerator.device, lockstep=sharded))
             if step >= total_steps:
                 break
         epoch += 1
@@ -320,6 +341,8 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
         "compute": placement.compute,
         "batching": batching,
         "processes": processes,
+        "sharding": "fsdp2" if sharded else "none",
+        "weights_held_per_process": round(held_share, 4),
         "throughput": summary(*[int(n) for n in distributed.sum_over_processes([useful_tokens, computed_tokens])],
                               train_seconds, matrix_parameters(model), method.trains_all_weights,
                               torch.cuda.get_device_name(0) if placement.device == "cuda" else None, processes),
@@ -329,11 +352,15 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     if selection is not None:
         stats.update(selected_step=selection.step, val_loss=selection.loss, val_curve=selection.curve)
     elif val_loader is not None:
-        stats["val_loss"] = mean_loss(accelerator.unwrap_model(model), val_loader, accelerator.device)
+        stats["val_loss"] = mean_loss(accelerator.unwrap_model(model), val_loader, accelerator.device, lockstep=sharded)
         stats["val_curve"] = [{"step": step, "loss": stats["val_loss"]}]
     if trackers:
         accelerator.log({f"final/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}, step=step)
         accelerator.end_training()
     model = accelerator.unwrap_model(model)
+    if sharded:  # the optimizer's sharded moments are freed before the full weights are gathered
+        del optimizer, scheduler
+        accelerator.free_memory()
+        model = sharding.gathered(model, skeleton, accelerator.device)
     model.config.use_cache = True
     return {"model": model, "stats": stats}

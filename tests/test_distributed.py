@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from harness.config import PROJECT_ROOT
+from processes import launch, only_result  # tests/processes.py
 
 pytestmark = pytest.mark.slow
 
@@ -21,26 +22,10 @@ CELL = ["model=tiny-llama", "method=pissa", "method.r=4", "method.dropout=0.0", 
         "protocol.max_new_tokens=6", "run.progress=false"]
 
 
-def launch(processes: int, results, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HARNESS_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "-m"] if processes > 1 else [sys.executable, "-m"]
-    hydra = [f"hydra.run.dir={results / 'hydra'}", f"run.results_dir={results}"]
-    proc = subprocess.run([*launcher, "harness.run", *args, *hydra], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          env=env, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 def test_two_processes_train_select_and_score_as_one(tmp_path):
     launch(1, tmp_path / "one", *CELL)
     launch(2, tmp_path / "two", *CELL)
-    results = {}
-    for name in ("one", "two"):
-        files = sorted((tmp_path / name / "runs").glob("*.json"))
-        assert len(files) == 1, files  # the main process alone writes the result
-        results[name] = json.loads(files[0].read_text())
-        results[name]["predictions"] = files[0].with_suffix(".predictions.jsonl").read_text().splitlines()
-    one, two = results["one"], results["two"]
+    one, two = only_result(tmp_path / "one"), only_result(tmp_path / "two")  # the main process alone writes it
     assert one["run"]["id"] == two["run"]["id"]  # the same cell, however many processes ran it
     assert one["train"]["processes"] == 1 and two["train"]["processes"] == 2
     assert two["train"]["loss_curve"] == pytest.approx(one["train"]["loss_curve"], rel=1e-4)
