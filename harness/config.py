@@ -18,7 +18,7 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 # Keys that say where things go or how they are shown, not what is computed: they stay out of the run hash so
 # that a result is found again from another checkout, data location or results folder.
 NON_SEMANTIC_KEYS = ("run", "logging", "data_dir", "grid", "grid_cross", "profile_overrides", "table", "experiment_name",
-                     "profile", "launcher", "sharding")
+                     "profile", "launcher", "sharding", "seeds")
 # Where the data and weights are: replaced in the run hash by what they hold (`inputs`, harness.provenance).
 LOCATION_TASK_KEYS = ("data_dir", "train_file", "test_files", "paper_train_file")
 NON_SEMANTIC_TASK_KEYS = (*LOCATION_TASK_KEYS, "missing_ok")
@@ -167,4 +167,7 @@ def experiment_cells(overrides: Iterable[str]) -> tuple[DictConfig, list[DictCon
     common = list((base.get("profile_overrides") or {}).get(profile) or [])
     # `grid_cross`: every cell once per entry (GLUE: every method on every task), cell-major order
     cross = list((base.get("grid_cross") or {}).get(profile) or [[]])
-    return base, [compose(list(cell) + list(extra) + common + overrides) for cell in base.grid[profile] for extra in cross]
+    # `seeds`: every cell once per seed, seed-minor (the paper profile: 42, 43, 44; else the cell's own `seed`)
+    seeds = [[f"seed={int(s)}"] for s in base.seeds] if base.get("seeds") else [[]]
+    return base, [compose(list(cell) + list(extra) + common + overrides + seed)
+                  for cell in base.grid[profile] for extra in cross for seed in seeds]

@@ -35,6 +35,27 @@ def result_path(results_dir: str | Path, run_id: str) -> Path:
     return runs_dir(results_dir) / f"{run_id}.json"
 
 
+def predictions_path(results_dir: str | Path, run_id: str) -> Path:
+    return runs_dir(results_dir) / f"{run_id}.predictions.jsonl"
+
+
+def read_predictions(results_dir: str | Path, run_id: str) -> dict[str, list[dict]]:
+    """A run's prediction rows by test set, in each set's order ({} when the run wrote none: lm-eval); a
+    damaged line is a ResultFileError naming the file and the line."""
+    path = predictions_path(results_dir, run_id)
+    if not path.is_file():
+        return {}
+    out: dict[str, list[dict]] = {}
+    with path.open() as f:
+        for number, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+                out.setdefault(row["dataset"], []).append(row)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ResultFileError(f"{path}: line {number} is not a prediction row") from None
+    return out
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a result."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -172,3 +172,14 @@ def test_run_ids_say_what_they_are():
     assert run_id(compose(["task=gsm8k", "protocol=math_greedy", "task.datasets=[gsm8k,MATH]"])).startswith("math-gsm8k+MATH-smollm2-135m-")
     assert run_id(compose(["task=glue", "protocol=glue_dev", "task.dataset=cola", "model=tiny-bert"])).startswith("glue-cola-tiny-bert-")
     assert run_id(compose([])).startswith("commonsense-smollm2-135m-lora-")  # eight sets: the benchmark's name
+
+
+def test_seeds_repeat_every_cell_once_per_seed_and_the_paper_profile_runs_three():
+    _, one = experiment_cells(["experiment=table1", "profile=mini"])
+    _, two = experiment_cells(["experiment=table1", "profile=mini", "seeds=[42,7]"])
+    assert len(two) == 2 * len(one)
+    assert [c.seed for c in two[:2]] == [42, 7] and two[0].method.name == two[1].method.name
+    assert run_id(two[0]) == run_id(one[0])  # seed 42 is the cell it was: `seeds` is not part of the run id
+    assert run_id(two[1]) != run_id(two[0])
+    _, paper = experiment_cells(["experiment=table1", "profile=paper"])
+    assert [c.seed for c in paper[:3]] == [42, 43, 44]

@@ -14,6 +14,7 @@ from harness.config import experiment_cells, with_profile
 from harness.errors import ConfigError
 from harness.tables import budget, datasets
 from harness.tables.common import collect, published, short_namer, write
+from harness.tables.evidence import Evidence
 
 LAYOUTS = ("datasets", "budget")
 
@@ -35,16 +36,20 @@ def make_table(base, cells) -> list[Path]:
     paper = published(table.published)
     description = profile_description(base)
     short = short_namer(base.task.name)
+    shown = None
     if layout == "datasets":
-        df = datasets.build(runs, names, paper, table.get("reference_model"), short)
-        text = datasets.caption(table.title, runs, description, names, table.get("reference_model"), table.get("note"), short)
+        evidence = Evidence(base.run.results_dir, runs, table.get("reference_method") or "lora")
+        df = datasets.build(runs, names, paper, table.get("reference_model"), short, evidence)
+        shown = datasets.shown(df, [short(d) for d in names])
+        text = datasets.caption(table.title, runs, description, names, table.get("reference_model"), table.get("note"),
+                                short, evidence_shown=True)
     elif layout == "budget":
         fractions, labels = [float(f) for f in table.budget_fractions], list(table.budget_labels)
         df = budget.build(runs, names, paper, fractions, labels, short)
         text = budget.caption(table.title, runs, description, names, paper, fractions, labels, table.get("note"), short)
     else:
         raise ConfigError(f"table.layout={layout!r} in experiment {base.experiment_name}: use one of {LAYOUTS}")
-    paths = write(df, text, Path(base.run.results_dir) / "tables", base.experiment_name)
+    paths = write(df, text, Path(base.run.results_dir) / "tables", base.experiment_name, shown)
     print(f"[harness] {runs.run_id.nunique()} runs -> {', '.join(str(p) for p in paths)}", flush=True)
     return paths
 

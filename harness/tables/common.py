@@ -89,16 +89,24 @@ def _cell(column: str, value, signed: bool) -> str:
     return str(value)
 
 
-def write(df: pd.DataFrame, text: str, out_dir: Path, name: str) -> list[Path]:
-    """<name>.md (caption + table), .csv (the numbers) and .tex. Rows labelled "Δ..." and columns named
-    "Δ..." show signed numbers."""
+def write(df: pd.DataFrame, text: str, out_dir: Path, name: str, shown: pd.DataFrame | None = None) -> list[Path]:
+    """<name>.md (caption + table), .csv (the numbers) and .tex. `shown`: the md / tex rows as text (a layout's
+    own rendering, fewer rows than the csv's); else `df` formatted, rows labelled "Δ..." and columns named "Δ..."
+    signed."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    shown = df.copy().astype(object)
-    delta_rows = [str(r).startswith("Δ") for r in shown["row"]] if "row" in shown else [False] * len(shown)
-    for col in shown.columns:
-        shown[col] = [_cell(col, v, s or str(col).startswith("Δ")) for v, s in zip(shown[col], delta_rows)]
+    if shown is None:
+        shown = df.copy().astype(object)
+        delta_rows = [str(r).startswith("Δ") for r in shown["row"]] if "row" in shown else [False] * len(shown)
+        for col in shown.columns:
+            shown[col] = [_cell(col, v, s or str(col).startswith("Δ")) for v, s in zip(shown[col], delta_rows)]
     paths = [out_dir / f"{name}.md", out_dir / f"{name}.csv", out_dir / f"{name}.tex"]
     paths[0].write_text(f"{text}\n\n{shown.to_markdown(index=False, disable_numparse=True)}\n")
     df.to_csv(paths[1], index=False, float_format="%.2f")
-    paths[2].write_text(shown.to_latex(index=False, caption=text, label=f"tab:{name}", escape=True))
+    # (LaTeX without extra packages has no ✓ / ✗ / ±)
+    latex = shown.replace({"✓": "(in)", "✗": "(out)", "±": "+/-"}, regex=True)
+    paths[2].write_text(latex.to_latex(index=False, caption=_latex_text(text), label=f"tab:{name}", escape=True))
     return paths
+
+
+def _latex_text(text: str) -> str:
+    return text.replace("✓", "(in)").replace("✗", "(out)").replace("±", "+/-")
