@@ -17,7 +17,7 @@ LOCK_cuda = requirements/lock-cuda.txt
 LOCK_FILE = $(if $(filter none,$(LOCK)),,$(or $(LOCK_$(LOCK)),$(LOCK)))
 PIN = $(if $(LOCK_FILE),-c $(LOCK_FILE))
 
-.PHONY: setup setup-latest lock system-packages fashion-mnist test test-fast reproduce-table1 table1 reproduce-table2 table2 reproduce-table3 table3 reproduce-table4 table4 sweep-budget table-sweep-budget clean-results $(addprefix status-,$(TABLES)) status-sweep-budget $(addprefix submit-,$(TABLES)) submit-sweep-budget
+.PHONY: setup setup-latest lock system-packages fashion-mnist test test-fast report reproduce-table1 table1 reproduce-table2 table2 reproduce-table3 table3 reproduce-table4 table4 sweep-budget table-sweep-budget clean-results $(addprefix status-,$(TABLES)) status-sweep-budget $(addprefix submit-,$(TABLES)) submit-sweep-budget
 
 setup:
 	@if [ -n "$(LOCK_FILE)" ] && [ ! -f "$(LOCK_FILE)" ]; then echo "setup: no lock $(LOCK_FILE) (LOCK=$(LOCK))"; exit 1; fi
@@ -52,7 +52,7 @@ lock:
 # Fashion-MNIST (the image mini profile's data, dataset-fashion-mnist) and a one-node Slurm for harness.submit's
 # tests (slurm-wlm, munge; tools/local_slurm.sh starts it). Never fatal: without them the image runs name the
 # package and stop, and the tests that need them are skipped with their reason.
-APT_PACKAGES := dataset-fashion-mnist slurm-wlm munge
+APT_PACKAGES := dataset-fashion-mnist slurm-wlm munge chromium  # chromium: the report's browser test
 system-packages:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then echo "setup: Debian packages present ($(APT_PACKAGES))"; \
@@ -74,6 +74,11 @@ test:
 
 test-fast:
 	$(PY) -m pytest -q -m "not slow"
+
+# A static HTML report of every experiment's results (tables with intervals, plots, provenance, a per-example
+# browser): results/report/index.html, opens from disk. `make report ARGS="experiment=table1 profile=mini"`.
+report:
+	$(PY) -m harness.report $(ARGS)
 
 # The experiments of conf/experiment/: `make reproduce-<name>` runs its grid (paper profile on CUDA, mini
 # otherwise) and writes results/tables/<name>.*; `make <name>` rebuilds that table from the result files

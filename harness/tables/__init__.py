@@ -8,12 +8,15 @@ rebuilds a table from the result files already written, without running anything
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from harness.config import experiment_cells, with_profile
 from harness.errors import ConfigError
 from harness.tables import budget, datasets
-from harness.tables.common import collect, published, short_namer, write
+from harness.tables.common import collect, formatted, published, short_namer, write
 from harness.tables.evidence import Evidence
 
 LAYOUTS = ("datasets", "budget")
@@ -24,11 +27,22 @@ def profile_description(base) -> str:
     return (base.table.get("profile_descriptions") or {}).get(base.profile.name) or base.profile.description
 
 
-def make_table(base, cells) -> list[Path]:
+@dataclass
+class TableFrames:
+    """An experiment's table: the numbers (the csv's rows), the rows shown in md / tex / html as text, the
+    caption, the results' frame it was built from and the run ids that have no result yet."""
+
+    numbers: pd.DataFrame
+    shown: pd.DataFrame
+    caption: str
+    runs: pd.DataFrame
+    absent: list[str]
+    evidence: Evidence
+
+
+def table_frames(base, cells) -> TableFrames:
     """Builds the table of an experiment (`base`) from the result files of its grid cells."""
     runs, absent = collect(base.run.results_dir, cells)
-    if absent:
-        print(f"[harness] {len(absent)} of {len(cells)} runs have no result yet: {', '.join(absent)}", flush=True)
     table = base.table
     layout = table.get("layout", "datasets")
     # the columns: the profile's own where its data differ (image mini: Fashion-MNIST, digits), else the task's
@@ -36,21 +50,31 @@ def make_table(base, cells) -> list[Path]:
     paper = published(table.published)
     description = profile_description(base)
     short = short_namer(base.task.name)
-    shown = None
+    evidence = Evidence(base.run.results_dir, runs, table.get("reference_method") or "lora")
     if layout == "datasets":
-        evidence = Evidence(base.run.results_dir, runs, table.get("reference_method") or "lora")
         df = datasets.build(runs, names, paper, table.get("reference_model"), short, evidence)
         shown = datasets.shown(df, [short(d) for d in names])
         text = datasets.caption(table.title, runs, description, names, table.get("reference_model"), table.get("note"),
                                 short, evidence_shown=True)
     elif layout == "budget":
         fractions, labels = [float(f) for f in table.budget_fractions], list(table.budget_labels)
-        df = budget.build(runs, names, paper, fractions, labels, short)
+        df = budget.build(runs, names, paper, fractions, labels, short, evidence)
+        shown = formatted(df)
         text = budget.caption(table.title, runs, description, names, paper, fractions, labels, table.get("note"), short)
     else:
         raise ConfigError(f"table.layout={layout!r} in experiment {base.experiment_name}: use one of {LAYOUTS}")
-    paths = write(df, text, Path(base.run.results_dir) / "tables", base.experiment_name, shown)
-    print(f"[harness] {runs.run_id.nunique()} runs -> {', '.join(str(p) for p in paths)}", flush=True)
+    return TableFrames(df, shown, text, runs, absent, evidence)
+
+
+def make_table(base, cells) -> list[Path]:
+    """Writes the table of an experiment (`base`) from the result files of its grid cells: md, csv, tex."""
+    frames = table_frames(base, cells)
+    if frames.absent:
+        print(f"[harness] {len(frames.absent)} of {len(cells)} runs have no result yet: {', '.join(frames.absent)}",
+              flush=True)
+    paths = write(frames.numbers, frames.caption, Path(base.run.results_dir) / "tables", base.experiment_name,
+                  frames.shown)
+    print(f"[harness] {frames.runs.run_id.nunique()} runs -> {', '.join(str(p) for p in paths)}", flush=True)
     return paths
 
 

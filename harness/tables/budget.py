@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from harness.methods import display
+from harness.statistics import interval
 from harness.tables.common import FAILED, missing, params_text, protocol_description, recipe_sources, sizes_of_test_sets
 
 FULL = "-"  # the budget label of full fine-tuning, as in the paper's table
@@ -33,8 +34,9 @@ def budget_group(run, fractions: Sequence[float], labels: Sequence[str]) -> str:
 
 
 def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, fractions: Sequence[float],
-          labels: Sequence[str], short=str) -> pd.DataFrame:
-    """`df`: the results' frame (harness.results.frame), a row per run and test set."""
+          labels: Sequence[str], short=str, evidence=None) -> pd.DataFrame:
+    """`df`: the results' frame (harness.results.frame), a row per run and test set; `evidence`
+    (harness.tables.evidence): each run's 95% interval per set, as `<set> CI low` / `<set> CI high`."""
     columns = [short(d) for d in datasets]
     paper_rows = {(row["budget"], row["method"]): row for row in paper.get("rows", [])}
     paper_cols = paper.get("columns", datasets)
@@ -53,6 +55,10 @@ def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, fractions: Sequ
             else:
                 ours, params = {c: FAILED for c in columns}, ""
             row = {"budget": label, "method": knob_label(run), "params": params, **ours}
+            for c, d in zip(columns, datasets):
+                found = evidence.set_runs(df[df.run_id == run.run_id], d) if evidence is not None else None
+                bounds = interval([found]) if found is not None else None
+                row[f"{c} CI low"], row[f"{c} CI high"] = bounds if bounds else (None, None)
             published_row = paper_rows.get((label, run.method))
             row["paper method"] = published_row["label"] if published_row else None
             row["paper params"] = params_text(float(published_row["params"])) if published_row else None
@@ -62,7 +68,8 @@ def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, fractions: Sequ
                 row[f"Δ {c}"] = ours[c] - theirs if isinstance(ours[c], float) and theirs is not None else None
             row["step s"] = run.step_s
             rows.append(row)
-    ordered = ["budget", "method", "params", *columns, "paper method", "paper params",
+    ordered = ["budget", "method", "params", *columns, *[f"{c} CI {end}" for c in columns for end in ("low", "high")],
+               "paper method", "paper params",
                *[f"paper {c}" for c in columns], *[f"Δ {c}" for c in columns], "step s"]
     return pd.DataFrame(rows, columns=ordered)
 
@@ -75,7 +82,8 @@ def caption(title: str, df: pd.DataFrame, profile_description: str, datasets: li
             f"Test examples: {sizes}; accuracy in %. Budgets as shares of the base model ({budgets}); each run sits "
             f"in the budget nearest its trainable share, 'params' is its exact trainable count (share). "
             f"Paper columns: {paper.get('model', 'the paper')}, {paper.get('source', 'published numbers')}; "
-            f"'step s' is the mean training step time of our run.")
+            f"'step s' is the mean training step time of our run; '<set> CI low / high': its 95% bootstrap interval "
+            f"over the test examples (harness/statistics.py).")
     if absent:
         text += f" No test data for {', '.join(absent)} ('-')."
     if recipe_sources(df):

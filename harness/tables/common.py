@@ -89,16 +89,21 @@ def _cell(column: str, value, signed: bool) -> str:
     return str(value)
 
 
+def formatted(df: pd.DataFrame) -> pd.DataFrame:
+    """`df`'s numbers as a table's text: one decimal, rows labelled "Δ..." and columns named "Δ..." signed."""
+    shown = df.copy().astype(object)
+    delta_rows = [str(r).startswith("Δ") for r in shown["row"]] if "row" in shown else [False] * len(shown)
+    for col in shown.columns:
+        shown[col] = [_cell(col, v, s or str(col).startswith("Δ")) for v, s in zip(shown[col], delta_rows)]
+    return shown
+
+
 def write(df: pd.DataFrame, text: str, out_dir: Path, name: str, shown: pd.DataFrame | None = None) -> list[Path]:
     """<name>.md (caption + table), .csv (the numbers) and .tex. `shown`: the md / tex rows as text (a layout's
     own rendering, fewer rows than the csv's); else `df` formatted, rows labelled "Δ..." and columns named "Δ..."
     signed."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if shown is None:
-        shown = df.copy().astype(object)
-        delta_rows = [str(r).startswith("Δ") for r in shown["row"]] if "row" in shown else [False] * len(shown)
-        for col in shown.columns:
-            shown[col] = [_cell(col, v, s or str(col).startswith("Δ")) for v, s in zip(shown[col], delta_rows)]
+    shown = formatted(df) if shown is None else shown
     paths = [out_dir / f"{name}.md", out_dir / f"{name}.csv", out_dir / f"{name}.tex"]
     paths[0].write_text(f"{text}\n\n{shown.to_markdown(index=False, disable_numparse=True)}\n")
     df.to_csv(paths[1], index=False, float_format="%.2f")
