@@ -80,6 +80,11 @@ test-fast:
 report:
 	$(PY) -m harness.report $(ARGS)
 
+# Forgetting (MiLoRA Table 8) of an experiment's finished cells, measured on their saved adapters, no retraining:
+# `make forgetting-table2` (WikiText-103 from the hub) or `make forgetting-table2 ARGS="text=pydoc_topics"` offline.
+forgetting-%:
+	$(PY) -m harness.forgetting experiment=$* $(ARGS)
+
 # The experiments of conf/experiment/: `make reproduce-<name>` runs its grid (paper profile on CUDA, mini
 # otherwise) and writes results/tables/<name>.*; `make <name>` rebuilds that table from the result files
 # already in results/runs, without running anything.

@@ -68,3 +68,9 @@ def test_a_paper_row_shows_its_stored_average_not_one_recomputed():
     df = build(frame([result]), ["gsm8k", "MATH"], published("table2"), "LLaMA2-7B")
     paper = df[df.row.str.startswith("paper")].iloc[0]
     assert paper["Avg"] == 43.2 and df[df.row.str.startswith("Δ")].iloc[0]["Avg"] == pytest.approx(40.0 - 43.2)
+
+
+def test_forgetting_rows_match_milora_table8_in_the_spec(spec):
+    line = spec.split("Table 8, forgetting loss", 1)[1].split("\n- ", 1)[0]
+    values = dict(re.findall(r"(LoRA|PiSSA|MiLoRA) (\d+\.\d+)", line))
+    assert published("forgetting")["rows"]["LLaMA2-7B"] == {METHODS[m]: float(v) for m, v in values.items()}

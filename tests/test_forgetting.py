@@ -1,0 +1,84 @@
+"""Forgetting (harness.forgetting): MiLoRA's cross-entropy against the base model's next-token distribution and
+peft's gold-token loss, measured on a saved adapter without retraining, on the offline text CPython ships."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from harness import forgetting as forgetting_lib
+from harness.config import compose
+from harness.models import load_model, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = compose(["model=tiny-llama"])
+    tokenizer = load_tokenizer(cfg.model)
+    torch.manual_seed(0)
+    return load_model(cfg.model, tokenizer), tokenizer, cfg
+
+
+def test_the_offline_text_is_the_python_reference_manual_and_windows_cover_it(tiny):
+    _, tokenizer, _ = tiny
+    text = forgetting_lib.load_text("pydoc_topics")
+    assert "lambda" in text and len(text) > 100_000
+    windows = forgetting_lib.token_windows(tokenizer, text, window=64, max_tokens=1000)
+    assert sum(len(w) for w in windows) == 1000 and max(len(w) for w in windows) == 64
+
+
+def test_an_unchanged_model_forgets_nothing_beyond_the_entropy_of_the_base(tiny):
+    model, tokenizer, _ = tiny
+    windows = forgetting_lib.token_windows(tokenizer, forgetting_lib.load_text("pydoc_topics"), 32, 256)
+    same = forgetting_lib.measure(model, model, windows, "cpu")
+    # against itself: the cross-entropy is the base distribution's entropy, the gold losses are equal
+    assert same["gold_ce"] == pytest.approx(same["base_gold_ce"])
+    logits = model(input_ids=windows[0].unsqueeze(0)).logits[0, :-1]
+    entropy = float(-(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1).mean())
+    assert same["tokens"] == 256 - len(windows)  # the last position of each window has no next token
+    assert same["forgetting_ce"] == pytest.approx(entropy, rel=0.05)
+    # a moved model's cross-entropy against the base is higher: Gibbs' inequality
+    moved = load_model(tiny[2].model, tokenizer)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    apart = forgetting_lib.measure(model, moved, windows, "cpu")
+    assert apart["forgetting_ce"] > same["forgetting_ce"] and apart["base_gold_ce"] == pytest.approx(same["base_gold_ce"])
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_measured_without_retraining_against_a_freshly_loaded_base(serial_tiny_table1):
+    from harness.results import runs_dir
+
+    pissa = next(p for p in runs_dir(serial_tiny_table1).glob("*-pissa-*.json") if p.name.count(".") == 1)
+    rid = pissa.stem
+    before = pissa.read_text()
+    record = forgetting_lib.forgetting(rid, "pydoc_topics", tokens=300, window=100, results_dir=str(serial_tiny_table1))
+    assert pissa.read_text() == before  # the run's result is untouched; nothing trained
+    written = json.loads(forgetting_lib.forgetting_path(serial_tiny_table1, rid, "pydoc_topics").read_text())
+    assert written == record and written["tokens"] == 297 and written["method"] == "pissa"
+    assert all(math.isfinite(written[k]) for k in ("forgetting_ce", "gold_ce", "base_gold_ce"))
+    # PiSSA rewrites the base weights: the adapted model with its adapter off (peft #3419's pitfall) is not the base
+    from harness import methods, models
+    from harness.evaluate import evaluation_config, locate
+    from harness.placement import decide
+    from harness.run import seed_everything
+
+    source, results, adapter = locate(rid, str(serial_tiny_table1))
+    cfg = evaluation_config(source["run"]["config"], [], results)
+    seed_everything(cfg.seed)
+    base, tokenizer = models.load(cfg.model, None, decide(cfg.model, cfg.training, False))
+    adapted = methods.load(base, adapter)
+    windows = forgetting_lib.token_windows(tokenizer, forgetting_lib.load_text("pydoc_topics"), 100, 300)
+    with adapted.disable_adapter():
+        adapter_off = forgetting_lib.measure(adapted, adapted, windows, "cpu")["gold_ce"]
+    assert abs(adapter_off - written["base_gold_ce"]) > 1e-4
+
+
+def test_offline_the_hub_text_fails_fast_naming_what_to_point_at(monkeypatch):
+    from harness.offline import HubUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubUnavailableError, match="Salesforce/wikitext.*text="):
+        forgetting_lib.load_text("wikitext103")
