@@ -18,7 +18,8 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 # Keys that say where things go or how they are shown, not what is computed: they stay out of the run hash so
 # that a result is found again from another checkout, data location or results folder.
 NON_SEMANTIC_KEYS = ("run", "logging", "data_dir", "grid", "grid_cross", "profile_overrides", "table", "experiment_name",
-                     "profile", "launcher", "sharding", "seeds")
+                     "profile", "launcher", "sharding", "seeds", "paper_seeds", "tune_lr",
+                     "lr_point")
 # Where the data and weights are: replaced in the run hash by what they hold (`inputs`, harness.provenance).
 LOCATION_TASK_KEYS = ("data_dir", "train_file", "test_files", "paper_train_file")
 NON_SEMANTIC_TASK_KEYS = (*LOCATION_TASK_KEYS, "missing_ok")
@@ -169,5 +170,39 @@ def experiment_cells(overrides: Iterable[str]) -> tuple[DictConfig, list[DictCon
     cross = list((base.get("grid_cross") or {}).get(profile) or [[]])
     # `seeds`: every cell once per seed, seed-minor (the paper profile: 42, 43, 44; else the cell's own `seed`)
     seeds = [[f"seed={int(s)}"] for s in base.seeds] if base.get("seeds") else [[]]
-    return base, [compose(list(cell) + list(extra) + common + overrides + seed)
-                  for cell in base.grid[profile] for extra in cross for seed in seeds]
+    cells = [list(cell) + list(extra) + common + overrides + seed
+             for cell in base.grid[profile] for extra in cross for seed in seeds]
+    if not (base.get("tune_lr") or {}).get("enabled"):
+        return base, [compose(cell) for cell in cells]
+    return base, lr_search_cells(base, cells)
+
+
+def lr_search_cells(base: DictConfig, cells: list[list[str]]) -> list[DictConfig]:
+    """Each grid cell (its own recipe), then its points of the learning-rate search: `tune_lr.factors` x its lr,
+    with records held out when its recipe has none. A point that is the grid cell itself (factor 1, a held-out
+    split already) is the same run, kept once and marked as both.
+
+    The harness's own grid rather than a Hydra sweeper: reproduce, submit, status and the tables all need every
+    cell of an experiment up front (to check, skip, submit only the missing, and table them), and a sweeper exists
+    only inside one multirun launch."""
+    out: list[DictConfig] = []
+    for cell in cells:
+        own = compose(cell)
+        points = []
+        for factor in base.tune_lr.factors:
+            extra = [f"training.lr={float(own.training.lr) * float(factor):.6g}", f"lr_point.factor={float(factor)}",
+                     "lr_point.paper_recipe=false"]
+            if not own.task.get("val_set_size"):
+                extra.append(f"task.val_set_size={int(base.tune_lr.val_set_size)}")
+            points.append((float(factor), compose(cell + extra)))
+        for factor, point in points:
+            if factor == 1.0 and _same_cell(point, own):
+                own.lr_point.factor = 1.0
+        out.append(own)
+        out.extend(point for factor, point in points if not (factor == 1.0 and _same_cell(point, own)))
+    return out
+
+
+def _same_cell(a: DictConfig, b: DictConfig) -> bool:
+    return json.dumps(semantic_config(a, with_inputs=False), sort_keys=True, default=str) == \
+        json.dumps(semantic_config(b, with_inputs=False), sort_keys=True, default=str)

@@ -179,7 +179,7 @@ def load_results(results_dir: str | Path) -> list[Result]:
 
 FRAME_COLUMNS = ["run_id", "status", "experiment", "profile", "task", "protocol", "model", "paper_model", "method",
                  "protocol_description", "recipe_source", "label", "label_key", "knob", "rank", "seed", "dataset", "accuracy", "n", "metric", "trainable", "total",
-                 "trainable_percent", "head", "budget_fraction", "step_s", "train_s", "tokens_per_s", "padding_share", "mfu", "eval_s", "peak_mb",
+                 "trainable_percent", "head", "budget_fraction", "lr", "val_loss", "step_s", "train_s", "tokens_per_s", "padding_share", "mfu", "eval_s", "peak_mb",
                  "error"]
 
 
@@ -206,6 +206,7 @@ def frame(results: list[Result]) -> "pd.DataFrame":
                 "trainable": params.get("trainable"), "total": params.get("total"),
                 "trainable_percent": params.get("trainable_percent"), "head": params.get("head"),
                 "budget_fraction": (config.get("budget") or {}).get("fraction"),
+                "lr": (config.get("training") or {}).get("lr"), "val_loss": train.get("val_loss"),
                 "step_s": train.get("step_seconds_mean"), "train_s": train.get("train_seconds"),
                 **{column: (train.get("throughput") or {}).get(key) for column, key in
                    (("tokens_per_s", "useful_tokens_per_s"), ("padding_share", "padding_share"), ("mfu", "mfu"))},

@@ -183,3 +183,16 @@ def test_seeds_repeat_every_cell_once_per_seed_and_the_paper_profile_runs_three(
     assert run_id(two[1]) != run_id(two[0])
     _, paper = experiment_cells(["experiment=table1", "profile=paper"])
     assert [c.seed for c in paper[:3]] == [42, 43, 44]
+
+
+def test_a_learning_rate_search_adds_points_around_each_recipe_and_holds_out_records_where_none_are():
+    _, plain = experiment_cells(["experiment=table1", "profile=mini"])
+    _, cells = experiment_cells(["experiment=table1", "profile=mini", "tune_lr.enabled=true", "tune_lr.factors=[0.5,1,2]"])
+    lora = [c for c in cells if c.method.name == "lora"]
+    # the recipe's own cell is also the search's factor-1 point (it holds records out already): one run
+    assert [(c.training.lr, c.lr_point.factor, c.lr_point.paper_recipe) for c in lora] == \
+        [(3e-4, 1.0, True), (1.5e-4, 0.5, False), (6e-4, 2.0, False)]
+    assert run_id(lora[0]) == run_id(next(c for c in plain if c.method.name == "lora"))
+    neat = [c for c in cells if c.method.name == "neat"]  # Neat's recipe has no held-out split: the search adds one
+    assert [(c.lr_point.factor, c.task.val_set_size) for c in neat] == [(None, 0), (0.5, 120), (1.0, 120), (2.0, 120)]
+    assert len({run_id(c) for c in cells}) == len(cells)

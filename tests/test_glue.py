@@ -147,4 +147,7 @@ def test_neat_glue_cells_use_the_scripts_per_task_settings():
             cola_s.training.batch_size) == (0.1, 1e-3, 5e-3, 100, 64)
     assert (rte_l.method.scaling, rte_l.training.module_lrs.classifier, rte_l.training.lr, rte_l.training.epochs,
             rte_l.training.batch_size) == (0.01, 5e-3, 5e-3, 100, 32)
-    assert all(c.seed == 0 and c.training.warmup_ratio == 0.06 for c in cells.values())
+    assert all(c.training.warmup_ratio == 0.06 for c in cells.values())
+    # the scripts' seed 0 first, then the paper profile's other two
+    assert sorted({c.seed for c in experiment_cells(["experiment=table3", "profile=paper"])[1]}) == [0, 1, 2]
+    assert cola_s.seed == 2  # (the dict keeps the last seed's cell)

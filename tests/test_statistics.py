@@ -139,3 +139,20 @@ def test_the_papers_number_is_marked_inside_or_outside_our_interval_for_the_pape
     paper = text[text.row == "paper (LLaMA2-7B)"].iloc[0]
     assert paper["BoolQ"] == "69.8 ✓" and paper["PIQA"] == "79.9 ✗"
     assert math.isnan(marks["Avg"]) or marks["Avg"] in (0.0, 1.0)
+
+
+def test_the_tuned_lr_row_is_the_search_point_with_the_lowest_held_out_loss_not_the_best_test_score():
+    records = []
+    for lr, boolq, val_loss in ((1.5e-4, 90.0, 2.0), (3e-4, 50.0, 1.5), (6e-4, 70.0, 1.0)):
+        record = fake_result("lora", {"boolq": boolq}, seed=42)
+        record.update(run_id=f"x-lora-{lr}", config={"seed": 42, "training": {"lr": lr}})
+        record["train"]["val_loss"] = val_loss
+        records.append(record)
+    df = frame(records)
+    df["lr_factor"] = [{1.5e-4: 0.5, 3e-4: 1.0, 6e-4: 2.0}[lr] for lr in df.lr]
+    df["paper_recipe"] = df.lr == 3e-4
+    table = build(df, ["boolq"], published("table1"), "LLaMA2-7B", SHORT).set_index("row")
+    assert table.loc["ours", "BoolQ"] == 50.0  # the recipe's lr
+    assert table.loc["tuned lr", "BoolQ"] == 70.0 and table.loc["tuned lr", "params"].startswith("lr 6.00e-04 (x2")
+    assert [table.loc[f"lr {lr:.2e}", "BoolQ"] for lr in (1.5e-4, 3e-4, 6e-4)] == [90.0, 50.0, 70.0]  # the csv's grid
+    assert "lr 1.50e-04" not in set(shown(table.reset_index(), ["BoolQ"]).row)

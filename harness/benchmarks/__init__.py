@@ -24,15 +24,23 @@ def register(cls: type[Benchmark]) -> type[Benchmark]:
     return cls
 
 
+_discovered = False
+
+
 def _discover() -> None:
+    """Imports every benchmark package once (a package imported directly before, e.g. by a test, registers
+    itself alone: the registry not being empty does not mean it is complete)."""
+    global _discovered
+    if _discovered:
+        return
     for info in pkgutil.iter_modules(__path__):
         if info.ispkg:
             importlib.import_module(f"{__name__}.{info.name}")
+    _discovered = True
 
 
 def get(name: str) -> Benchmark:
-    if not _BENCHMARKS:
-        _discover()
+    _discover()
     if name not in _BENCHMARKS:
         raise ConfigError(f"task.name={name!r}: no benchmark of that name; known: {sorted(_BENCHMARKS)}",
                           "a benchmark is a package under harness/benchmarks/ with conf/task/<name>.yaml")
@@ -40,8 +48,7 @@ def get(name: str) -> Benchmark:
 
 
 def names() -> list[str]:
-    if not _BENCHMARKS:
-        _discover()
+    _discover()
     return sorted(_BENCHMARKS)
 
 

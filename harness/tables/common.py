@@ -55,15 +55,20 @@ FAILED = "failed"  # what a table shows in the cells of a run that failed or div
 def collect(results_dir: str | Path, cells: Iterable) -> tuple[pd.DataFrame, list[str]]:
     """The results of the grid's cells that have one (found by run id; failed runs included, their cells show
     `failed`) as one frame (`harness.results.frame`), and the ids still missing."""
-    found, absent = [], []
+    found, absent, points = [], [], {}
     for cfg in cells:
         rid = run_id(cfg)
         path = result_path(results_dir, rid)
+        point = cfg.get("lr_point") or {}
+        points[rid] = (point.get("factor"), bool(point.get("paper_recipe", True)))
         if path.is_file():
             found.append(read_result(path))
         else:
             absent.append(rid)
     df = frame(found)
+    # where the cell sits in a learning-rate search (harness.config.lr_search_cells): from the grid, not the file
+    df["lr_factor"] = [points.get(rid, (None, True))[0] for rid in df.run_id]
+    df["paper_recipe"] = [points.get(rid, (None, True))[1] for rid in df.run_id]
     protocols = sorted(set(df["protocol"]))
     if len(protocols) > 1:
         raise ConfigError(f"results mix protocols {protocols}; a table never mixes them")

@@ -42,7 +42,10 @@ def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, reference_model
 
         def add(row: str, values: list, avg=None, **extra):
             rows.append({**base, "row": row, **dict(zip(columns, values)), "Avg": avg, **extra})
-        done = runs[runs.status == "finished"]
+        # a learning-rate search's points (tune_lr) are their own rows; `ours` is the grid's own recipe
+        recipe = runs[runs.paper_recipe.astype(bool)] if "paper_recipe" in runs else runs
+        search = runs[runs.lr_factor.notna() & (runs.status == "finished")] if "lr_factor" in runs else runs.iloc[:0]
+        done = recipe[recipe.status == "finished"]
         ours, bounds = [None] * len(datasets), None
         if len(done):
             per_seed = done.assign(seed=done.seed.fillna(-1)).pivot_table(index="seed", columns="dataset",
@@ -68,6 +71,7 @@ def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, reference_model
                     _add_comparison(add, evidence, done, reference[reference.status == "finished"], datasets)
         else:  # every run of this row failed: its cells say so instead of looking absent
             add("ours", [FAILED] * len(datasets), FAILED)
+        _add_tuned(add, search, datasets)
         paper_model = reference_model if missing(runs.iloc[0].paper_model) else runs.iloc[0].paper_model
         key = runs.iloc[0].label_key
         paper_row = (paper.get("rows", {}).get(paper_model) or {}).get(key)
@@ -89,6 +93,30 @@ def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, reference_model
                 values = [float(row[d]) if d in row and not missing(row[d]) else None for d in datasets]
                 add(f"seed {int(seed)}", values, _avg(values))
     return pd.DataFrame(rows, columns=["model", "method", "row", *columns, "Avg", "params", "step s", "seeds"])
+
+
+def _add_tuned(add, search: pd.DataFrame, datasets: list[str]) -> None:
+    """`tuned lr`: the test scores at the searched lr with the lowest held-out loss (mean over seeds), its lr in
+    `params`; then, for the csv, every lr of the search with its held-out loss and test scores."""
+    if search.lr.nunique() < 2:
+        return
+    per_run = search.drop_duplicates("run_id")
+    val = per_run.groupby("lr")["val_loss"].mean()
+    if val.isna().any():
+        return  # (a point without a held-out loss: nothing to select on)
+    chosen = float(val.idxmin())
+
+    def scores_at(lr: float) -> tuple[list, dict]:
+        at = search[search.lr == lr]
+        means = at.groupby("dataset")["accuracy"].mean()
+        values = [float(means[d]) if d in means else None for d in datasets]
+        return values, {"seeds": int(at.run_id.nunique()), "factor": float(at.lr_factor.iloc[0])}
+    values, info = scores_at(chosen)
+    add("tuned lr", values, _avg(values), params=f"lr {chosen:.2e} (x{info['factor']:g}; val loss {val[chosen]:.4f})",
+        seeds=info["seeds"])
+    for lr in sorted(val.index):
+        values, info = scores_at(lr)
+        add(f"lr {lr:.2e}", values, _avg(values), params=f"x{info['factor']:g}; val loss {val[lr]:.4f}", seeds=info["seeds"])
 
 
 def _add_comparison(add, evidence: Evidence, runs: pd.DataFrame, reference: pd.DataFrame, datasets: list[str]) -> None:
@@ -147,6 +175,8 @@ def shown(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
             elif name.startswith("paper ("):
                 marks = by_row.get("paper within CI", {})
                 out.append({**row, **{c: _number(row[c]) + _mark(marks.get(c)) for c in cells}})
+            elif name == "tuned lr":
+                out.append({**row, **{c: _number(row[c]) for c in cells}})
             elif name == "Δ ours - paper":
                 out.append({**row, **{c: _number(row[c], signed=True) for c in cells}})
     frame = pd.DataFrame(out, columns=df.columns)
@@ -207,6 +237,9 @@ def caption(title: str, df: pd.DataFrame, profile_description: str, datasets: li
         else:
             text += (" The paper's numbers are not marked inside or outside our intervals: these cells are not the "
                      "paper's model at the paper's recipe.")
+    if "lr_factor" in df and df.lr_factor.notna().any():
+        text += (" 'tuned lr': the test scores at the learning rate of the search (the recipe's lr times each of "
+                 "tune_lr.factors) with the lowest held-out loss, never a test score; 'ours' is the recipe's own lr.")
     if (df.status != "finished").any():
         text += " 'failed': every run of that row failed or diverged (its result file says why)."
     if recipe_sources(df):
