@@ -97,14 +97,19 @@ def forgetting_path(results: Path, run_id: str, text: str) -> Path:
 SIZES = {"paper": (100_000, 1024), "mini": (4096, 512)}  # (tokens, window) by profile
 
 
+def sizes(profile: str, tokens: int | None, window: int | None) -> tuple[int, int]:
+    """The tokens and window asked for, else the profile's."""
+    default_tokens, default_window = SIZES.get(profile, SIZES["paper"])
+    return tokens or default_tokens, window or default_window
+
+
 def forgetting(target: str, text: str = "wikitext103", tokens: int | None = None, window: int | None = None,
                results_dir: str | None = None) -> dict:
     """Measures the run's saved adapter against its base model on `text`; writes and returns the record."""
     source, results, adapter = locate(target, results_dir)
     rid = source["run"]["id"]
     cfg = evaluation_config(source["run"]["config"], [], results)
-    default_tokens, default_window = SIZES.get(str(cfg.profile.name), SIZES["paper"])
-    tokens, window = tokens or default_tokens, window or default_window
+    tokens, window = sizes(str(cfg.profile.name), tokens, window)
     if benchmarks.get(cfg.task.name).model_head(cfg.task) is not None:
         raise ConfigError(f"run {rid} trained a {cfg.task.name} classifier: forgetting is measured on language models")
     text_body = load_text(text)  # (before minutes of model loading: an unavailable text fails first)
@@ -155,7 +160,9 @@ def experiment_table(overrides: list[str], text: str, tokens: int | None, window
         if record is None or record["status"] != "finished":
             print(f"[harness] {rid}: no finished result, not measured", flush=True)
             continue
-        found = read_forgetting(results, rid, text) or forgetting(rid, text, tokens, window, str(results))
+        found = read_forgetting(results, rid, text)
+        if not found or (found["max_tokens"], found["window"]) != sizes(str(cfg.profile.name), tokens, window):
+            found = forgetting(rid, text, tokens, window, str(results))  # (none yet, or measured at another size)
         label = display.label(cfg.method.name, dict(cfg.method))
         theirs = (paper["rows"].get(cfg.model.get("paper_name") or paper["reference_model"]) or {}).get(cfg.method.name)
         rows.append({"model": cfg.model.name, "method": label, "seed": cfg.seed, "forgetting CE": found["forgetting_ce"],

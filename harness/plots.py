@@ -79,6 +79,14 @@ def _score_label(df: pd.DataFrame, short) -> str:
     return f"score: mean over {', '.join(short(s) for s in sets)} (%)" if sets else "score (%)"
 
 
+def _log_axes(ax, xlabel: str, ylabel: str) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def params_figure(df: pd.DataFrame, out_dir: Path, stem: str, short=str) -> Figure | None:
     points = scores(df).dropna(subset=["score", "trainable"])
     if not len(points):
@@ -89,11 +97,7 @@ def params_figure(df: pd.DataFrame, out_dir: Path, stem: str, short=str) -> Figu
         ax.scatter(group.trainable, group.score, label=label, s=36)
     front = pareto_front(points)
     ax.step(front.trainable, front.score, where="post", color="black", linewidth=1, linestyle="--", label="Pareto front")
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters")
-    ax.set_ylabel(_score_label(df, short))
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _log_axes(ax, "trainable parameters", _score_label(df, short))
     return _save(fig, out_dir, stem, "params", "Score against trainable parameters (Pareto front dashed)")
 
 
@@ -132,11 +136,7 @@ def budget_figure(df: pd.DataFrame, out_dir: Path, stem: str, evidence, short=st
             lows.append(row.score - bounds[0] if bounds else 0.0)
             highs.append(bounds[1] - row.score if bounds else 0.0)
         ax.errorbar(group.share, group.score, yerr=[lows, highs], marker="o", capsize=3, label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (% of the model)")
-    ax.set_ylabel(_score_label(df, short))
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _log_axes(ax, "trainable parameters (% of the model)", _score_label(df, short))
     return _save(fig, out_dir, stem, "budget", "Score against budget per method, with 95% intervals")
 
 

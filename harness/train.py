@@ -158,11 +158,12 @@ def mean_loss(model, loader, device=None, lockstep: bool = False) -> float:
     device = device or next(model.parameters()).device
     model.eval()
     total, count = 0.0, 0
-    batches = list(loader)
-    rounds = max(distributed.gather(len(batches))) if lockstep else len(batches)
+    own = len(loader)
+    rounds = max(distributed.gather(own)) if lockstep else own
+    batches, batch = iter(loader), None
     for i in range(rounds):
-        counted = i < len(batches)
-        batch = batches[i if counted else -1]
+        counted = i < own
+        batch = next(batches) if counted else batch  # (past its own: the last one again, not counted)
         labels = batch["labels"]
         # the batch's loss is a mean over its targets: token labels shifted by one, or one label per example
         size = int((labels[:, 1:] != -100).sum()) if labels.dim() == 2 else labels.shape[0]

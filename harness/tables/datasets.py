@@ -19,9 +19,6 @@ def _avg(values: list[float | None]) -> float | None:
     return sum(values) / len(values)
 
 
-ROWS_SHOWN = ("ours", "95% CI", "Δ vs ref", "paper", "Δ ours - paper")  # (the md / tex rows; the csv has all)
-
-
 def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, reference_model: str | None, short=str,
           evidence: Evidence | None = None) -> pd.DataFrame:
     """`df`: the results' frame (harness.results.frame); `short`: dataset -> the column name; `evidence`: the

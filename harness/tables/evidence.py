@@ -62,6 +62,8 @@ class Evidence:
 
     def reference_runs(self, model: str) -> pd.DataFrame | None:
         ref = self.df[(self.df.model == model) & (self.df.method == self.reference_method)]
+        if "paper_recipe" in ref:  # (not the points of a learning-rate search)
+            ref = ref[ref.paper_recipe.astype(bool)]
         if not len(ref):
             return None
         first_label = ref.label.iloc[0]  # (one reference row per model: the first of its labels)
