@@ -228,7 +228,7 @@ def score_model(model, processor, test_sets: dict, cfg: DictConfig) -> tuple[dic
     """(metrics, predictions, merged, seconds): the protocol's scores of a trained model, on merged weights when
     the protocol asks and the method merges."""
     scorer = benchmarks.get(cfg.task.name).scorer(cfg.protocol.name)
-    merged = bool(cfg.protocol.merge_before_eval and methods.method_of(model).mergeable)
+    merged = bool(cfg.protocol.merge_before_eval and methods.method_of(model).can_merge(model))
     eval_model = methods.merge(model) if merged else model
     eval_model.eval()
     start = time.perf_counter()

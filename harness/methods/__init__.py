@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from harness.methods import full, linear_probe, lora, milora, neat, rosa  # noqa: F401  (registers the methods)
+from harness.methods import full, linear_probe, lora, milora, neat, peft_tuner, rosa  # noqa: F401  (registers the methods)
 from harness.methods.base import METHOD_ATTR, Method, MethodConfigError
 from harness.methods.registry import get, names
 

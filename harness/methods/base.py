@@ -101,6 +101,10 @@ class Method:
         after `before_training`. Default: none."""
         return set()
 
+    def can_merge(self, model: nn.Module) -> bool:
+        """Whether `merge` folds this adapted model into plain weights (a tuner of peft's may not: prompts)."""
+        return self.mergeable
+
     def merge(self, model: nn.Module) -> nn.Module:
         from peft import PeftModel
 

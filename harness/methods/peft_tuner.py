@@ -1,0 +1,97 @@
+"""Any peft tuner as a method: its type and its config's fields, or an `adapter_config.json` (as peft's
+method_comparison describes its experiments).
+
+    method=peft method.type=IA3 'method.config={target_modules:[k_proj,v_proj,down_proj],feedforward_modules:[down_proj]}'
+    method=peft method.type=LOKR 'method.config={r:8}'
+    method=peft method.config_file=path/to/adapter_config.json
+
+peft builds the tuner (`get_peft_config`, `get_peft_model`), so every tuner peft has is here with its own
+defaults; the harness adds what is common to its methods: the task type from the model, the model's
+`target_modules` when the config names none (for tuners that target modules), a task's new head as
+`modules_to_save`. Counting is `harness.methods.trainable_parameters`, as for every method; merging is peft's
+`merge_and_unload` where the tuner has it (prompt-learning tuners keep their virtual tokens, unmerged); saving
+and loading are peft's `save_pretrained` / `PeftModel.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type
+from harness.methods.registry import register
+
+OPTIONS = {"type", "config", "config_file", "target_modules", "modules_to_save"}
+
+
+def tuner_config(model: nn.Module, options: dict):
+    """The peft config of these options for this model."""
+    from peft import get_peft_config
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    if options.get("config_file"):
+        path = Path(str(options["config_file"]))
+        if not path.is_file():
+            raise MethodConfigError(f"method.config_file={path}: no such file")
+        try:
+            fields = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise MethodConfigError(f"method.config_file={path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        fields = {k: v for k, v in fields.items() if k not in ("base_model_name_or_path", "revision")}
+    else:
+        fields = {**dict(options.get("config") or {}), "peft_type": str(options.get("type") or "").upper()}
+    kind = str(fields.get("peft_type") or "").upper()
+    known = sorted(str(t.value) for t in PEFT_TYPE_TO_CONFIG_MAPPING)
+    if kind not in known:
+        raise MethodConfigError(f"method=peft: type {kind or None!r} is not a peft tuner; peft has {known}")
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING[kind]
+    fields["peft_type"] = kind
+    fields.setdefault("task_type", infer_task_type(model))
+    accepted = set(config_class.__dataclass_fields__)
+    if "target_modules" in accepted and not fields.get("target_modules") and options.get("target_modules") \
+            and not fields.get("target_parameters"):
+        fields["target_modules"] = list(options["target_modules"])
+    if options.get("modules_to_save") and "modules_to_save" in accepted:
+        fields["modules_to_save"] = sorted(set(fields.get("modules_to_save") or []) | set(options["modules_to_save"]))
+    unknown = sorted(set(fields) - accepted)
+    if unknown:
+        raise MethodConfigError(f"method=peft type={kind}: {config_class.__name__} has no field(s) {unknown}")
+    try:
+        return get_peft_config(fields)
+    except (TypeError, ValueError) as exc:
+        raise MethodConfigError(f"method=peft type={kind}: {exc}") from None
+
+
+@register("peft")
+class PeftTuner(Method):
+    label, display_order = "peft", 50
+
+    def apply(self, model, **options):
+        from peft import get_peft_model
+
+        check_options(self.name, options, OPTIONS)
+        config = tuner_config(model, options)
+        try:
+            return get_peft_model(model, config)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise MethodConfigError(f"method=peft type={config.peft_type.value}: {exc}") from None
+
+    def knob_label(self, options):
+        config = dict(options.get("config") or {})
+        for knob in ("r", "n_frequency", "num_virtual_tokens", "boft_block_size", "oft_block_size"):
+            if config.get(knob) is not None:
+                return f"{knob}={config[knob]}"
+        return ""
+
+    def can_merge(self, model) -> bool:
+        from peft import PeftModel
+
+        if not isinstance(model, PeftModel):
+            return False
+        config = model.peft_config[model.active_adapter]
+        return not config.is_prompt_learning and hasattr(model.base_model, "merge_and_unload")
+
+    def merge(self, model):
+        return model.merge_and_unload() if self.can_merge(model) else model
