@@ -91,12 +91,48 @@ def solve(method: Method, shapes: list[tuple[int, int]], options: dict, target: 
                     "relative_error": (predicted - target) / target}
 
 
+def solve_by_counting(name: str, knob: str, count, target: int, total_params: int, largest: int = 1 << 16) -> dict:
+    """The integer knob (>= 1) whose count lands closest to `target`, for a method whose count has no formula
+    here: `count(value)` builds the adapted model (on the meta device) and counts it. The count must grow with the
+    knob; the search doubles the knob until it passes the target (or the tuner refuses a larger one), then
+    bisects. A record as `solve`'s."""
+    low = count(1)
+    high_value, high = 1, low
+    while high < target and high_value < largest:
+        try:
+            next_count = count(high_value * 2)
+        except (ValueError, HarnessError):  # (the tuner refuses a knob this large for these layers)
+            break
+        high_value, high = high_value * 2, next_count
+    if not low <= target <= high:
+        raise BudgetError(f"budget of {target:,} parameters is infeasible for method={name} ({knob}): the feasible "
+                          f"range is {low:,} to {high:,} ({low / total_params:.3%} to {high / total_params:.3%} of the "
+                          f"{total_params:,}-parameter model)")
+    lo, hi = 1, high_value
+    while lo < hi:  # the smallest value whose count reaches the target
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if count(mid) < target else (lo, mid)
+    value = min((max(lo - 1, 1), lo), key=lambda v: (abs(count(v) - target), v))
+    predicted = count(value)
+    return {"target": target, "knob": knob, "value": value, "predicted": predicted,
+            "relative_error": (predicted - target) / target}
+
+
+def with_knob(cfg, record: dict):
+    """A copy of the run config with the solved knob set (a dotted knob, `config.r`, inside the method's own)."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    solved = copy.deepcopy(cfg)
+    OmegaConf.update(solved.method, record["knob"], record["value"], force_add=True)
+    return solved
+
+
 def solved_config(cfg, shapes: list[tuple[int, int]], total_params: int):
     """(a copy of the run config with the method's knob solved from `cfg.budget`, the budget record), or
     (cfg, None) without a budget. Pure: the caller's config, and so its run id, stay as they were; the copy's
     interpolations (LoRA's alpha = 2r) follow the solved knob."""
-    import copy
-
     from omegaconf import OmegaConf
 
     from harness import methods
@@ -108,16 +144,24 @@ def solved_config(cfg, shapes: list[tuple[int, int]], total_params: int):
     options = OmegaConf.to_container(cfg.method, resolve=True)
     options.pop("name"), options.pop("label", None)
     _, record = solve(method, shapes, options, target, total_params)
-    solved = copy.deepcopy(cfg)
-    solved.method[record["knob"]] = record["value"]
-    return solved, record
+    return with_knob(cfg, record), record
 
 
 def solved_for_model(cfg, model: nn.Module, total_params: int):
     """`solved_config` on `model`'s shapes (the real model, or its architecture on the meta device); the shapes are
     read only when the run asks for a budget."""
-    if target_count(cfg.get("budget") or {}, total_params) is None:
+    target = target_count(cfg.get("budget") or {}, total_params)
+    if target is None:
         return cfg, None
+    from omegaconf import OmegaConf
+
+    from harness import methods
+
+    options = OmegaConf.to_container(cfg.method, resolve=True)
+    options.pop("name"), options.pop("label", None)
+    counted = methods.get(cfg.method.name).solve_budget(model, options, target, total_params)
+    if counted is not None:  # a method that counts its adapted model itself (method=peft)
+        return with_knob(cfg, counted), counted
     method = cfg.method
     return solved_config(cfg, linear_shapes(model, method.get("target_modules"), method.get("layers_to_transform")),
                          total_params)

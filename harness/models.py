@@ -12,6 +12,8 @@ Sources:
 
 from __future__ import annotations
 
+import copy
+
 import importlib.util
 import os
 import shutil
@@ -249,3 +251,14 @@ def load(model_cfg: Mapping[str, Any], head: Mapping[str, Any] | None = None, pl
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the model's structure with every parameter and buffer on the meta device (no memory), its tied
+    weights tied: what sharded training gathers its weights into, what a budget is counted on."""
+    memo = {}
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        empty = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = torch.nn.Parameter(empty, requires_grad=tensor.requires_grad) \
+            if isinstance(tensor, torch.nn.Parameter) else empty
+    return copy.deepcopy(model, memo)

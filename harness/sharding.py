@@ -22,7 +22,6 @@ With one process there is nothing to shard, and the run trains as without shardi
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Mapping
 
@@ -92,20 +91,10 @@ def held_share(model: torch.nn.Module) -> float:
     return held / max(sum(p.numel() for p in params), 1)
 
 
-def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """The model's structure with every parameter and buffer on the meta device (no memory): what the trained
-    weights are gathered into. Taken after the method added its parameters (RoSA's) and before sharding."""
-    memo = {}
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        empty = torch.empty_like(tensor, device="meta")
-        memo[id(tensor)] = torch.nn.Parameter(empty, requires_grad=tensor.requires_grad) \
-            if isinstance(tensor, torch.nn.Parameter) else empty
-    return copy.deepcopy(model, memo)
-
-
 @torch.no_grad()
 def gathered(sharded: torch.nn.Module, skeleton: torch.nn.Module, device) -> torch.nn.Module:
-    """`skeleton` (from `meta_copy`) holding the sharded model's full weights, on every process. One parameter
+    """`skeleton` (from `harness.models.meta_copy`, taken after the method added its parameters and before
+    sharding) holding the sharded model's full weights, on every process. One parameter
     at a time (each an all-gather, in the same order on every process), so the extra memory is one tensor."""
     from torch.distributed.tensor import DTensor
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from harness.batching import batching_of, check_packing, language_model_collator, token_counts
 from harness import distributed, sharding
 from harness.errors import ConfigError, DataError
+from harness.models import meta_copy
 from harness.placement import Placement, decide
 from harness.selection import BestCheckpoint
 from harness.throughput import summary
@@ -246,7 +247,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     upcast_trainable(model, keep=method.set_trainable_precision(model))
     groups = with_module_lrs(model, method.param_groups(model, dict(training)), training.get("module_lrs"))
     optimizer, scheduler = optimizer_and_schedule(groups, training, total_steps)
-    skeleton = sharding.meta_copy(model) if sharded else None  # what the trained weights are gathered into
+    skeleton = meta_copy(model) if sharded else None  # what the trained weights are gathered into
     # The schedule is stepped here once per optimizer step: accelerate's wrapper would step it once per process
     # (it assumes the processes' batches add up to a larger one; here they split the recipe's batch).
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

@@ -102,3 +102,47 @@ def test_the_model_target_modules_fill_in_where_the_config_names_none(setup):
                           target_modules=list(cfg.model.target_modules))
     adapted = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
     assert adapted == set(cfg.model.target_modules)
+
+
+@pytest.mark.parametrize("kind,knob", [("VERA", "r"), ("FOURIERFT", "n_frequency"), ("PROMPT_TUNING", "num_virtual_tokens")])
+def test_the_budget_solver_counts_the_tuner_built_on_the_meta_device(setup, kind, knob):
+    from harness import budget
+    from harness.models import empty_model
+
+    cfg = compose(["model=tiny-llama", "method=peft", f"method.type={kind}", "budget.params=3000"])
+    architecture = empty_model(cfg.model)
+    solved, record = budget.solved_for_model(cfg, architecture, methods.total_parameters(architecture))
+    assert record["knob"] == f"config.{knob}" and abs(record["relative_error"]) < 0.01
+    assert cfg.method.config is None  # the caller's config (its run id) is untouched
+    # the solved knob, applied to the real model, trains exactly the predicted count
+    real = methods.apply(base_model(setup), "peft", type=kind, config=dict(solved.method.config),
+                         target_modules=list(cfg.model.target_modules))
+    assert methods.trainable_parameters(real) == record["predicted"]
+
+
+def test_a_budget_the_tuner_cannot_reach_or_a_tuner_without_a_knob_is_refused_before_training(setup):
+    from harness import budget
+    from harness.models import empty_model
+
+    architecture = empty_model(compose(["model=tiny-llama"]).model)
+    total = methods.total_parameters(architecture)
+    with pytest.raises(budget.BudgetError, match="infeasible for method=peft type=LOKR.*feasible range"):
+        budget.solved_for_model(compose(["model=tiny-llama", "method=peft", "method.type=LOKR", "budget.params=1e6"]),
+                                architecture, total)
+    with pytest.raises(budget.BudgetError, match="type=IA3: no budget knob"):
+        budget.solved_for_model(compose(["model=tiny-llama", "method=peft", "method.type=IA3", "budget.params=1000"]),
+                                architecture, total)
+
+
+@pytest.mark.slow
+def test_a_budget_sweep_cell_trains_with_a_generic_tuner(tmp_path):
+    from harness.run import run_one
+
+    record = run_one(compose(["model=tiny-llama", "method=peft", "method.type=VERA", "budget.fraction=0.001",
+                              "task.train_subset=8", "task.val_set_size=0", "task.test_subset=2",
+                              "training.micro_batch_size=4", "training.batch_size=4", "training.max_steps=1",
+                              "training.warmup_steps=0", "protocol.max_new_tokens=4", "run.progress=false",
+                              f"run.results_dir={tmp_path}"]))
+    assert record["status"] == "finished" and record["params"]["budget"]["knob"] == "config.r"
+    assert record["params"]["trainable"] == record["params"]["budget"]["predicted"]
+    assert abs(record["params"]["trainable"] - 0.001 * record["params"]["total"]) < 0.01 * 0.001 * record["params"]["total"]

@@ -77,6 +77,11 @@ class Method:
         `harness.methods.trainable_parameters` on the real model."""
         raise MethodConfigError(f"method={self.name} has no parameter budget knob")
 
+    def solve_budget(self, model: nn.Module, options: dict, target: int, total_params: int) -> dict | None:
+        """A budget solved by the method itself on `model` (the real model or its architecture on the meta
+        device): the record of `harness.budget.solve`. None (the default): the shape-based solver with `count`."""
+        return None
+
     def with_head(self, options: dict, head_modules: list[str]) -> dict:
         """The options that also train a task's new head (a classifier under these module names).
 

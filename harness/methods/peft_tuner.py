@@ -15,6 +15,7 @@ and loading are peft's `save_pretrained` / `PeftModel.from_pretrained`.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -23,7 +24,11 @@ from torch import nn
 from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type
 from harness.methods.registry import register
 
-OPTIONS = {"type", "config", "config_file", "target_modules", "modules_to_save"}
+OPTIONS = {"type", "config", "config_file", "target_modules", "modules_to_save", "knob"}
+# the config field a budget solves for, by tuner (`method.knob` names another)
+KNOBS = {"LORA": "r", "LOKR": "r", "LOHA": "r", "VERA": "r", "HRA": "r", "ADALORA": "init_r", "MISS": "r",
+         "FOURIERFT": "n_frequency", "PROMPT_TUNING": "num_virtual_tokens", "P_TUNING": "num_virtual_tokens",
+         "PREFIX_TUNING": "num_virtual_tokens", "OFT": "r", "BOFT": "boft_n_butterfly_factor", "C3A": "block_size"}
 
 
 def tuner_config(model: nn.Module, options: dict):
@@ -72,11 +77,31 @@ class PeftTuner(Method):
         from peft import get_peft_model
 
         check_options(self.name, options, OPTIONS)
-        config = tuner_config(model, options)
+        config = tuner_config(model, {k: v for k, v in options.items() if k != "knob"})
         try:
             return get_peft_model(model, config)
         except (ValueError, TypeError, KeyError) as exc:
             raise MethodConfigError(f"method=peft type={config.peft_type.value}: {exc}") from None
+
+    def solve_budget(self, model, options, target, total_params):
+        """The tuner's knob (`method.knob`, else its usual one: r, n_frequency, num_virtual_tokens) searched by
+        building the adapted model on the meta device and counting it, so any tuner joins an equal-budget sweep."""
+        from harness import methods
+        from harness.budget import BudgetError, solve_by_counting
+        from harness.models import meta_copy
+
+        kind = str(options.get("type") or "").upper()
+        knob = options.get("knob") or KNOBS.get(kind)
+        if not knob:
+            raise BudgetError(f"method=peft type={kind or None}: no budget knob known for this tuner",
+                              "name the config field to solve with method.knob=<field>")
+        options = {k: v for k, v in options.items() if k != "knob"}
+        skeleton = meta_copy(model)
+
+        def count(value: int) -> int:
+            config = {**dict(options.get("config") or {}), knob: int(value)}
+            return methods.trainable_parameters(self.apply(copy.deepcopy(skeleton), **{**options, "config": config}))
+        return solve_by_counting(f"peft type={kind}", f"config.{knob}", count, target, total_params)
 
     def knob_label(self, options):
         config = dict(options.get("config") or {})
