@@ -71,8 +71,7 @@ def _table_rows(frames: TableFrames) -> tuple[list[str], list[dict]]:
     rows = []
     for record in shown.to_dict("records"):
         cells = [str(record[c]) for c in shown.columns]
-        rows.append({"cells": cells, "kind": _row_kind(str(record.get("row", ""))),
-                     "failed": any(c == "failed" for c in cells)})
+        rows.append({"cells": cells, "kind": _row_kind(str(record.get("row", "")))})
     return columns, rows
 
 
@@ -159,7 +158,7 @@ def render(sections: list[Section], out_dir: Path, profile: str) -> Path:
     # "</" escaped so that no value can close the script element
     data = json.dumps({s.name: s.examples for s in sections}).replace("</", "<\\/")
     page = env.get_template(TEMPLATE).render(sections=sections, examples_json=data, profile=profile,
-                                             built=time.strftime("%Y-%m-%d %H:%M"), out_dir=out_dir,
+                                             built=time.strftime("%Y-%m-%d %H:%M"),
                                              relative=lambda p: Path(p).relative_to(out_dir).as_posix())
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
