@@ -153,7 +153,8 @@ def loss_figure(records: list[dict], out_dir: Path, stem: str) -> Figure | None:
     for record, curve in curves:
         run = record["run"]
         options = (run.get("config") or {}).get("method") or {}
-        label = f"{run.get('model')} {display.label(run['method'], options)}"
+        label = " ".join(p for p in (run.get("model"), display.label(run["method"], options),
+                                     display.knob(run["method"], options)) if p)
         seed = (run.get("config") or {}).get("seed")
         ax.plot(range(1, len(curve) + 1), curve, label=f"{label} (seed {seed})", linewidth=1.2,
                 marker="o" if len(curve) < 20 else None, markersize=3)
