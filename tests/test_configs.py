@@ -106,6 +106,7 @@ def test_paper_models_have_the_published_sizes():
 
 
 METHOD_MODELS = {"linear_probe": "vit-mini", "neat_s": "tiny-bert", "neat_l": "tiny-bert"}
+METHOD_OVERRIDES = {"peft": ["method.type=LOKR"]}  # (the generic method names its tuner)
 
 
 @pytest.mark.parametrize("name", options("method"))
@@ -114,7 +115,7 @@ def test_every_method_applies_to_a_model_it_is_meant_for(name):
     from harness.config import method_options
 
     model_name = METHOD_MODELS.get(name, "tiny-llama")
-    cfg = compose([f"model={model_name}", f"method={name}"])
+    cfg = compose([f"model={model_name}", f"method={name}", *METHOD_OVERRIDES.get(name, [])])
     model = models.empty_model(cfg.model, HEADS[MODEL_HEADS[model_name]])
     head = ("classifier",) if MODEL_HEADS[model_name] != "lm" else ()
     methods.validate(model, cfg.method.name, head_modules=head, **method_options(cfg))
