@@ -195,11 +195,11 @@ def lr_search_cells(base: DictConfig, cells: list[list[str]]) -> list[DictConfig
             if not own.task.get("val_set_size"):
                 extra.append(f"task.val_set_size={int(base.tune_lr.val_set_size)}")
             points.append((float(factor), compose(cell + extra)))
-        for factor, point in points:
-            if factor == 1.0 and _same_cell(point, own):
-                own.lr_point.factor = 1.0
+        is_own = any(factor == 1.0 and _same_cell(point, own) for factor, point in points)
+        if is_own:
+            own.lr_point.factor = 1.0
         out.append(own)
-        out.extend(point for factor, point in points if not (factor == 1.0 and _same_cell(point, own)))
+        out.extend(point for factor, point in points if not (is_own and factor == 1.0))
     return out
 
 

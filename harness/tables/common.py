@@ -112,11 +112,15 @@ def write(df: pd.DataFrame, text: str, out_dir: Path, name: str, shown: pd.DataF
     paths = [out_dir / f"{name}.md", out_dir / f"{name}.csv", out_dir / f"{name}.tex"]
     paths[0].write_text(f"{text}\n\n{shown.to_markdown(index=False, disable_numparse=True)}\n")
     df.to_csv(paths[1], index=False, float_format="%.2f")
-    # (LaTeX without extra packages has no ✓ / ✗ / ±)
-    latex = shown.replace({"✓": "(in)", "✗": "(out)", "±": "+/-"}, regex=True)
+    latex = shown.replace(LATEX_WORDS, regex=True)
     paths[2].write_text(latex.to_latex(index=False, caption=_latex_text(text), label=f"tab:{name}", escape=True))
     return paths
 
 
+LATEX_WORDS = {"✓": "(in)", "✗": "(out)", "±": "+/-"}  # (LaTeX without extra packages has no ✓ / ✗ / ±)
+
+
 def _latex_text(text: str) -> str:
-    return text.replace("✓", "(in)").replace("✗", "(out)").replace("±", "+/-")
+    for sign, words in LATEX_WORDS.items():
+        text = text.replace(sign, words)
+    return text
