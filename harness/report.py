@@ -25,7 +25,7 @@ import yaml
 
 from harness import plots
 from harness.config import CONFIG_DIR, experiment_cells, with_profile
-from harness.results import read_predictions, read_result, result_path
+from harness.results import read_predictions
 from harness.tables import TableFrames, table_frames
 from harness.tables.common import short_namer
 
@@ -73,10 +73,6 @@ def _table_rows(frames: TableFrames) -> tuple[list[str], list[dict]]:
         cells = [str(record[c]) for c in shown.columns]
         rows.append({"cells": cells, "kind": _row_kind(str(record.get("row", "")))})
     return columns, rows
-
-
-def _records(frames: TableFrames, results_dir: Path) -> list[dict]:
-    return [read_result(result_path(results_dir, rid)) for rid in frames.runs.run_id.drop_duplicates()]
 
 
 def _provenance(records: list[dict]) -> list[dict]:
@@ -137,7 +133,7 @@ def section(base, cells, out_dir: Path) -> Section:
     results_dir = Path(base.run.results_dir)
     frames = table_frames(base, cells)
     columns, rows = _table_rows(frames)
-    records = _records(frames, results_dir)
+    records = frames.records  # (read once, by the table)
     short = short_namer(base.task.name)
     stem = base.experiment_name
     figure_dir = out_dir / "plots"

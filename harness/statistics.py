@@ -45,8 +45,10 @@ class SetRuns:
         return len(self.seeds[0]) if self.seeds else 0
 
     def correct(self) -> np.ndarray:
-        """(seeds x examples) 0 / 1."""
-        return np.array([[bool(r["correct"]) for r in rows] for rows in self.seeds], dtype=float)
+        """(seeds x examples) 0 / 1, built once."""
+        if getattr(self, "_correct", None) is None:
+            self._correct = np.array([[bool(r["correct"]) for r in rows] for rows in self.seeds], dtype=float)
+        return self._correct
 
     def value(self, seed: int, index: np.ndarray) -> float:
         """The headline of seed `seed` on the examples `index` (a resample)."""

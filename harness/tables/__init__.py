@@ -38,11 +38,12 @@ class TableFrames:
     runs: pd.DataFrame
     absent: list[str]
     evidence: Evidence
+    records: list[dict]    # the result files, as read
 
 
 def table_frames(base, cells) -> TableFrames:
     """Builds the table of an experiment (`base`) from the result files of its grid cells."""
-    runs, absent = collect(base.run.results_dir, cells)
+    runs, absent, records = collect(base.run.results_dir, cells)
     table = base.table
     layout = table.get("layout", "datasets")
     # the columns: the profile's own where its data differ (image mini: Fashion-MNIST, digits), else the task's
@@ -63,7 +64,7 @@ def table_frames(base, cells) -> TableFrames:
         text = budget.caption(table.title, runs, description, names, paper, fractions, labels, table.get("note"), short)
     else:
         raise ConfigError(f"table.layout={layout!r} in experiment {base.experiment_name}: use one of {LAYOUTS}")
-    return TableFrames(df, shown, text, runs, absent, evidence)
+    return TableFrames(df, shown, text, runs, absent, evidence, records)
 
 
 def make_table(base, cells) -> list[Path]:

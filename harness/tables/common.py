@@ -52,9 +52,9 @@ def missing(value) -> bool:
 FAILED = "failed"  # what a table shows in the cells of a run that failed or diverged
 
 
-def collect(results_dir: str | Path, cells: Iterable) -> tuple[pd.DataFrame, list[str]]:
+def collect(results_dir: str | Path, cells: Iterable) -> tuple[pd.DataFrame, list[str], list[dict]]:
     """The results of the grid's cells that have one (found by run id; failed runs included, their cells show
-    `failed`) as one frame (`harness.results.frame`), and the ids still missing."""
+    `failed`) as one frame (`harness.results.frame`), the ids still missing, and the result records read."""
     found, absent, points = [], [], {}
     for cfg in cells:
         rid = run_id(cfg)
@@ -72,7 +72,7 @@ def collect(results_dir: str | Path, cells: Iterable) -> tuple[pd.DataFrame, lis
     protocols = sorted(set(df["protocol"]))
     if len(protocols) > 1:
         raise ConfigError(f"results mix protocols {protocols}; a table never mixes them")
-    return df, absent
+    return df, absent, found
 
 
 def sizes_of_test_sets(df: pd.DataFrame, datasets: list[str], short) -> tuple[str, list[str]]:
