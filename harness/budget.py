@@ -159,7 +159,12 @@ def solved_for_model(cfg, model: nn.Module, total_params: int):
 
     options = OmegaConf.to_container(cfg.method, resolve=True)
     options.pop("name"), options.pop("label", None)
-    counted = methods.get(cfg.method.name).solve_budget(model, options, target, total_params)
+    from harness.config import method_options
+
+    def options_at(knob: str, value) -> dict:
+        return method_options(with_knob(cfg, {"knob": knob, "value": value}))
+
+    counted = methods.get(cfg.method.name).solve_budget(model, options, target, total_params, options_at)
     if counted is not None:  # a method that counts its adapted model itself (method=peft)
         return with_knob(cfg, counted), counted
     method = cfg.method

@@ -32,6 +32,7 @@ def default_data_dir() -> str:
 def _register_resolvers() -> None:
     resolvers = {
         "mul": lambda a, b: a * b,
+        "round": lambda x: int(round(x)),  # an integer knob derived from another (AdaLoRA's target_r)
         "harness_data_dir": default_data_dir,
         "harness_project_root": lambda: str(PROJECT_ROOT),
     }

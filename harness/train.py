@@ -231,9 +231,13 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     if training.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    batching = batching_of(training)
+    if batching == "packed" and not method.can_pack(model):
+        print(f"[harness] method={method.name} adds to every row of a batch: padded batches, not packed", flush=True)
+        batching = "padded"
     loader = make_loader(train_examples, tokenizer, micro, shuffle=True, seed=seed,
                          num_workers=int(training.get("num_workers", 0)), collator=collator,
-                         batching=batching_of(training))
+                         batching=batching)
     # (accelerate gives each process every N-th micro-batch of the loader)
     steps_per_epoch = math.ceil(len(loader) / (accumulation * processes))
     total_steps = int(training["max_steps"]) if training.get("max_steps") else steps_per_epoch * int(training["epochs"])
@@ -264,7 +268,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     val_loader = (make_loader(distributed.shard(val_examples), tokenizer, micro, shuffle=False, seed=seed,
                               collator=collator) if val_examples else None)
 
-    batching = batching_of(training) if collator is None else "benchmark"  # (its own collator: not text)
+    batching = batching if collator is None else "benchmark"  # (its own collator: not text)
     if batching == "packed":  # once, before the first step: packed examples must not see each other
         probe = language_model_collator(tokenizer, "packed")(train_examples[:2])
         with accelerator.autocast():
@@ -298,6 +302,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
                 optimizer.step()  # (accelerate's optimizer steps only at the end of an accumulation)
                 if accelerator.sync_gradients:
                     scheduler.step()
+                    method.after_optimizer_step(accelerator.unwrap_model(model), step + 1)
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue

@@ -4,7 +4,7 @@
     harness.methods.trainable_parameters(model)   # one counting function for every method
     plain = harness.methods.merge(model)           # adapters folded into plain weights
 
-Each method is one module registering a `Method` (see `base.py` for the hooks).
+Each method is one module registering a `Method` (see `base.py` for the hooks); every module here is imported.
 """
 
 from __future__ import annotations
@@ -15,9 +15,15 @@ from typing import Any
 
 from torch import nn
 
-from harness.methods import full, linear_probe, lora, milora, neat, peft_tuner, rosa  # noqa: F401  (registers the methods)
+import importlib
+import pkgutil
+
 from harness.methods.base import METHOD_ATTR, Method, MethodConfigError
 from harness.methods.registry import get, names
+
+# Every module of this package registers its methods on import: a new method is a new module (and its config).
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 SAVED_METHOD_FILE = "harness_method.json"
 

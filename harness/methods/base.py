@@ -77,9 +77,12 @@ class Method:
         `harness.methods.trainable_parameters` on the real model."""
         raise MethodConfigError(f"method={self.name} has no parameter budget knob")
 
-    def solve_budget(self, model: nn.Module, options: dict, target: int, total_params: int) -> dict | None:
+    def solve_budget(self, model: nn.Module, options: dict, target: int, total_params: int,
+                     options_at=None) -> dict | None:
         """A budget solved by the method itself on `model` (the real model or its architecture on the meta
-        device): the record of `harness.budget.solve`. None (the default): the shape-based solver with `count`."""
+        device): the record of `harness.budget.solve`. None (the default): the shape-based solver with `count`.
+        `options_at(knob, value)`: the options with a (dotted) knob set and the config's interpolations that
+        follow it resolved again (AdaLoRA's target_r follows init_r)."""
         return None
 
     def with_head(self, options: dict, head_modules: list[str]) -> dict:
@@ -100,11 +103,21 @@ class Method:
 
         `context`: `loader` (training batches), `device`, `training` (the training config)."""
 
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Called after each optimizer step (`step` counts from 1), with the step's gradients still in place and
+        before they are cleared: for a method that adapts itself while it trains (AdaLoRA's rank allocation).
+        `model` is the unwrapped model. Default: nothing."""
+
     def set_trainable_precision(self, model: nn.Module) -> set[int]:
         """Casts the parameters this method deliberately trains in a lower precision (RoSA's bf16 option) and
         returns their ids; the training loop keeps fp32 master weights for every other trained parameter. Called
         after `before_training`. Default: none."""
         return set()
+
+    def can_pack(self, model: nn.Module) -> bool:
+        """Whether several examples may share one packed row (training.batching=packed) with this method; a
+        method that adds to every row (a prompt tuner's virtual tokens) trains on padded batches instead."""
+        return True
 
     def can_merge(self, model: nn.Module) -> bool:
         """Whether `merge` folds this adapted model into plain weights (a tuner of peft's may not: prompts)."""

@@ -74,6 +74,28 @@ class DoRA(LowRankBudget, Method):
         return wrap(model, lora_config(self.name, options, use_dora=True))
 
 
+INITIAL_ATTR = "_harness_initial_adapter_dir"
+
+
+def remember_initial_adapter(model, name: str) -> None:
+    """Keeps the adapter as initialised (in a temporary folder), for `save_on_original_weights`."""
+    initial_parent = Path(tempfile.mkdtemp(prefix=f"harness-{name}-initial-"))
+    atexit.register(shutil.rmtree, initial_parent, ignore_errors=True)
+    model.save_pretrained(initial_parent / "initial")
+    setattr(model, INITIAL_ATTR, initial_parent / "initial")
+
+
+def save_on_original_weights(model, directory: Path) -> None:
+    """Saves an adapter whose initialisation rewrote the base weights (PiSSA, MiLoRA, OLoRA) as a rank-2r LoRA
+    on the untouched base weights (peft's `path_initial_model_for_weight_conversion`), so that it loads with
+    plain peft on the original model; an adapter without a remembered initial state saves as it is."""
+    initial = getattr(model, INITIAL_ATTR, None)
+    if initial is None:
+        model.save_pretrained(directory)
+        return
+    model.save_pretrained(directory, path_initial_model_for_weight_conversion=str(initial))
+
+
 class ResidualInitLoRA(LowRankBudget, Method):
     """A LoRA whose initialisation rewrites the frozen base weight (the residual): PiSSA, MiLoRA.
 
@@ -82,7 +104,6 @@ class ResidualInitLoRA(LowRankBudget, Method):
     it then loads with plain peft on the original model.
     """
 
-    INITIAL_ATTR = "_harness_initial_adapter_dir"
     init_reads_weights = True  # an SVD of every adapted weight
 
     def apply_structure(self, model, **options):
@@ -92,10 +113,7 @@ class ResidualInitLoRA(LowRankBudget, Method):
         return wrap(model, lora_config(self.name, options, init_lora_weights=True))
 
     def remember_initial_adapter(self, model) -> None:
-        initial_parent = Path(tempfile.mkdtemp(prefix=f"harness-{self.name}-initial-"))
-        atexit.register(shutil.rmtree, initial_parent, ignore_errors=True)
-        model.save_pretrained(initial_parent / "initial")
-        setattr(model, self.INITIAL_ATTR, initial_parent / "initial")
+        remember_initial_adapter(model, self.name)
 
     def validate(self, model, **options):
         """The SVD needs real weights: check the options and that r fits every adapted matrix (a rank above
@@ -113,11 +131,7 @@ class ResidualInitLoRA(LowRankBudget, Method):
         wrap(model, lora_config(self.name, options))
 
     def save(self, model, directory: Path) -> None:
-        initial = getattr(model, self.INITIAL_ATTR, None)
-        if initial is None:
-            model.save_pretrained(directory)
-            return
-        model.save_pretrained(directory, path_initial_model_for_weight_conversion=str(initial))
+        save_on_original_weights(model, directory)
 
 
 @register("pissa")

@@ -11,6 +11,13 @@ defaults; the harness adds what is common to its methods: the task type from the
 `modules_to_save`. Counting is `harness.methods.trainable_parameters`, as for every method; merging is peft's
 `merge_and_unload` where the tuner has it (prompt-learning tuners keep their virtual tokens, unmerged); saving
 and loading are peft's `save_pretrained` / `PeftModel.from_pretrained`.
+
+What a tuner needs beyond its config is done here, at the hook peft's documentation names for it:
+- LoRA inits that rewrite the base weights (OLoRA, PiSSA) save as a LoRA on the original weights, as method=pissa;
+- EVA (`init_lora_weights: eva`) initialises from the training batches before the optimizer exists
+  (`initialize_lora_eva_weights`, peft's documented call after `get_peft_model`);
+- AdaLoRA learns the run's step count before training (`total_step`, a provisional value until then) and
+  reallocates its ranks after every optimizer step (`update_and_allocate`, before the gradients are cleared).
 """
 
 from __future__ import annotations
@@ -19,16 +26,21 @@ import copy
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type
+from harness.methods.lora import INITIAL_ATTR, remember_initial_adapter, save_on_original_weights
 from harness.methods.registry import register
 
 OPTIONS = {"type", "config", "config_file", "target_modules", "modules_to_save", "knob"}
-# the config field a budget solves for, by tuner (`method.knob` names another)
+# the config field a budget solves for, by tuner (`method.knob` names another). OFT has none: its count falls as
+# its r (the number of blocks) grows, and its block size must divide every adapted width.
 KNOBS = {"LORA": "r", "LOKR": "r", "LOHA": "r", "VERA": "r", "HRA": "r", "ADALORA": "init_r", "MISS": "r",
          "FOURIERFT": "n_frequency", "PROMPT_TUNING": "num_virtual_tokens", "P_TUNING": "num_virtual_tokens",
-         "PREFIX_TUNING": "num_virtual_tokens", "OFT": "r", "BOFT": "boft_n_butterfly_factor", "C3A": "block_size"}
+         "PREFIX_TUNING": "num_virtual_tokens", "BOFT": "boft_n_butterfly_factor", "C3A": "block_size"}
+# LoRA inits that move the chosen components out of the frozen weight (peft converts them back on save)
+REWRITES_BASE_WEIGHTS = ("olora", "pissa", "corda")
 
 
 def tuner_config(model: nn.Module, options: dict):
@@ -60,6 +72,10 @@ def tuner_config(model: nn.Module, options: dict):
         fields["target_modules"] = list(options["target_modules"])
     if options.get("modules_to_save") and "modules_to_save" in accepted:
         fields["modules_to_save"] = sorted(set(fields.get("modules_to_save") or []) | set(options["modules_to_save"]))
+    if kind == "ADALORA" and not fields.get("total_step"):
+        # the run's step count is known only when training starts (`before_training`); until then the smallest
+        # count AdaLoRA's schedule accepts
+        fields["total_step"] = int(fields.get("tinit") or 0) + int(fields.get("tfinal") or 0) + 1
     unknown = sorted(set(fields) - accepted)
     if unknown:
         raise MethodConfigError(f"method=peft type={kind}: {config_class.__name__} has no field(s) {unknown}")
@@ -67,6 +83,20 @@ def tuner_config(model: nn.Module, options: dict):
         return get_peft_config(fields)
     except (TypeError, ValueError) as exc:
         raise MethodConfigError(f"method=peft type={kind}: {exc}") from None
+
+
+class OnDevice:
+    """The training loader's batches on the model's device (EVA reads the loader before accelerate wraps it)."""
+
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
 @register("peft")
@@ -79,11 +109,62 @@ class PeftTuner(Method):
         check_options(self.name, options, OPTIONS)
         config = tuner_config(model, {k: v for k, v in options.items() if k != "knob"})
         try:
-            return get_peft_model(model, config)
+            adapted = get_peft_model(model, config)
         except (ValueError, TypeError, KeyError) as exc:
             raise MethodConfigError(f"method=peft type={config.peft_type.value}: {exc}") from None
+        if config.peft_type.value == "ADALORA":
+            # AdaLoRA's `ranknum` is a constant (the rank) that peft leaves trainable when the model is on the meta
+            # device: frozen here, so that the budget solver counts what the real model trains
+            for name, parameter in adapted.named_parameters():
+                if ".ranknum." in name:
+                    parameter.requires_grad_(False)
+        if str(getattr(config, "init_lora_weights", "")).startswith(REWRITES_BASE_WEIGHTS):
+            remember_initial_adapter(adapted, f"peft-{config.init_lora_weights}")
+        return adapted
 
-    def solve_budget(self, model, options, target, total_params):
+    def apply_structure(self, model, **options):
+        """The same tuner with peft's plain initialisation: what validation and the budget solver build on the meta
+        device (a QR, SVD or data-driven init cannot run there, and changes no shape)."""
+        config = dict(options.get("config") or {})
+        if isinstance(config.get("init_lora_weights"), str) and config["init_lora_weights"] != "gaussian":
+            config["init_lora_weights"] = True
+            options = {**options, "config": config}
+        adapted = self.apply(model, **options)
+        adapted.__dict__.pop(INITIAL_ATTR, None)
+        return adapted
+
+    def validate(self, model, **options):
+        self.apply_structure(model, **options)
+
+    def before_training(self, model, context):
+        config = model.peft_config[model.active_adapter]
+        if getattr(config, "init_lora_weights", None) == "eva":
+            from peft import initialize_lora_eva_weights
+
+            with torch.no_grad():
+                initialize_lora_eva_weights(model, dataloader=OnDevice(context["loader"], context["device"]),
+                                            show_progress_bar=False)
+        if config.peft_type.value == "ADALORA":
+            total = int(context["total_steps"])
+            if config.tinit >= total - config.tfinal:
+                raise MethodConfigError(f"method=peft type=ADALORA: tinit={config.tinit} + tfinal={config.tfinal} "
+                                        f"leave no step of rank allocation in this run's {total} steps")
+            model.base_model.rankallocator.set_total_step(total)
+
+    def can_pack(self, model) -> bool:
+        # a prompt-learning tuner prepends its virtual tokens to every row: packed examples would share them
+        from peft import PeftModel
+
+        return not (isinstance(model, PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning)
+
+    def after_optimizer_step(self, model, step):
+        if model.peft_config[model.active_adapter].peft_type.value == "ADALORA":
+            model.base_model.update_and_allocate(step)
+
+    def save(self, model, directory: Path) -> None:
+        save_on_original_weights(model, directory)
+
+    def solve_budget(self, model, options, target, total_params, options_at=None):
         """The tuner's knob (`method.knob`, else its usual one: r, n_frequency, num_virtual_tokens) searched by
         building the adapted model on the meta device and counting it, so any tuner joins an equal-budget sweep."""
         from harness import methods
@@ -99,13 +180,16 @@ class PeftTuner(Method):
         skeleton = meta_copy(model)
 
         def count(value: int) -> int:
-            config = {**dict(options.get("config") or {}), knob: int(value)}
-            return methods.trainable_parameters(self.apply(copy.deepcopy(skeleton), **{**options, "config": config}))
+            if options_at is not None:  # (the preset's interpolations follow the knob)
+                at = {k: v for k, v in options_at(f"config.{knob}", int(value)).items() if k != "knob"}
+            else:
+                at = {**options, "config": {**dict(options.get("config") or {}), knob: int(value)}}
+            return methods.trainable_parameters(self.apply_structure(copy.deepcopy(skeleton), **at))
         return solve_by_counting(f"peft type={kind}", f"config.{knob}", count, target, total_params)
 
     def knob_label(self, options):
         config = dict(options.get("config") or {})
-        for knob in ("r", "n_frequency", "num_virtual_tokens", "boft_block_size", "oft_block_size"):
+        for knob in ("r", "init_r", "n_frequency", "num_virtual_tokens", "boft_block_size", "oft_block_size"):
             if config.get(knob) is not None:
                 return f"{knob}={config[knob]}"
         return ""

@@ -1,0 +1,199 @@
+"""The named baselines (conf/method/<preset>.yaml over method=peft) and the harness's own subset methods (BitFit,
+layer freezing), on tiny models. For each: the output is unchanged at initialisation where the method promises
+it, merged equals unmerged where it merges, the trainable count is its formula, a save / reload round trip gives
+the same outputs; the tuners that adapt while they train (AdaLoRA) or initialise from data (EVA) do so through
+their hooks; one budget-sweep cell trains with each method that has a knob."""
+
+import json
+
+import pytest
+import torch
+
+from harness import methods
+from harness.config import compose, method_options
+from harness.models import load_model, load_tokenizer
+
+HIDDEN, KV, INNER, LAYERS = 64, 32, 128, 2  # tiny-llama
+TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # its target_modules
+SHAPES = [(HIDDEN, HIDDEN), (KV, HIDDEN), (KV, HIDDEN), (INNER, HIDDEN), (HIDDEN, INNER)]  # (d_out, d_in)
+
+
+def lora_formula(r):
+    return LAYERS * sum(r * (d_out + d_in) for d_out, d_in in SHAPES)
+
+
+# (preset, identity at init, merges, the trainable count of the preset's own knobs or None)
+PRESETS = [
+    ("rslora", True, True, lora_formula(8)),
+    ("olora", True, True, lora_formula(16)),
+    ("adalora", True, True, None),
+    ("ia3", True, True, LAYERS * (KV + KV + INNER)),  # peft's Llama default: k, v and the input of down_proj
+    ("lokr", True, True, None),
+    ("oft", True, True, None),
+    ("prompt_tuning", False, False, 20 * HIDDEN),
+    ("p_tuning", False, False, None),
+    ("fourierft", False, True, LAYERS * len(TARGETS) * 1000),  # spectrum drawn from N(0, 1), as the paper
+    ("vera", True, True, None),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(compose(["model=tiny-llama"]).model)
+
+
+def fresh(model_name="tiny-llama", tokenizer=None, head=None):
+    torch.manual_seed(0)
+    return load_model(compose([f"model={model_name}"]).model, tokenizer, head=head).eval()
+
+
+def logits(model, **inputs) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**inputs).logits
+    if "input_ids" in inputs and out.dim() == 3:
+        out = out[:, -inputs["input_ids"].shape[1]:]  # (a prompt tuner prepends its virtual tokens)
+    return out
+
+
+def perturbed(model) -> None:
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+
+
+def keeps_its_promises(name, base, inputs, identity, merges, formula, tmp_path, overrides=(), model_name="tiny-llama",
+                       tokenizer=None, head=None):
+    cfg = compose([f"model={model_name}", f"method={name}", *overrides])
+    reference = logits(base(), **inputs)
+    model = methods.apply(base(), cfg.method.name, head_modules=("classifier",) if head else (),
+                          **method_options(cfg)).eval()
+    if identity:
+        assert torch.allclose(logits(model, **inputs), reference, atol=1e-5)
+    if formula is not None:
+        assert methods.trainable_parameters(model) == formula
+    perturbed(model)
+    trained = logits(model, **inputs)
+    assert not torch.allclose(trained, reference, atol=1e-4)
+    methods.save(model, tmp_path / "saved")
+    reloaded = methods.load(base(), tmp_path / "saved").eval()
+    assert torch.allclose(logits(reloaded, **inputs), trained, atol=1e-5)
+    method = methods.method_of(model)
+    assert method.can_merge(model) == merges
+    if merges:
+        assert torch.allclose(logits(methods.merge(model), **inputs), trained, atol=1e-4)
+    return cfg, model
+
+
+@pytest.mark.parametrize("name,identity,merges,formula", PRESETS, ids=[p[0] for p in PRESETS])
+def test_a_named_baseline_keeps_its_promises(tokenizer, tmp_path, name, identity, merges, formula):
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+    cfg, _ = keeps_its_promises(name, lambda: fresh(tokenizer=tokenizer), {"input_ids": ids}, identity, merges,
+                                formula, tmp_path)
+    assert cfg.method.label  # tables show the preset's own name
+    saved = json.loads((tmp_path / "saved" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == cfg.method.type
+
+
+def test_olora_saves_a_lora_on_the_original_weights(tokenizer, tmp_path):
+    """OLoRA moves its QR components out of the frozen weight; what it saves loads with plain peft on the
+    untouched model."""
+    from peft import PeftModel
+
+    cfg = compose(["model=tiny-llama", "method=olora", "method.config.r=4"])
+    model = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    assert not torch.equal(model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight,
+                           fresh(tokenizer=tokenizer).model.layers[0].self_attn.q_proj.weight)  # the residual
+    perturbed(model)
+    methods.save(model, tmp_path / "olora")
+    assert json.loads((tmp_path / "olora" / "adapter_config.json").read_text())["r"] == 8  # rank 2r on W0
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    plain = PeftModel.from_pretrained(fresh(tokenizer=tokenizer), str(tmp_path / "olora")).eval()
+    assert torch.allclose(logits(plain, input_ids=ids), logits(model.eval(), input_ids=ids), atol=1e-4)
+
+
+def test_bitfit_trains_every_bias_and_the_head_only(tmp_path):
+    head = {"kind": "sequence_classification", "num_labels": 3}
+    tokenizer = load_tokenizer(compose(["model=tiny-bert"]).model)
+    batch = tokenizer(["a short sentence", "another one, longer than the first"], return_tensors="pt", padding=True)
+    _, model = keeps_its_promises("bitfit", lambda: fresh("tiny-bert", tokenizer, head), dict(batch), True, False,
+                                  None, tmp_path, model_name="tiny-bert", head=head)
+    biases = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias") and "classifier" not in n)
+    head_params = sum(p.numel() for n, p in model.named_parameters() if "classifier" in n)
+    assert methods.trainable_parameters(model) == biases + head_params
+    assert all(p.requires_grad == (n.endswith(".bias") or "classifier" in n) for n, p in model.named_parameters())
+    with pytest.raises(methods.MethodConfigError, match="has no bias parameters"):
+        methods.apply(fresh(), "bitfit")
+
+
+def test_layer_freezing_trains_the_top_blocks_and_solves_its_budget(tokenizer, tmp_path):
+    from harness import budget
+    from harness.models import empty_model
+
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+    _, model = keeps_its_promises("freeze_layers", lambda: fresh(tokenizer=tokenizer), {"input_ids": ids}, True,
+                                  False, None, tmp_path, overrides=["method.top_layers=1"])
+    block = sum(p.numel() for p in model.model.layers[1].parameters())
+    assert methods.trainable_parameters(model) == block
+    assert not any(p.requires_grad for p in model.model.layers[0].parameters())
+    with pytest.raises(methods.MethodConfigError, match="top_layers=3 exceeds the 2 blocks"):
+        methods.apply(fresh(), "freeze_layers", top_layers=3)
+    cfg = compose(["model=tiny-llama", "method=freeze_layers", f"budget.params={2 * block - 10}"])
+    architecture = empty_model(cfg.model)
+    solved, record = budget.solved_for_model(cfg, architecture, methods.total_parameters(architecture))
+    assert solved.method.top_layers == 2 and record["predicted"] == 2 * block
+
+
+def test_adalora_learns_the_run_length_and_prunes_its_ranks_while_training(tokenizer):
+    from harness.train import RunContext, TrainingData, train
+
+    cfg = compose(["model=tiny-llama", "method=adalora", "method.config.init_r=4", "method.config.target_r=1",
+                   "training.max_steps=4", "training.batch_size=2", "training.micro_batch_size=2",
+                   "training.warmup_steps=0"])
+    model = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    examples = [{"input_ids": list(range(3 + i, 11 + i)), "labels": list(range(3 + i, 11 + i))} for i in range(8)]
+    train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), cfg.training,
+          RunContext(seed=0, progress=False))
+    config = model.peft_config["default"]
+    assert config.total_step == 4
+    kept = sum(sum(mask) for mask in config.rank_pattern.values())
+    assert config.rank_pattern and kept < 4 * len(config.rank_pattern)  # ranks were pruned towards target_r
+
+
+def test_eva_initialises_from_the_training_batches(tokenizer):
+    from harness.train import RunContext, TrainingData, train
+
+    cfg = compose(["model=tiny-llama", "method=eva", "method.config.r=2", "training.max_steps=1",
+                   "training.batch_size=4", "training.micro_batch_size=4", "training.warmup_steps=0"])
+    model = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    before = model.get_base_model().model.layers[0].self_attn.q_proj.lora_A["default"].weight.detach().clone()
+    generator = torch.Generator().manual_seed(0)
+    examples = [{"input_ids": (ids := torch.randint(3, 500, (12,), generator=generator).tolist()), "labels": ids}
+                for _ in range(16)]
+    train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), cfg.training,
+          RunContext(seed=0, progress=False))
+    after = model.get_base_model().model.layers[0].self_attn.q_proj.lora_A["default"].weight.detach()
+    assert after.shape[1] == HIDDEN and (after.shape != before.shape or not torch.allclose(after, before, atol=1e-3))
+    assert model.peft_config["default"].rank_pattern  # EVA records the ranks it redistributed
+
+
+# the budget of each cell, as a fraction of tiny-llama's parameters: P-tuning's prompt encoder and one whole block
+# cost more than the others' smallest setting, and LoKr's Kronecker factors stop growing early on 64-wide layers
+BUDGET_CELLS = {"rslora": 0.002, "olora": 0.002, "adalora": 0.002, "lokr": 0.0003, "prompt_tuning": 0.002,
+                "p_tuning": 0.02, "fourierft": 0.002, "vera": 0.002, "freeze_layers": 0.012}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUDGET_CELLS)
+def test_a_budget_sweep_cell_trains_with_each_named_baseline(tmp_path, name):
+    from harness.run import run_one
+
+    record = run_one(compose(["model=tiny-llama", f"method={name}", f"budget.fraction={BUDGET_CELLS[name]}",
+                              "task.train_subset=8", "task.val_set_size=0", "task.test_subset=2",
+                              "training.micro_batch_size=4", "training.batch_size=4", "training.max_steps=2",
+                              "training.warmup_steps=0", "protocol.max_new_tokens=4", "run.progress=false",
+                              f"run.results_dir={tmp_path}"]))
+    assert record["status"] == "finished" and record["params"]["budget"]["knob"]
+    assert record["params"]["trainable"] == record["params"]["budget"]["predicted"]
+    assert abs(record["params"]["budget"]["relative_error"]) < 0.5
