@@ -17,7 +17,7 @@ LOCK_cuda = requirements/lock-cuda.txt
 LOCK_FILE = $(if $(filter none,$(LOCK)),,$(or $(LOCK_$(LOCK)),$(LOCK)))
 PIN = $(if $(LOCK_FILE),-c $(LOCK_FILE))
 
-.PHONY: setup setup-latest lock system-packages fashion-mnist test test-fast report reproduce-table1 table1 reproduce-table2 table2 reproduce-table3 table3 reproduce-table4 table4 sweep-budget table-sweep-budget clean-results $(addprefix status-,$(TABLES)) status-sweep-budget $(addprefix submit-,$(TABLES)) submit-sweep-budget
+.PHONY: setup setup-latest lock system-packages fashion-mnist test test-fast report table1 table2 table3 table4 sweep-budget clean-results
 
 setup:
 	@if [ -n "$(LOCK_FILE)" ] && [ ! -f "$(LOCK_FILE)" ]; then echo "setup: no lock $(LOCK_FILE) (LOCK=$(LOCK))"; exit 1; fi
@@ -85,41 +85,41 @@ report:
 forgetting-%:
 	$(PY) -m harness.forgetting experiment=$* $(ARGS)
 
-# The experiments of conf/experiment/: `make reproduce-<name>` runs its grid (paper profile on CUDA, mini
-# otherwise) and writes results/tables/<name>.*; `make <name>` rebuilds that table from the result files
-# already in results/runs, without running anything.
+# The experiments of conf/experiment/ (one file each; a new file is a new target, `_` written `-`):
+# `make reproduce-<name>` runs its grid (paper profile on CUDA, mini otherwise) and writes
+# results/tables/<name>.*; `make table-<name>` rebuilds that table from the result files already in results/runs,
+# without running anything; `make status-<name>` says where every cell stands (finished / running / failed /
+# missing); `make submit-<name> ARGS="launcher=slurm launcher.partition=gpu"` submits its unfinished cells as one
+# job array (harness.submit; ARGS="--wait" blocks and writes the table).
 #   table1: MiLoRA Table 1 (commonsense)     table2: MiLoRA Table 2 (GSM8K, MATH)
 #   table3: Neat Table 3 (GLUE dev)          table4: Neat Table 4 (image classification)
 #   sweep-budget: RoSA's equal-budget table on GSM8K
+#   neat-depth, neat-modules, neat-activation: Neat's ablations (Figure 2, Figure 3, Table 5)
+EXPERIMENTS := $(sort $(subst _,-,$(basename $(notdir $(wildcard conf/experiment/*.yaml)))))
 TABLES := table1 table2 table3 table4
+experiment = $(subst -,_,$(1))
 
-$(addprefix reproduce-,$(TABLES)): reproduce-%:
-	$(PY) -m harness.reproduce experiment=$* $(ARGS)
+.PHONY: experiments $(addprefix reproduce-,$(EXPERIMENTS)) $(addprefix table-,$(EXPERIMENTS)) \
+	$(addprefix status-,$(EXPERIMENTS)) $(addprefix submit-,$(EXPERIMENTS))
+experiments:
+	@echo $(EXPERIMENTS)
 
-$(TABLES): %:
-	$(PY) -m harness.tables experiment=$* $(ARGS)
+$(addprefix reproduce-,$(EXPERIMENTS)): reproduce-%:
+	$(PY) -m harness.reproduce experiment=$(call experiment,$*) $(ARGS)
 
-sweep-budget:
-	$(PY) -m harness.reproduce experiment=sweep_budget $(ARGS)
+$(addprefix table-,$(EXPERIMENTS)): table-%:
+	$(PY) -m harness.tables experiment=$(call experiment,$*) $(ARGS)
 
-table-sweep-budget:
-	$(PY) -m harness.tables experiment=sweep_budget $(ARGS)
+$(addprefix status-,$(EXPERIMENTS)): status-%:
+	$(PY) -m harness.status experiment=$(call experiment,$*) $(ARGS)
 
-# where every cell stands (finished / running / failed / missing), e.g. `make status-table1`, `make status-sweep-budget`
-$(addprefix status-,$(TABLES)): status-%:
-	$(PY) -m harness.status experiment=$* $(ARGS)
+$(addprefix submit-,$(EXPERIMENTS)): submit-%:
+	$(PY) -m harness.submit experiment=$(call experiment,$*) $(ARGS)
 
-status-sweep-budget:
-	$(PY) -m harness.status experiment=sweep_budget $(ARGS)
-
-# submit an experiment's unfinished cells as one job array (harness.submit), e.g.
-# `make submit-table1 ARGS="launcher=slurm launcher.partition=gpu"`; ARGS="--wait" blocks and writes the table
-$(addprefix submit-,$(TABLES)): submit-%:
-	$(PY) -m harness.submit experiment=$* $(ARGS)
-
-submit-sweep-budget:
-	$(PY) -m harness.submit experiment=sweep_budget $(ARGS)
-
+# the short names of earlier releases: `make table1` = `make table-table1`, `make sweep-budget` =
+# `make reproduce-sweep-budget`
+$(TABLES): %: table-%
+sweep-budget: reproduce-sweep-budget
 
 clean-results:
 	rm -rf results/runs/*.json results/runs/*.jsonl results/tables/*.md results/tables/*.csv results/tables/*.tex

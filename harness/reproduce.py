@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     running = [o for o in outcomes if o.status == "running"]
     if running:
         print(f"[harness] {len(running)} cell(s) still running elsewhere: the table is written when they finish "
-              f"(`make {base.experiment_name}` or rerun this command)", flush=True)
+              f"(`make table-{base.experiment_name.replace('_', '-')}` or rerun this command)", flush=True)
     elif distributed.is_main():  # (several processes run each cell together; the main one writes the table)
         with cli_errors():
             paths = make_table(base, cells)

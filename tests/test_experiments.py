@@ -21,6 +21,9 @@ TINY = {
     "table2": [*TINY_LLAMA_WIDE, "protocol.max_new_tokens=2", "protocol.max_new_tokens_per_set.MATH=2"],
     "table3": ["model=tiny-bert"],
     "table4": ["model=vit-mini"],
+    "neat_depth": ["model=vit-mini"],
+    "neat_modules": ["model=vit-mini"],
+    "neat_activation": ["model=vit-mini"],
     "sweep_budget": [*TINY_LLAMA_WIDE, "protocol.max_gen_toks=2"],
 }
 SHRINK = ["task.train_subset=8", "task.val_set_size=2", "training.eval_steps=1", "task.test_subset=2", "training.max_steps=1", "training.batch_size=4",
@@ -33,7 +36,7 @@ def test_every_experiment_is_covered():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_the_mini_grid_runs_end_to_end_and_writes_its_table(experiment, tmp_path):
-    if experiment == "table4" and not os.path.isfile("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
+    if experiment in ("table4", "neat_activation") and not os.path.isfile("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make setup installs it where apt-get works)")
     args = [sys.executable, "-m", "harness.reproduce", f"experiment={experiment}", "profile=mini", *TINY[experiment],
             *SHRINK, f"run.results_dir={tmp_path}"]

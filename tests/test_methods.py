@@ -11,7 +11,8 @@ TARGETS = ["q_proj", "v_proj", "up_proj"]
 ALL = [("lora", dict(r=4, alpha=8, dropout=0.0)), ("dora", dict(r=4, alpha=8, dropout=0.0)),
        ("pissa", dict(r=4, alpha=4, dropout=0.0)), ("pissa", dict(r=4, alpha=8, svd_niter=4)),
        ("milora", dict(r=4, alpha=4, dropout=0.0)), ("milora", dict(r=4, alpha=16)),
-       ("neat", dict(r=4)), ("neat", dict(r=4, depth=1, convention="d_in")), ("full", {})]
+       ("neat", dict(r=4)), ("neat", dict(r=4, depth=1, convention="d_in")), ("neat", dict(r=4, act_fn="sin2pi")),
+       ("full", {})]
 
 
 def adapt(model, name, opts):
@@ -106,7 +107,7 @@ def test_parameter_counts_equal_spec_formulas(tiny_model):
 
 @pytest.mark.parametrize("name,opts", [("milora", dict(r=4, alpha=4)), ("pissa", dict(r=4, alpha=8)),
                                        ("lora", dict(r=4)), ("neat", dict(r=4, convention="d_in")),
-                                       ("neat", dict(r=2))])
+                                       ("neat", dict(r=2)), ("neat", dict(r=2, depth=1, act_fn="sin2pi"))])
 def test_save_and_reload_on_the_original_weights(tiny_cfg, tokenizer, inputs, tmp_path, name, opts):
     from harness.models import load_model
 
@@ -138,7 +139,7 @@ def test_bad_options_are_named(tiny_model):
 
 
 @pytest.mark.parametrize("opts", [dict(r=4), dict(r=3, depth=1), dict(r=4, convention="d_in"),
-                                  dict(r=3, depth=1, convention="d_in", scaling=0.5)])
+                                  dict(r=3, depth=1, convention="d_in", scaling=0.5), dict(r=3, act_fn="sin2pi")])
 def test_neat_factored_forward_equals_the_dense_delta_weight(tiny_model, inputs, opts):
     """Neat's forward from two thin factors (no d_out x d_in delta) gives the outputs and gradients of the dense
     delta weight: peft's own PEANuT layer for its convention, the paper's formula for d_in."""
@@ -160,6 +161,9 @@ def test_neat_factored_forward_equals_the_dense_delta_weight(tiny_model, inputs,
             expected = s * h @ B.t()
         else:
             expected = PeanutLinear._compute_delta_weight(layer, "default", W0)  # peft's own computation
+            if opts.get("act_fn") == "sin2pi":  # the paper's sigma(x) = sin(2 pi x), written out
+                expected_sin = s * B @ torch.sin(2 * torch.pi * (A @ W0))
+                torch.testing.assert_close(expected, expected_sin, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(layer.get_delta_weight("default"), expected, rtol=1e-5, atol=1e-7)
 
     dense = copy.deepcopy(model)

@@ -19,6 +19,23 @@ from torch import nn
 from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type, require_positive_int
 from harness.methods.registry import register
 
+class Sin2Pi(nn.Module):
+    """sigma(x) = sin(2 pi x), the periodic activation of Neat's Table 5 ablation (ReLU is the default)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(2 * math.pi * x)
+
+
+def _register_activations() -> None:
+    """Adds Neat's sinusoidal activation to transformers' activation table under the name `sin2pi`, the table
+    peft's PEANuT reads its `act_fn` from (its config accepts only names there): the saved adapter_config.json
+    names it, and peft's own layer computes it once the harness is imported."""
+    from transformers.activations import ACT2FN
+
+    if "sin2pi" not in ACT2FN:
+        ACT2FN["sin2pi"] = Sin2Pi
+
+
 NEAT_OPTIONS = {"r", "scaling", "depth", "act_fn", "convention", "target_modules", "layers_to_transform", "task_type",
                 "modules_to_save"}
 CONVENTION_FILE = "harness_neat.json"
@@ -108,6 +125,8 @@ def _factored(peft_model, convention: str):
 def _peanut_config(options: dict):
     from peft import PeanutConfig
 
+    _register_activations()
+
     return PeanutConfig(
         r=require_positive_int("neat", "r", options.get("r", 8)),
         depth=int(options.get("depth", 0)),
@@ -126,6 +145,11 @@ class Neat(Method):
     budget_knob = "r"
     # 2: the factored forward (the same function, other rounding than peft's dense delta weight)
     behaviour_version = 2
+
+    def knob_label(self, options):
+        extra = [f"depth={options['depth']}" if options.get("depth") else "",
+                 f"act={options['act_fn']}" if options.get("act_fn", "relu") != "relu" else ""]
+        return " ".join(part for part in [super().knob_label(options), *extra] if part)
 
     def count(self, shapes, options):
         r, depth = int(options["r"]), int(options.get("depth", 0))
@@ -158,6 +182,7 @@ class Neat(Method):
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
+        _register_activations()
         directory = Path(directory)
         marker = directory / CONVENTION_FILE
         convention = json.loads(marker.read_text())["convention"] if marker.exists() else "d_out"
