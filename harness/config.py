@@ -21,7 +21,7 @@ NON_SEMANTIC_KEYS = ("run", "logging", "data_dir", "grid", "grid_cross", "profil
                      "profile", "launcher", "sharding", "seeds", "paper_seeds", "tune_lr",
                      "lr_point")
 # Where the data and weights are: replaced in the run hash by what they hold (`inputs`, harness.provenance).
-LOCATION_TASK_KEYS = ("data_dir", "train_file", "test_files", "paper_train_file")
+LOCATION_TASK_KEYS = ("data_dir", "train_file", "test_file", "test_files", "paper_train_file")
 NON_SEMANTIC_TASK_KEYS = (*LOCATION_TASK_KEYS, "missing_ok")
 
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 from omegaconf import OmegaConf
+from written_records import SQL_HUB, VIGGO, write_jsonl  # tests/written_records.py
 
 from harness import methods
 from harness.config import CONFIG_DIR, compose, experiment_cells, run_id, semantic_config, with_profile
@@ -62,9 +63,13 @@ def test_mini_profile_uses_the_offline_model():
     assert compose(["profile=paper", "task=gsm8k"]).task.train_file == "meta-math/MetaMathQA"
 
 
-def test_budget_sweep_trains_on_gsm8k_and_sizes_the_mini_cells():
-    _, paper = experiment_cells(["experiment=sweep_budget", "profile=paper"])
-    assert all(cfg.task.train_file is None and cfg.task.name == "math" for cfg in paper)  # GSM8K train, as RoSA
+def test_budget_sweep_trains_on_gsm8k_viggo_and_sql_and_sizes_the_mini_cells():
+    _, paper = experiment_cells(["experiment=sweep_budget", "profile=paper", "seeds=null"])
+    assert all(cfg.task.train_file is None for cfg in paper)  # GSM8K's train split as RoSA; ViGGO / SQL from the hub
+    tasks = [(cfg.task.name, cfg.protocol.name) for cfg in paper]
+    assert tasks[:3] == [("math", "lmeval"), ("viggo", "rosa_exact"), ("sql", "rosa_exact")]  # every cell on three
+    assert tasks.count(("viggo", "rosa_exact")) == len(paper) // 3
+    assert all(cfg.task.train_format == "rosa" for cfg in paper if cfg.task.name == "math")
     assert {cfg.model.name for cfg in paper} == {"llama2-7b"}
     _, mini = experiment_cells(["experiment=sweep_budget", "profile=mini", "task.test_subset=5"])
     assert all(cfg.task.train_subset == 64 and cfg.task.test_subset == 5 for cfg in mini)  # the user's override wins
@@ -121,16 +126,23 @@ def test_every_method_applies_to_a_model_it_is_meant_for(name):
     methods.validate(model, cfg.method.name, head_modules=head, **method_options(cfg))
 
 
-TASK_MODELS = {"commonsense": "tiny-llama", "gsm8k": "tiny-llama", "glue": "tiny-bert", "image": "vit-mini"}
+TASK_MODELS = {"commonsense": "tiny-llama", "gsm8k": "tiny-llama", "glue": "tiny-bert", "image": "vit-mini",
+               "viggo": "tiny-llama", "sql": "tiny-llama"}
 TASK_DATA = {"image": ["task.dataset=digits"]}
+# tasks with no copy of their data here: records in the dataset's own format, written by the test
+TASK_RECORDS = {"viggo": VIGGO * 2, "sql": SQL_HUB * 4}
 
 
 @pytest.mark.parametrize("name", options("task"))
-def test_every_task_reads_its_data_and_encodes_a_record(name, data_dir):
+def test_every_task_reads_its_data_and_encodes_a_record(name, data_dir, tmp_path):
     from harness import benchmarks, models
 
+    written = []
+    if name in TASK_RECORDS:
+        path = write_jsonl(tmp_path / f"{name}.jsonl", TASK_RECORDS[name])
+        written = [f"task.train_file={path}", f"task.test_file={path}"]
     cfg = compose([f"task={name}", f"model={TASK_MODELS[name]}", "task.train_subset=4", "task.test_subset=2",
-                   "task.val_set_size=0", *TASK_DATA.get(name, [])])
+                   "task.val_set_size=0", *TASK_DATA.get(name, []), *written])
     benchmark = benchmarks.get(cfg.task.name)
     assert benchmark.data_sources(cfg.task)
     train, _ = benchmark.training_records(cfg.task, seed=0)

@@ -24,6 +24,8 @@ TINY = {
     "neat_depth": ["model=vit-mini"],
     "neat_modules": ["model=vit-mini"],
     "neat_activation": ["model=vit-mini"],
+    "table6": [*TINY_LLAMA_WIDE, "protocol.max_new_tokens=2", "protocol.max_new_tokens_per_set.MATH=2"],
+    "table9": [*TINY_LLAMA_WIDE, "protocol.max_new_tokens=2", "protocol.max_new_tokens_per_set.MATH=2"],
     "sweep_budget": [*TINY_LLAMA_WIDE, "protocol.max_gen_toks=2"],
 }
 SHRINK = ["task.train_subset=8", "task.val_set_size=2", "training.eval_steps=1", "task.test_subset=2", "training.max_steps=1", "training.batch_size=4",

@@ -56,19 +56,25 @@ def _layers(model):
     return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
-@pytest.mark.parametrize("name,pick", [("pissa", "largest"), ("milora", "smallest")])
+@pytest.mark.parametrize("name,pick", [("pissa", "largest"), ("milora", "smallest"), ("milora", "principal"),
+                                       ("milora", "random")])
 @pytest.mark.parametrize("alpha", [4, 16])
 def test_svd_init_picks_components_and_reconstructs_weight(tiny_model, name, pick, alpha):
     r = 4
     original = {n: m.weight.detach().clone() for n, m in tiny_model.named_modules() if n.endswith(tuple(TARGETS))}
-    model = methods.apply(tiny_model, name, r=r, alpha=alpha, target_modules=TARGETS)
+    init = {"components": pick, "components_seed": 3} if pick in ("principal", "random") else {}
+    model = methods.apply(tiny_model, name, r=r, alpha=alpha, target_modules=TARGETS, **init)
+    draw = torch.Generator().manual_seed(3)  # MiLoRA's random components: one draw per matrix, in module order
     layers = _layers(model)
     assert layers
     for layer in layers:
         name_ = next(n for n, m in model.named_modules() if m is layer)
         w0 = original[name_.removeprefix("base_model.model.")]
         U, S, Vh = torch.linalg.svd(w0, full_matrices=False)
-        sl = slice(0, r) if pick == "largest" else slice(-r, None)
+        sl = {"largest": slice(0, r), "principal": slice(0, r), "smallest": slice(-r, None)}.get(pick)
+        if pick == "random":
+            sl = torch.randperm(S.shape[0], generator=draw)[:r].sort().values
+            assert sl.tolist() not in ([0, 1, 2, 3], list(range(S.shape[0] - r, S.shape[0])))
         expected = U[:, sl] @ torch.diag(S[sl]) @ Vh[sl]
         scale = layer.scaling["default"]
         assert scale == alpha / r

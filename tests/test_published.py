@@ -48,6 +48,22 @@ def test_table2_rows_match_the_spec_and_store_the_papers_average(spec):
     assert table["avg"]["LLaMA2-7B"] == {"full": 43.2, "lora": 38.7, "pissa": 37.0, "milora": 40.7}
 
 
+def test_milora_table6_and_table9_rows_match_the_spec(spec):
+    line = spec.split("- Table 6, which components initialise the adapter", 1)[1].split("\n- ", 1)[0]
+    six = published("table6")["rows"]["LLaMA2-7B"]
+    for label in ("principal", "random", "minor"):
+        assert six[label] == numbers(line.split(f"{label} ", 1)[1].split(";")[0])
+    line = spec.split("- Table 9, hyper-parameter setups", 1)[1].split("\n- ", 1)[0]
+    nine = published("table9")
+    setups = {"pissa setup": line.split("PiSSA's setup", 1)[1].split("LLM-Adapters' setup")[0],
+              "llm-adapters setup": line.split("LLM-Adapters' setup", 1)[1]}
+    for setup, text in setups.items():
+        for label in ("LoRA", "PiSSA", "MiLoRA"):
+            values = numbers(text.split(f"{label} ", 1)[1].split(",")[0])
+            key = f"{label.lower()} ({setup})"
+            assert nine["rows"]["LLaMA2-7B"][key] == values[:2] and nine["avg"]["LLaMA2-7B"][key] == values[2]
+
+
 def test_rosa_rows_match_the_spec(spec):
     rows = re.findall(r"^\| (~\d+M|-) \| (LoRA|RoSA|SpA|Full FT)[^|]*\| ([\d.]+[MB]) \|(.*)\|$", spec, re.M)
     table = published("rosa_gsm8k")["rows"]

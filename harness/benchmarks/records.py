@@ -112,3 +112,22 @@ def subset_and_split(records: list[dict], task: Mapping, seed: int) -> tuple[lis
     if val_size >= len(records):
         raise DataError(f"task.val_set_size={val_size} leaves no training records (only {len(records)})")
     return records[val_size:], records[:val_size]
+
+
+def tokenize_prompt_response(record: Mapping, tokenizer, cutoff_len: int, train_on_inputs: bool,
+                             add_eos_token: bool = True) -> dict:
+    """A `prompt` / `response` record as token ids and labels (the loss on the response unless `train_on_inputs`).
+    MetaMath / MiLoRA tokenize prompt and response together (`joint`), masking the prompt's own token count;
+    for RoSA's format the response is tokenized apart as its own sequence, with the tokenizer's special tokens, as
+    llm-foundry's `tokenizer(text=question, text_target=answer)` does (IST-DASLab/RoSA tasks.py): on LLaMA that
+    puts a BOS before the answer, `<s> question <s> answer </s>`."""
+    prompt_ids = tokenizer(record["prompt"])["input_ids"]
+    if record.get("joint", True):
+        ids = tokenizer(record["prompt"] + record["response"])["input_ids"]
+    else:
+        ids = prompt_ids + tokenizer(record["response"])["input_ids"]
+    if add_eos_token:
+        ids = ids + [tokenizer.eos_token_id]
+    ids = ids[:cutoff_len]
+    labels = list(ids) if train_on_inputs else [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}

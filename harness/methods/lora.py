@@ -105,10 +105,15 @@ class ResidualInitLoRA(LowRankBudget, Method):
     """
 
     init_reads_weights = True  # an SVD of every adapted weight
+    #: the options of the initialisation itself, beside LoRA's
+    init_options: frozenset[str] = frozenset()
+
+    def check_init_options(self, options: dict) -> None:
+        """Raises MethodConfigError for an initialisation option that cannot work (checked before any weights)."""
 
     def apply_structure(self, model, **options):
         # the same peft LoRA layers, randomly initialised: no SVD (the values come from the main process)
-        options = {k: v for k, v in options.items() if k != "svd_niter"}
+        options = {k: v for k, v in options.items() if k not in self.init_options}
         check_options(self.name, options, LORA_OPTIONS)
         return wrap(model, lora_config(self.name, options, init_lora_weights=True))
 
@@ -120,7 +125,8 @@ class ResidualInitLoRA(LowRankBudget, Method):
         min(d_out, d_in) has no singular components to take), then apply a plain LoRA to the meta model."""
         from harness.budget import linear_shapes
 
-        options = {k: v for k, v in options.items() if k != "svd_niter"}
+        self.check_init_options(options)
+        options = {k: v for k, v in options.items() if k not in self.init_options}
         check_options(self.name, options, LORA_OPTIONS)
         r = require_positive_int(self.name, "r", options.get("r", 8))
         shapes = linear_shapes(model, options.get("target_modules"), options.get("layers_to_transform"))
@@ -137,6 +143,7 @@ class ResidualInitLoRA(LowRankBudget, Method):
 @register("pissa")
 class PiSSA(ResidualInitLoRA):
     label, display_order = "PiSSA", 3
+    init_options = frozenset({"svd_niter"})
 
     def apply(self, model, **options):
         options = dict(options)

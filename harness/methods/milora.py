@@ -4,6 +4,11 @@ peft has no MiLoRA init (its "mica" init is a different method: B from minor com
 written here as an initialisation applied to a plain peft LoRA adapter. With W0 = U S V^T and the last r
 components (U_r, S_r, V_r): B = U_r sqrt(S_r / s), A = sqrt(S_r / s) V_r^T, W_res = W0 - s B A, where s is the
 LoRA scaling; s B A = U_r S_r V_r^T exactly, for any alpha.
+
+`components` picks which r components (MiLoRA Table 6, the official svd_init.py's "min" / "max" modes and the
+paper's random control): `minor` (MiLoRA, the default), `principal` (the r largest: PiSSA's components with
+MiLoRA's scaling and recipe) or `random` (r components drawn uniformly without replacement, per matrix, from a
+generator seeded by `components_seed`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,23 @@ from harness.methods.lora import LORA_OPTIONS, ResidualInitLoRA, lora_config, wr
 from harness.methods.registry import register
 
 
+COMPONENTS = ("minor", "principal", "random")
+
+
+def chosen_components(k: int, r: int, components: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices of the r singular components (of k, in descending order of singular value) to adapt."""
+    if components == "minor":
+        return torch.arange(k - r, k)
+    if components == "principal":
+        return torch.arange(r)
+    return torch.randperm(k, generator=generator)[:r].sort().values
+
+
 @torch.no_grad()
-def milora_init_layer(layer, adapter_name: str = "default") -> None:
-    """Re-initialises one peft LoraLayer's adapter from the minor singular components of its base weight."""
+def milora_init_layer(layer, adapter_name: str = "default", components: str = "minor",
+                      generator: torch.Generator | None = None) -> None:
+    """Re-initialises one peft LoraLayer's adapter from the chosen singular components of its base weight (the
+    minor ones for MiLoRA)."""
     from peft.utils.other import transpose
 
     base = layer.get_base_layer()
@@ -26,9 +45,10 @@ def milora_init_layer(layer, adapter_name: str = "default") -> None:
     if r > min(weight.shape):
         raise MethodConfigError(f"MiLoRA rank r={r} exceeds min(d_out, d_in)={min(weight.shape)} for a {tuple(weight.shape)} weight")
     U, S, Vh = svd_components(weight)
-    sqrt_s = torch.sqrt(S[-r:] / scale)
-    lora_A = sqrt_s[:, None] * Vh[-r:]          # [r, d_in]
-    lora_B = U[:, -r:] * sqrt_s[None, :]        # [d_out, r]
+    picked = chosen_components(S.shape[0], r, components, generator)
+    sqrt_s = torch.sqrt(S[picked] / scale)
+    lora_A = sqrt_s[:, None] * Vh[picked]       # [r, d_in]
+    lora_B = U[:, picked] * sqrt_s[None, :]     # [d_out, r]
     A, B = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
     A.data = lora_A.to(A.dtype).contiguous()  # (an SVD's factors are column-major)
     B.data = lora_B.to(B.dtype).contiguous()
@@ -39,15 +59,29 @@ def milora_init_layer(layer, adapter_name: str = "default") -> None:
 @register("milora")
 class MiLoRA(ResidualInitLoRA):
     label, display_order = "MiLoRA", 4
+    init_options = frozenset({"components", "components_seed"})
+
+    def check_init_options(self, options):
+        if options.get("components", "minor") not in COMPONENTS:
+            raise MethodConfigError(f"method=milora: components={options['components']!r}; use one of {list(COMPONENTS)}")
+
+    def knob_label(self, options):
+        label = super().knob_label(options)
+        components = options.get("components", "minor")
+        return label if components == "minor" else f"{label} {components}"
 
     def apply(self, model, **options):
         from peft.tuners.lora import LoraLayer
 
+        self.check_init_options(options)
+        components, seed = options.get("components", "minor"), int(options.get("components_seed") or 0)
+        options = {k: v for k, v in options.items() if k not in self.init_options}
         check_options(self.name, options, LORA_OPTIONS)
         peft_model = wrap(model, lora_config(self.name, options, init_lora_weights=True))
+        generator = torch.Generator().manual_seed(seed)  # (the layers in module order: the same draw every time)
         for module in peft_model.modules():
             if isinstance(module, LoraLayer):
                 for adapter_name in module.lora_A:
-                    milora_init_layer(module, adapter_name)
+                    milora_init_layer(module, adapter_name, components, generator)
         self.remember_initial_adapter(peft_model)
         return peft_model

@@ -45,18 +45,26 @@ def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, fractions: Sequ
     runs["group"] = [budget_group(run, fractions, labels) for run in runs.itertuples()]
     runs["order"] = [display.order(m) for m in runs.method]
     runs["rank_desc"] = [-int(r) if not missing(r) else 0 for r in runs["rank"]]
+    runs["row_key"] = [(run.group, run.model, knob_label(run)) for run in runs.itertuples()]
     rows = []
     for label in [*labels, FULL]:
-        for run in runs[runs.group == label].sort_values(["order", "rank_desc", "trainable"]).itertuples():
-            if run.status == "finished":
-                ours = {c: float(accuracy.get((run.run_id, d))) if (run.run_id, d) in accuracy.index else None
-                        for c, d in zip(columns, datasets)}
-                params = f"{params_text(run.trainable)} ({run.trainable_percent:.2f}%)"
-            else:
-                ours, params = {c: FAILED for c in columns}, ""
+        group = runs[runs.group == label].sort_values(["order", "rank_desc", "trainable"])
+        # one row per method and knobs: its runs on different tasks (GSM8K, ViGGO, SQL) fill its columns
+        for _, same in group.groupby("row_key", sort=False):
+            run = same.iloc[0]
+            ours, params = {}, ""
+            failed = (same.status != "finished").any()
+            for c, d in zip(columns, datasets):
+                finished = [r for r in same.itertuples() if r.status == "finished" and (r.run_id, d) in accuracy.index]
+                if finished:
+                    ours[c] = float(accuracy.get((finished[0].run_id, d)))
+                    params = params or f"{params_text(finished[0].trainable)} ({finished[0].trainable_percent:.2f}%)"
+                else:  # (a failed run's frame row names no set: it shows in every column no finished run fills)
+                    ours[c] = FAILED if failed else None
             row = {"budget": label, "method": knob_label(run), "params": params, **ours}
             for c, d in zip(columns, datasets):
-                found = evidence.set_runs(df[df.run_id == run.run_id], d) if evidence is not None else None
+                done = [r.run_id for r in same.itertuples() if r.status == "finished" and (r.run_id, d) in accuracy.index]
+                found = evidence.set_runs(df[df.run_id == done[0]], d) if evidence is not None and done else None
                 bounds = interval([found]) if found is not None else None
                 row[f"{c} CI low"], row[f"{c} CI high"] = bounds if bounds else (None, None)
             published_row = paper_rows.get((label, run.method))

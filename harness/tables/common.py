@@ -19,10 +19,17 @@ def published(name: str) -> dict:
 
 
 def short_namer(task_name: str):
-    """dataset -> the column a table shows, as the benchmark names it."""
+    """dataset -> the column a table shows, as the benchmark names it (the experiment's own benchmark first, then
+    any benchmark that names the set: RoSA's table has GSM8K, ViGGO and SQL columns from three benchmarks)."""
     from harness import benchmarks
 
-    return benchmarks.get(task_name).short_name
+    own = benchmarks.get(task_name)
+    others = [benchmarks.get(name) for name in benchmarks.names() if name != task_name]
+
+    def short(dataset: str) -> str:
+        named = next((b for b in [own, *others] if dataset in b.short_names), own)
+        return named.short_name(dataset)
+    return short
 
 
 def recipe_sources(df: pd.DataFrame) -> str:

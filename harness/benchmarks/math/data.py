@@ -14,7 +14,7 @@ from typing import Mapping
 
 from harness.benchmarks.base import test_subset
 from harness.benchmarks.math.answers import ANSWER_MARKER
-from harness.benchmarks.records import read_source, subset_and_split, train_file_source
+from harness.benchmarks.records import read_source, subset_and_split, tokenize_prompt_response, train_file_source
 from harness.errors import DataError
 from harness.provenance import Hub, LocalFile
 
@@ -141,17 +141,6 @@ def question_of(dataset: str, record: Mapping) -> str:
 
 
 def tokenize(record: Mapping, tokenizer, cutoff_len: int, train_on_inputs: bool, add_eos_token: bool = True) -> dict:
-    """MetaMath / MiLoRA tokenize prompt and response together (`joint`), masking the prompt's own token count;
-    for RoSA's format the response is tokenized apart as its own sequence, with the tokenizer's special tokens, as
-    llm-foundry's `tokenizer(text=question, text_target=answer)` does (IST-DASLab/RoSA tasks.py): on LLaMA that
-    puts a BOS before the answer, `<s> question <s> answer </s>`."""
-    prompt_ids = tokenizer(record["prompt"])["input_ids"]
-    if record.get("joint", True):
-        ids = tokenizer(record["prompt"] + record["response"])["input_ids"]
-    else:
-        ids = prompt_ids + tokenizer(record["response"])["input_ids"]
-    if add_eos_token:
-        ids = ids + [tokenizer.eos_token_id]
-    ids = ids[:cutoff_len]
-    labels = list(ids) if train_on_inputs else [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
-    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+    """MetaMath / MiLoRA tokenize prompt and response together (`joint`); RoSA's format tokenizes the response
+    apart (`harness.benchmarks.records.tokenize_prompt_response`)."""
+    return tokenize_prompt_response(record, tokenizer, cutoff_len, train_on_inputs, add_eos_token)

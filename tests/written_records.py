@@ -1,0 +1,29 @@
+"""Records in the real formats of datasets no copy of which is on this machine (ViGGO, SQL), written by the
+tests that need them."""
+
+import json
+
+# GEM/viggo's record format (the fields a record has on the hub)
+VIGGO = [
+    {"gem_id": "viggo-train-0", "meaning_representation": "inform(name[Dirt: Showdown], release_year[2012], "
+     "esrb[E 10+ (for Everyone 10 and Older)], genres[driving/racing, sport], platforms[PlayStation, Xbox, PC], "
+     "available_on_steam[yes], has_linux_release[no], has_mac_release[no])",
+     "target": "Dirt: Showdown from 2012 is a sport racing game for the PlayStation, Xbox, PC rated E 10+.",
+     "references": ["Dirt: Showdown from 2012 is a sport racing game for the PlayStation, Xbox, PC rated E 10+."]},
+    {"gem_id": "viggo-train-1", "meaning_representation": "request(genres[simulation])",
+     "target": "What is your favourite simulation game?", "references": ["What is your favourite simulation game?"]},
+]
+# b-mc2/sql-create-context's record format, and RoSA's own data/sql/*.jsonl (chat messages)
+SQL_HUB = [{"question": "What is the result when the opponent is blackburn rovers?",
+            "context": "CREATE TABLE table_name_39 (result VARCHAR, opponent VARCHAR)",
+            "answer": "SELECT result FROM table_name_39 WHERE opponent = 'blackburn rovers'"}]
+SQL_ROSA = [{"messages": [
+    {"role": "user", "content": "Write a SQL query to answer the question based on the table schema.\n\n context: "
+     "CREATE TABLE table_29202276_2 (route_via VARCHAR, train_name VARCHAR)\n\n question: What is the route/via "
+     "when the train name is Parasuram Express?"},
+    {"role": "assistant", "content": "SELECT route_via FROM table_29202276_2 WHERE train_name = 'Parasuram Express'"}]}]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
