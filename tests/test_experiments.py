@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from written_records import ALPACA_EVAL, CHATS, write_json, write_jsonl  # tests/written_records.py
 
 from harness.config import CONFIG_DIR, PROJECT_ROOT
 
@@ -26,8 +27,17 @@ TINY = {
     "neat_activation": ["model=vit-mini"],
     "table6": [*TINY_LLAMA_WIDE, "protocol.max_new_tokens=2", "protocol.max_new_tokens_per_set.MATH=2"],
     "table9": [*TINY_LLAMA_WIDE, "protocol.max_new_tokens=2", "protocol.max_new_tokens_per_set.MATH=2"],
+    "milora_instruct": ["model=tiny-llama", "task.datasets=[alpaca_eval]", "protocol.alpaca_eval.max_new_tokens=2"],
     "sweep_budget": [*TINY_LLAMA_WIDE, "protocol.max_gen_toks=2"],
 }
+# experiments whose data is not on this machine: records in the datasets' own formats, written by the test
+def written_data(experiment, directory):
+    if experiment != "milora_instruct":
+        return []
+    return [f"task.train_file={write_jsonl(directory / 'chats.jsonl', CHATS * 4)}",
+            f"task.test_files.alpaca_eval={write_json(directory / 'alpaca_eval.json', ALPACA_EVAL)}"]
+
+
 SHRINK = ["task.train_subset=8", "task.val_set_size=2", "training.eval_steps=1", "task.test_subset=2", "training.max_steps=1", "training.batch_size=4",
           "training.micro_batch_size=4", "training.warmup_steps=0", "run.progress=false", "run.save_adapter=false"]
 
@@ -41,7 +51,7 @@ def test_the_mini_grid_runs_end_to_end_and_writes_its_table(experiment, tmp_path
     if experiment in ("table4", "neat_activation") and not os.path.isfile("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make setup installs it where apt-get works)")
     args = [sys.executable, "-m", "harness.reproduce", f"experiment={experiment}", "profile=mini", *TINY[experiment],
-            *SHRINK, f"run.results_dir={tmp_path}"]
+            *SHRINK, *written_data(experiment, tmp_path), f"run.results_dir={tmp_path}"]
     proc = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -27,3 +27,32 @@ SQL_ROSA = [{"messages": [
 def write_jsonl(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return str(path)
+
+# HuggingFaceH4/ultrafeedback_binarized's train_sft records (chosen conversations), and alpaca_eval's JSON list
+CHATS = [
+    {"prompt": "Name a primary colour.", "prompt_id": "p0",
+     "messages": [{"role": "user", "content": "Name a primary colour."},
+                  {"role": "assistant", "content": " Red is a primary colour. "}]},
+    {"prompt": "Say hello in French.", "prompt_id": "p1",
+     "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello in French."},
+                  {"role": "assistant", "content": "Bonjour."}, {"role": "user", "content": "And in Spanish?"},
+                  {"role": "assistant", "content": "Hola."}]},
+]
+ALPACA_EVAL = [
+    {"instruction": "What are the names of some famous actors that started their careers on Broadway?",
+     "output": "Some famous actors ...", "generator": "gpt4_1106_preview", "dataset": "helpful_base"},
+    {"instruction": "How did US states get their names?", "output": "US states get their names ...",
+     "generator": "gpt4_1106_preview", "dataset": "helpful_base"},
+]
+# google/IFEval's records
+IFEVAL = [
+    {"key": 1000, "prompt": "Write a 2 paragraph story about a cat. Separate paragraphs with the markdown divider: ***",
+     "instruction_id_list": ["length_constraints:number_paragraphs"], "kwargs": [{"num_paragraphs": 2}]},
+    {"key": 1001, "prompt": "Answer in all lowercase letters: what is the capital of France?",
+     "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]},
+]
+
+
+def write_json(path, records):
+    path.write_text(json.dumps(records))
+    return str(path)

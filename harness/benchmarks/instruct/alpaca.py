@@ -1,0 +1,113 @@
+"""AlpacaEval (MiLoRA Table 3's AlpacaEval 2.0 columns): the model's answers to AlpacaEval's instructions, greedy,
+in the Tulu chat format it was trained in, as alpaca_eval's model outputs ({instruction, output, generator,
+dataset}); the win rates against the reference come from the `alpaca_eval` package's judge, run only when one is
+configured (`protocol.alpaca_eval.annotators_config`: an alpaca_eval annotator, which needs its API key, or a
+config of a local model). Without one the outputs are kept in the predictions file, the set's metrics say
+"judge not run", and its table cell stays empty: nothing stands in for the judge.
+
+    python -m harness.benchmarks.instruct.alpaca <run id> [annotators_config=<name or path>]
+
+writes `<run id>.alpaca_eval.json` (alpaca_eval's `--model_outputs` file) from a finished run's predictions and,
+with an annotator, scores it there and then without regenerating.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Mapping
+
+from harness.benchmarks.base import Scorer
+from harness.benchmarks.instruct.data import tulu_format
+from harness.errors import ConfigError
+from harness.generation import generate
+
+NOT_RUN = "judge not run"
+
+
+def model_outputs(rows: list[dict]) -> list[dict]:
+    """Prediction rows as alpaca_eval's model outputs (its `dataset` field is kept as `alpaca_dataset` in a row,
+    whose `dataset` names the harness's test set)."""
+    return [{"instruction": r["instruction"], "output": r["output"], "generator": r["generator"],
+             "dataset": r.get("alpaca_dataset", "alpaca_eval")} for r in rows]
+
+
+def judged(rows: list[dict], settings: Mapping) -> dict:
+    """alpaca_eval's leaderboard numbers for these model outputs (x 100 as the paper prints them)."""
+    try:
+        from alpaca_eval import evaluate
+    except ImportError:
+        raise ConfigError("protocol.alpaca_eval.annotators_config is set but the alpaca_eval package is not "
+                          "installed", "pip install alpaca_eval (and the judge's API key, e.g. OPENAI_API_KEY)") from None
+    import pandas as pd
+
+    outputs = pd.DataFrame(model_outputs(rows))
+    kwargs = {"annotators_config": settings["annotators_config"], "is_return_instead_of_print": True}
+    if settings.get("reference_outputs"):
+        kwargs["reference_outputs"] = settings["reference_outputs"]
+    leaderboard, _ = evaluate(model_outputs=outputs, **kwargs)
+    row = leaderboard.loc[rows[0]["generator"]]
+    metrics = {"win_rate": float(row["win_rate"])}
+    if "length_controlled_winrate" in row and not math.isnan(float(row["length_controlled_winrate"])):
+        metrics["length_controlled_winrate"] = float(row["length_controlled_winrate"])
+    return metrics
+
+
+def summary(rows: list[dict], judge: dict | None) -> dict:
+    if not judge:
+        return {"accuracy": float("nan"), "metric": NOT_RUN, "n": len(rows), "judge": NOT_RUN}
+    headline = "length_controlled_winrate" if "length_controlled_winrate" in judge else "win_rate"
+    return {"accuracy": judge[headline], "metric": headline, "n": len(rows), **judge}
+
+
+class AlpacaEvalOutputs(Scorer):
+    """The model's AlpacaEval outputs; the judge's win rates where `protocol.alpaca_eval.annotators_config` is set."""
+
+    name = "alpaca_eval"
+
+    def score_set(self, model, tokenizer, name, records, protocol, task, progress=False):
+        settings = dict(protocol.get("alpaca_eval") or {})
+        prompts = [tulu_format([{"role": "user", "content": r["instruction"]}]) for r in records]
+        decoded = generate(model, tokenizer, prompts, num_beams=1, max_new_tokens=int(settings["max_new_tokens"]),
+                           batch_size=int(settings["batch_size"]), progress=progress, desc=f"eval {name}")
+        generator = str(settings.get("generator") or "harness")
+        rows = [{"instruction": r["instruction"], "output": text.removeprefix(prompt).strip(), "generator": generator,
+                 "alpaca_dataset": r.get("dataset", "alpaca_eval"), "correct": None}
+                for r, prompt, text in zip(records, prompts, decoded)]
+        judge = judged(rows, settings) if settings.get("annotators_config") else None
+        return summary(rows, judge), rows
+
+    def summarize(self, name, rows):
+        return summary(rows, None)
+
+
+def main(argv=None) -> int:
+    """`<run id> [annotators_config=...] [reference_outputs=...]`: writes the run's alpaca_eval outputs file, and
+    judges it when an annotator is named."""
+    from harness.config import compose
+    from harness.errors import cli_errors
+    from harness.results import predictions_path, read_predictions
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with cli_errors():
+        if not argv or "=" in argv[0]:
+            raise ConfigError("usage: python -m harness.benchmarks.instruct.alpaca <run id> [annotators_config=...] "
+                              "[reference_outputs=...] [run.results_dir=results]")
+        run_id, options = argv[0], dict(a.split("=", 1) for a in argv[1:])
+        results_dir = options.pop("run.results_dir", None) or compose([]).run.results_dir
+        rows = read_predictions(results_dir, run_id).get("alpaca_eval")
+        path = predictions_path(results_dir, run_id)
+        if not rows:
+            raise ConfigError(f"{path}: no alpaca_eval predictions (was the run scored on task.datasets with alpaca_eval?)")
+        rows = [{**r, "generator": run_id} for r in rows]
+        out = path.with_name(f"{run_id}.alpaca_eval.json")
+        out.write_text(json.dumps(model_outputs(rows), indent=1))
+        print(f"[harness] wrote {out} ({len(rows)} outputs; `alpaca_eval --model_outputs {out}` judges it)")
+        if options.get("annotators_config"):
+            print(json.dumps(summary(rows, judged(rows, options))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
