@@ -34,6 +34,7 @@ PRESETS = [
     ("p_tuning", False, False, None),
     ("fourierft", False, True, LAYERS * len(TARGETS) * 1000),  # spectrum drawn from N(0, 1), as the paper
     ("vera", True, True, None),
+    ("lora_ga", True, True, lora_formula(8)),  # (before its data-driven init: test_lora_ga_...)
 ]
 
 
@@ -180,7 +181,7 @@ def test_eva_initialises_from_the_training_batches(tokenizer):
 
 # the budget of each cell, as a fraction of tiny-llama's parameters: P-tuning's prompt encoder and one whole block
 # cost more than the others' smallest setting, and LoKr's Kronecker factors stop growing early on 64-wide layers
-BUDGET_CELLS = {"rslora": 0.002, "olora": 0.002, "adalora": 0.002, "lokr": 0.0003, "prompt_tuning": 0.002,
+BUDGET_CELLS = {"lora_ga": 0.002, "rslora": 0.002, "olora": 0.002, "adalora": 0.002, "lokr": 0.0003, "prompt_tuning": 0.002,
                 "p_tuning": 0.02, "fourierft": 0.002, "vera": 0.002, "freeze_layers": 0.012}
 
 
@@ -197,3 +198,40 @@ def test_a_budget_sweep_cell_trains_with_each_named_baseline(tmp_path, name):
     assert record["status"] == "finished" and record["params"]["budget"]["knob"]
     assert record["params"]["trainable"] == record["params"]["budget"]["predicted"]
     assert abs(record["params"]["budget"]["relative_error"]) < 0.5
+
+
+def test_lora_ga_initialises_from_gradients_and_saves_on_the_original_weights(tokenizer, tmp_path):
+    from peft import PeftModel
+
+    from harness.train import make_loader
+
+    cfg = compose(["model=tiny-llama", "method=lora_ga", "method.init_batches=2"])
+    model = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+    reference = logits(fresh(tokenizer=tokenizer), input_ids=ids)
+    generator = torch.Generator().manual_seed(0)
+    examples = [{"input_ids": (x := torch.randint(3, 500, (12,), generator=generator).tolist()), "labels": x}
+                for _ in range(8)]
+    loader = make_loader(examples, tokenizer, 4, shuffle=False, seed=0)
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    original = layer.base_layer.weight.detach().clone()
+    methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device("cpu")})
+    assert layer.lora_B["default"].weight.abs().sum() > 0  # B from the gradient's singular vectors, not zero
+    assert not torch.allclose(layer.base_layer.weight, original)  # the residual W - s B A
+    assert all(p.requires_grad == (".lora_" in n) for n, p in model.named_parameters())  # restored
+    torch.testing.assert_close(logits(model.eval(), input_ids=ids), reference, atol=1e-4, rtol=1e-4)
+    perturbed(model)
+    methods.save(model, tmp_path / "lora_ga")
+    plain = PeftModel.from_pretrained(fresh(tokenizer=tokenizer), str(tmp_path / "lora_ga")).eval()
+    torch.testing.assert_close(logits(plain, input_ids=ids), logits(model, input_ids=ids), atol=1e-4, rtol=1e-4)
+
+
+def test_loraplus_trains_b_at_its_ratio_of_the_rate(tokenizer):
+    cfg = compose(["model=tiny-llama", "method=loraplus", "training.lr=1e-4"])
+    model = methods.apply(fresh(tokenizer=tokenizer), "lora", **method_options(cfg))
+    groups = methods.method_of(model).param_groups(model, dict(cfg.training))
+    names = {id(p): n for n, p in model.named_parameters()}
+    rest, b = groups
+    assert b["lr"] == pytest.approx(16e-4) and "lr" not in rest
+    assert all(".lora_B." in names[id(p)] for p in b["params"]) and all(".lora_A." in names[id(p)] for p in rest["params"])
+    assert compose(["method=loraplus"]).method.label == "LoRA+"

@@ -48,6 +48,27 @@ def test_table2_rows_match_the_spec_and_store_the_papers_average(spec):
     assert table["avg"]["LLaMA2-7B"] == {"full": 43.2, "lora": 38.7, "pissa": 37.0, "milora": 40.7}
 
 
+def test_milora_table5_rows_match_the_spec(spec):
+    line = spec.split("- Table 5, more PEFTs at r=8", 1)[1].split("\n- ", 1)[0]
+    table = published("table5")
+    for label, key in (("rsLoRA", "rslora"), ("LoRA+", "lora+"), ("DoRA", "dora"), ("AdaLoRA", "adalora"),
+                       ("LoRA-GA", "lora-ga"), ("MiLoRA", "milora")):
+        values = numbers(re.split(rf"(?<![\w-]){re.escape(label)}\s", line, maxsplit=1)[1].split(";")[0])
+        assert table["rows"]["LLaMA2-7B"][key] == values[:2] and table["cost"]["LLaMA2-7B"][key] == values[2]
+
+
+def test_milora_table3_rows_match_the_spec(spec):
+    line = spec.split("- Table 3, instruction following", 1)[1].split("\n- ", 1)[0]
+    table = published("milora_instruct")
+    for label in ("LoRA", "PiSSA", "MiLoRA"):
+        values = numbers(line.split(f"{label} ", 1)[1].split(". ", 1)[0])
+        lc, wr, hsr, ifeval, avg = values[0], values[1], values[2:7], values[7:11], values[11]
+        key = label.lower()
+        assert table["rows"]["LLaMA2-7B"][key] == [ifeval[0], lc]
+        other = table["other"]["LLaMA2-7B"][key]
+        assert (other["alpaca_eval_win_rate"], other["followbench_hsr"], other["ifeval"], other["avg"]) == (wr, hsr, ifeval, avg)
+
+
 def test_milora_table6_and_table9_rows_match_the_spec(spec):
     line = spec.split("- Table 6, which components initialise the adapter", 1)[1].split("\n- ", 1)[0]
     six = published("table6")["rows"]["LLaMA2-7B"]

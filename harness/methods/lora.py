@@ -13,7 +13,8 @@ from torch import nn
 from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type, require_positive_int
 from harness.methods.registry import register
 
-LORA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "layers_to_transform", "task_type", "modules_to_save"}
+LORA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "layers_to_transform", "task_type", "modules_to_save",
+                "loraplus_lr_ratio"}
 
 
 def lora_config(method: str, options: dict, **extra: Any):
@@ -59,7 +60,21 @@ class LoRA(LowRankBudget, Method):
 
     def apply(self, model, **options):
         check_options(self.name, options, LORA_OPTIONS)
-        return wrap(model, lora_config(self.name, options))
+        adapted = wrap(model, lora_config(self.name, options))
+        adapted._harness_loraplus_ratio = options.get("loraplus_lr_ratio")
+        return adapted
+
+    def param_groups(self, model, training):
+        """LoRA+ (Hayou et al. 2024; `method.loraplus_lr_ratio`, conf/method/loraplus.yaml): B trains at ratio x
+        the rate of A. peft's `create_loraplus_optimizer` builds its own optimizer, and the harness builds one
+        optimizer for every method from groups (its schedule, weight decay and module rates), hence these groups."""
+        ratio = getattr(model, "_harness_loraplus_ratio", None)
+        if not ratio:
+            return super().param_groups(model, training)
+        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        b = [p for n, p in trained if ".lora_B." in n]
+        return [{"params": [p for n, p in trained if ".lora_B." not in n]},
+                {"params": b, "lr": float(training["lr"]) * float(ratio)}]
 
 
 @register("dora")

@@ -33,14 +33,16 @@ from harness.methods.base import Method, MethodConfigError, check_options, infer
 from harness.methods.lora import INITIAL_ATTR, remember_initial_adapter, save_on_original_weights
 from harness.methods.registry import register
 
-OPTIONS = {"type", "config", "config_file", "target_modules", "modules_to_save", "knob"}
+OPTIONS = {"type", "config", "config_file", "target_modules", "modules_to_save", "knob", "init_batches"}
 # the config field a budget solves for, by tuner (`method.knob` names another). OFT has none: its count falls as
 # its r (the number of blocks) grows, and its block size must divide every adapted width.
 KNOBS = {"LORA": "r", "LOKR": "r", "LOHA": "r", "VERA": "r", "HRA": "r", "ADALORA": "init_r", "MISS": "r",
          "FOURIERFT": "n_frequency", "PROMPT_TUNING": "num_virtual_tokens", "P_TUNING": "num_virtual_tokens",
          "PREFIX_TUNING": "num_virtual_tokens", "BOFT": "boft_n_butterfly_factor", "C3A": "block_size"}
 # LoRA inits that move the chosen components out of the frozen weight (peft converts them back on save)
-REWRITES_BASE_WEIGHTS = ("olora", "pissa", "corda")
+REWRITES_BASE_WEIGHTS = ("olora", "pissa", "corda", "lora_ga")
+# LoRA inits computed from the training data (before the optimizer exists), and their configs' own fields
+DATA_INITS = {"eva": "eva_config", "lora_ga": "lora_ga_config", "corda": "corda_config"}
 
 
 def tuner_config(model: nn.Module, options: dict):
@@ -107,7 +109,7 @@ class PeftTuner(Method):
         from peft import get_peft_model
 
         check_options(self.name, options, OPTIONS)
-        config = tuner_config(model, {k: v for k, v in options.items() if k != "knob"})
+        config = tuner_config(model, {k: v for k, v in options.items() if k not in ("knob", "init_batches")})
         try:
             adapted = get_peft_model(model, config)
         except (ValueError, TypeError, KeyError) as exc:
@@ -127,6 +129,7 @@ class PeftTuner(Method):
         device (a QR, SVD or data-driven init cannot run there, and changes no shape)."""
         config = dict(options.get("config") or {})
         if isinstance(config.get("init_lora_weights"), str) and config["init_lora_weights"] != "gaussian":
+            config.pop(DATA_INITS.get(config["init_lora_weights"], ""), None)
             config["init_lora_weights"] = True
             options = {**options, "config": config}
         adapted = self.apply(model, **options)
@@ -144,11 +147,15 @@ class PeftTuner(Method):
             with torch.no_grad():
                 initialize_lora_eva_weights(model, dataloader=OnDevice(context["loader"], context["device"]),
                                             show_progress_bar=False)
+        if getattr(config, "init_lora_weights", None) == "lora_ga":
+            batches = (getattr(model, "_harness_method_options", None) or {}).get("init_batches") or 8
+            self._lora_ga_init(model, context, int(batches))
         if config.peft_type.value == "ADALORA":
             total = int(context["total_steps"])
-            if config.tinit >= total - config.tfinal:
+            # (the last allocation step prunes by the importance the steps before it measured: at least one)
+            if config.tinit + 1 >= total - config.tfinal:
                 raise MethodConfigError(f"method=peft type=ADALORA: tinit={config.tinit} + tfinal={config.tfinal} "
-                                        f"leave no step of rank allocation in this run's {total} steps")
+                                        f"leave fewer than two steps of rank allocation in this run's {total} steps")
             model.base_model.rankallocator.set_total_step(total)
 
     def can_pack(self, model) -> bool:
@@ -156,6 +163,43 @@ class PeftTuner(Method):
         from peft import PeftModel
 
         return not (isinstance(model, PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning)
+
+    @staticmethod
+    def _lora_ga_init(model, context, batches: int) -> None:
+        """LoRA-GA (Wang et al. 2024): each adapter from the SVD of its weight's gradient on the first
+        `method.init_batches` training micro-batches (8 by default). The gradients are estimated on the frozen base
+        model with the adapters off, as peft's `preprocess_loraga` does before the adapter exists (it cannot run on
+        an adapted model: its hooks look for the plain linear layers), then peft's own `lora_ga_init` sets A, B and
+        the residual weight of every layer; the adapter as initialised is kept for the save on original weights."""
+        from peft.tuners.lora import LoraLayer
+
+        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        trainable = {id(p): p.requires_grad for p in model.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layer in layers:
+            layer.get_base_layer().weight.requires_grad_(True)
+        count = 0
+        was_training = model.training
+        model.train()
+        with model.disable_adapter(), torch.enable_grad():
+            for batch in OnDevice(context["loader"], context["device"]):
+                model(**batch).loss.backward()
+                count += 1
+                if count >= batches:
+                    break
+        for layer in layers:
+            weight = layer.get_base_layer().weight
+            layer.get_base_layer()._peft_loraga_grad = weight.grad.detach() / count
+            weight.grad = None
+        for p in model.parameters():
+            p.requires_grad_(trainable[id(p)])
+        model.train(was_training)
+        config = model.peft_config[model.active_adapter]
+        with torch.no_grad():
+            for layer in layers:
+                layer.lora_ga_init(model.active_adapter, config.lora_ga_config)
+        remember_initial_adapter(model, "peft-lora_ga")
 
     def after_optimizer_step(self, model, step):
         if model.peft_config[model.active_adapter].peft_type.value == "ADALORA":
