@@ -34,7 +34,8 @@ PRESETS = [
     ("p_tuning", False, False, None),
     ("fourierft", False, True, LAYERS * len(TARGETS) * 1000),  # spectrum drawn from N(0, 1), as the paper
     ("vera", True, True, None),
-    ("lora_ga", True, True, lora_formula(8)),  # (before its data-driven init: test_lora_ga_...)
+    ("lora_ga", True, True, lora_formula(8)),  # (before their data-driven inits: test_a_data_driven_init_...)
+    ("corda", True, True, lora_formula(16)),
 ]
 
 
@@ -181,7 +182,7 @@ def test_eva_initialises_from_the_training_batches(tokenizer):
 
 # the budget of each cell, as a fraction of tiny-llama's parameters: P-tuning's prompt encoder and one whole block
 # cost more than the others' smallest setting, and LoKr's Kronecker factors stop growing early on 64-wide layers
-BUDGET_CELLS = {"lora_ga": 0.002, "rslora": 0.002, "olora": 0.002, "adalora": 0.002, "lokr": 0.0003, "prompt_tuning": 0.002,
+BUDGET_CELLS = {"lora_ga": 0.002, "corda": 0.002, "rslora": 0.002, "olora": 0.002, "adalora": 0.002, "lokr": 0.0003, "prompt_tuning": 0.002,
                 "p_tuning": 0.02, "fourierft": 0.002, "vera": 0.002, "freeze_layers": 0.012}
 
 
@@ -200,12 +201,15 @@ def test_a_budget_sweep_cell_trains_with_each_named_baseline(tmp_path, name):
     assert abs(record["params"]["budget"]["relative_error"]) < 0.5
 
 
-def test_lora_ga_initialises_from_gradients_and_saves_on_the_original_weights(tokenizer, tmp_path):
+@pytest.mark.parametrize("name", ["lora_ga", "corda"])
+def test_a_data_driven_init_runs_on_the_batches_and_saves_on_the_original_weights(tokenizer, tmp_path, name):
+    """LoRA-GA (gradients) and CorDA (input covariance) initialise before the optimizer exists; the model's output
+    is unchanged, the residual moved, and the adapter loads with plain peft on the untouched weights."""
     from peft import PeftModel
 
     from harness.train import make_loader
 
-    cfg = compose(["model=tiny-llama", "method=lora_ga", "method.init_batches=2"])
+    cfg = compose(["model=tiny-llama", f"method={name}", "method.init_batches=2"])
     model = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
     ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
     reference = logits(fresh(tokenizer=tokenizer), input_ids=ids)
@@ -216,13 +220,13 @@ def test_lora_ga_initialises_from_gradients_and_saves_on_the_original_weights(to
     layer = model.get_base_model().model.layers[0].self_attn.q_proj
     original = layer.base_layer.weight.detach().clone()
     methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device("cpu")})
-    assert layer.lora_B["default"].weight.abs().sum() > 0  # B from the gradient's singular vectors, not zero
+    assert layer.lora_B["default"].weight.abs().sum() > 0  # B from singular vectors, not zero
     assert not torch.allclose(layer.base_layer.weight, original)  # the residual W - s B A
     assert all(p.requires_grad == (".lora_" in n) for n, p in model.named_parameters())  # restored
     torch.testing.assert_close(logits(model.eval(), input_ids=ids), reference, atol=1e-4, rtol=1e-4)
     perturbed(model)
-    methods.save(model, tmp_path / "lora_ga")
-    plain = PeftModel.from_pretrained(fresh(tokenizer=tokenizer), str(tmp_path / "lora_ga")).eval()
+    methods.save(model, tmp_path / name)
+    plain = PeftModel.from_pretrained(fresh(tokenizer=tokenizer), str(tmp_path / name)).eval()
     torch.testing.assert_close(logits(plain, input_ids=ids), logits(model, input_ids=ids), atol=1e-4, rtol=1e-4)
 
 

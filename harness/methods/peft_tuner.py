@@ -15,7 +15,10 @@ and loading are peft's `save_pretrained` / `PeftModel.from_pretrained`.
 What a tuner needs beyond its config is done here, at the hook peft's documentation names for it:
 - LoRA inits that rewrite the base weights (OLoRA, PiSSA) save as a LoRA on the original weights, as method=pissa;
 - EVA (`init_lora_weights: eva`) initialises from the training batches before the optimizer exists
-  (`initialize_lora_eva_weights`, peft's documented call after `get_peft_model`);
+  (`initialize_lora_eva_weights`, peft's documented call after `get_peft_model`), LoRA-GA (`lora_ga`) from the
+  gradients of the first `init_batches` micro-batches (peft's `lora_ga_init` per layer), CorDA (`corda`) from
+  their input covariance (peft's `preprocess_corda` on a view of the base layers, then `corda_init`);
+- prompt-learning tuners train on padded batches (`can_pack`: their virtual tokens are prepended to every row);
 - AdaLoRA learns the run's step count before training (`total_step`, a provisional value until then) and
   reallocates its ranks after every optimizer step (`update_and_allocate`, before the gradients are cleared).
 """
@@ -110,17 +113,24 @@ class PeftTuner(Method):
 
         check_options(self.name, options, OPTIONS)
         config = tuner_config(model, {k: v for k, v in options.items() if k not in ("knob", "init_batches")})
+        # CorDA's init needs the layers' input covariance, which exists only once the data has run
+        # (`before_training`): the adapter is built with peft's plain init and the CorDA config kept for then
+        corda = getattr(config, "corda_config", None) if getattr(config, "init_lora_weights", None) == "corda" else None
+        if corda is not None:
+            config.init_lora_weights = True
         try:
             adapted = get_peft_model(model, config)
         except (ValueError, TypeError, KeyError) as exc:
             raise MethodConfigError(f"method=peft type={config.peft_type.value}: {exc}") from None
+        if corda is not None:
+            adapted._harness_corda = (corda, {k: v for k, v in options.items()})
         if config.peft_type.value == "ADALORA":
             # AdaLoRA's `ranknum` is a constant (the rank) that peft leaves trainable when the model is on the meta
             # device: frozen here, so that the budget solver counts what the real model trains
             for name, parameter in adapted.named_parameters():
                 if ".ranknum." in name:
                     parameter.requires_grad_(False)
-        if str(getattr(config, "init_lora_weights", "")).startswith(REWRITES_BASE_WEIGHTS):
+        if str(getattr(config, "init_lora_weights", "")).startswith(REWRITES_BASE_WEIGHTS) and corda is None:
             remember_initial_adapter(adapted, f"peft-{config.init_lora_weights}")
         return adapted
 
@@ -147,6 +157,8 @@ class PeftTuner(Method):
             with torch.no_grad():
                 initialize_lora_eva_weights(model, dataloader=OnDevice(context["loader"], context["device"]),
                                             show_progress_bar=False)
+        if getattr(model, "_harness_corda", None) is not None:
+            self._corda_init(model, context)
         if getattr(config, "init_lora_weights", None) == "lora_ga":
             batches = (getattr(model, "_harness_method_options", None) or {}).get("init_batches") or 8
             self._lora_ga_init(model, context, int(batches))
@@ -200,6 +212,55 @@ class PeftTuner(Method):
             for layer in layers:
                 layer.lora_ga_init(model.active_adapter, config.lora_ga_config)
         remember_initial_adapter(model, "peft-lora_ga")
+
+    @staticmethod
+    def _corda_init(model, context) -> None:
+        """CorDA (Yang et al. 2024): each adapter from the SVD of W C, C the covariance of the layer's inputs on the
+        first `method.init_batches` training micro-batches (ipm: the components the data uses most; kpm: the least,
+        keeping the rest of the model's knowledge). peft's `preprocess_corda` runs before the adapter exists and looks
+        for the plain linear layers by name, so it is given a view of the base layers under their original names
+        (the same modules, hooked while the adapted model runs with its adapters off); peft's `corda_init` then
+        sets A, B and the residual of every layer."""
+        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora.corda import preprocess_corda
+
+        corda, options = model._harness_corda
+        config = copy.copy(model.peft_config[model.active_adapter])
+        config.init_lora_weights, config.corda_config = "corda", corda
+        view = nn.Module()  # the base layers, under the names the unadapted model gives them
+        layers = [(name, m) for name, m in model.get_base_model().named_modules() if isinstance(m, LoraLayer)]
+        for name, layer in layers:
+            parent = view
+            *path, leaf = name.split(".")
+            for part in path:
+                if part not in parent._modules:
+                    parent.add_module(part, nn.Module())
+                parent = parent._modules[part]
+            parent.add_module(leaf, layer.get_base_layer())
+        batches = int(options.get("init_batches") or 8)
+
+        def run_model():
+            was_training = model.training
+            model.eval()
+            with model.disable_adapter(), torch.no_grad():
+                for i, batch in enumerate(OnDevice(context["loader"], context["device"])):
+                    if i >= batches:
+                        break
+                    if batch["input_ids"].shape[0] == 1:  # (a packed micro-batch is one row)
+                        model(**batch)
+                        continue
+                    # peft's covariance hook takes one sequence per forward: each row without its padding
+                    mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
+                    for ids, keep in zip(batch["input_ids"], mask):
+                        model(input_ids=ids[keep][None])
+            model.train(was_training)
+
+        preprocess_corda(view, config, run_model=run_model)
+        with torch.no_grad():
+            for _, layer in layers:
+                layer.corda_init(model.active_adapter, "corda")
+        del model._harness_corda
+        remember_initial_adapter(model, "peft-corda")
 
     def after_optimizer_step(self, model, step):
         if model.peft_config[model.active_adapter].peft_type.value == "ADALORA":
