@@ -4,7 +4,7 @@ import json
 
 import pytest
 from omegaconf import OmegaConf
-from written_records import SQL_HUB, VIGGO, write_jsonl  # tests/written_records.py
+from written_records import ALPACA_EVAL, CHATS, SQL_HUB, VIGGO, write_json, write_jsonl  # tests/written_records.py
 
 from harness import methods
 from harness.config import CONFIG_DIR, compose, experiment_cells, run_id, semantic_config, with_profile
@@ -128,22 +128,28 @@ def test_every_method_applies_to_a_model_it_is_meant_for(name):
 
 
 TASK_MODELS = {"commonsense": "tiny-llama", "gsm8k": "tiny-llama", "glue": "tiny-bert", "image": "vit-mini",
-               "viggo": "tiny-llama", "sql": "tiny-llama"}
+               "viggo": "tiny-llama", "sql": "tiny-llama", "instruct": "tiny-llama"}
 TASK_DATA = {"image": ["task.dataset=digits"]}
-# tasks with no copy of their data here: records in the dataset's own format, written by the test
-TASK_RECORDS = {"viggo": VIGGO * 2, "sql": SQL_HUB * 4}
+
+
+def written_records(name, directory) -> list[str]:
+    """Tasks with no copy of their data here: records in the datasets' own formats, written by the test."""
+    if name in ("viggo", "sql"):
+        path = write_jsonl(directory / f"{name}.jsonl", VIGGO * 2 if name == "viggo" else SQL_HUB * 4)
+        return [f"task.train_file={path}", f"task.test_file={path}"]
+    if name == "instruct":
+        return [f"task.train_file={write_jsonl(directory / 'chats.jsonl', CHATS * 2)}",
+                f"task.test_files.alpaca_eval={write_json(directory / 'alpaca.json', ALPACA_EVAL)}",
+                "task.datasets=[alpaca_eval]"]  # (IFEval's records are lm-eval's)
+    return []
 
 
 @pytest.mark.parametrize("name", options("task"))
 def test_every_task_reads_its_data_and_encodes_a_record(name, data_dir, tmp_path):
     from harness import benchmarks, models
 
-    written = []
-    if name in TASK_RECORDS:
-        path = write_jsonl(tmp_path / f"{name}.jsonl", TASK_RECORDS[name])
-        written = [f"task.train_file={path}", f"task.test_file={path}"]
     cfg = compose([f"task={name}", f"model={TASK_MODELS[name]}", "task.train_subset=4", "task.test_subset=2",
-                   "task.val_set_size=0", *TASK_DATA.get(name, []), *written])
+                   "task.val_set_size=0", *TASK_DATA.get(name, []), *written_records(name, tmp_path)])
     benchmark = benchmarks.get(cfg.task.name)
     assert benchmark.data_sources(cfg.task)
     train, _ = benchmark.training_records(cfg.task, seed=0)

@@ -1,14 +1,13 @@
 """Every experiment's mini grid, end to end through `harness.reproduce` at tiny-model size (as
-lightning-hydra-template's test_sweeps runs experiment=glob(*)): a broken experiment cannot hide."""
+lightning-hydra-template's test_sweeps runs experiment=glob(*)): a broken experiment cannot hide. (The
+command itself, `python -m harness.reproduce`, runs in a subprocess in tests/test_cli.py.)"""
 
 import os
-import subprocess
-import sys
 
 import pytest
 from written_records import ALPACA_EVAL, CHATS, write_json, write_jsonl  # tests/written_records.py
 
-from harness.config import CONFIG_DIR, PROJECT_ROOT
+from harness.config import CONFIG_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +48,21 @@ def test_every_experiment_is_covered():
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_the_mini_grid_runs_end_to_end_and_writes_its_table(experiment, tmp_path):
+def test_the_mini_grid_runs_end_to_end_and_writes_its_table(experiment, tmp_path, capsys):
+    """In this process, as `python -m harness.reproduce` runs it (its cells already run in one process)."""
+    from harness import reproduce
+
     if experiment in ("table4", "neat_activation") and not os.path.isfile("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make setup installs it where apt-get works)")
-    args = [sys.executable, "-m", "harness.reproduce", f"experiment={experiment}", "profile=mini", *SHRINK,
-            *TINY[experiment], *written_data(experiment, tmp_path), f"run.results_dir={tmp_path}"]
-    proc = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    args = [f"experiment={experiment}", "profile=mini", *SHRINK, *TINY[experiment], *written_data(experiment, tmp_path),
+            f"run.results_dir={tmp_path}"]
+    try:
+        reproduce.main(args)
+    except SystemExit as exc:
+        out = capsys.readouterr()
+        pytest.fail(f"harness.reproduce exited with {exc.code}: {out.out[-3000:]}{out.err[-3000:]}")
+    stdout = capsys.readouterr().out
     cells = len(list((tmp_path / "runs").glob("*.json")))
-    assert cells > 0 and f"summary: {cells} done, 0 reused, 0 running elsewhere, 0 failed ({cells} cells)" in proc.stdout
+    assert cells > 0 and f"summary: {cells} done, 0 reused, 0 running elsewhere, 0 failed ({cells} cells)" in stdout
     table = (tmp_path / "tables" / f"{experiment}.md").read_text()
     assert "failed" not in table and "Profile: " in table

@@ -79,7 +79,10 @@ def test_sweep_cells_are_rosas_recipe():
     for cfg in paper_cells("sweep_budget"):
         f = fields(cfg)
         assert f["batch"] == 32 and f["epochs"] == 1 and f["warmup"] == 20 and f["schedule"] == "linear"
-        assert f["targets"] == ALL_LINEAR and cfg.protocol.name == "lmeval" and cfg.protocol.num_fewshot == 0
+        assert f["targets"] == ALL_LINEAR and f["cutoff"] == 512
+        # GSM8K by lm-eval 0-shot; ViGGO and SQL by RoSA's exact match (the same recipe for the three, as its scripts)
+        protocol = {"math": "lmeval", "viggo": "rosa_exact", "sql": "rosa_exact"}[cfg.task.name]
+        assert cfg.protocol.name == protocol and (protocol != "lmeval" or cfg.protocol.num_fewshot == 0)
         if cfg.method.name in ("rosa", "spa"):  # S at 2e-4, A,B at 7e-4, alpha 16
             assert f["lr"] == 2e-4 and cfg.method.alpha == 16
         if cfg.method.name == "rosa":
@@ -93,15 +96,17 @@ VIT = {"oxford_pets": (5e-3, 5e-3, 8e-4), "stanford_cars": (1e-2, 1e-2, 4e-5), "
 
 def test_table4_cells_are_neats_vit_script():
     cells = paper_cells("table4")
-    assert len(cells) == 4 * 8
+    assert len(cells) == 5 * 8  # LP, LoRA, FourierFT, Neat, full FT on the eight sets
     for cfg in cells:
         t = cfg.training
         assert (t.batch_size, t.micro_batch_size, t.epochs, t.warmup_steps, t.warmup_ratio, t.precision) == (256, 64, 10, None, 0.0, "fp32")
         assert cfg.task.val_set_size == 0.1
         head, backbone, wd = VIT.get(cfg.task.dataset, VIT["cifar100"])  # DTD: CIFAR-100's (harness choice)
         assert t.weight_decay == wd
-        if cfg.method.name in ("neat", "lora"):
+        if cfg.method.name in ("neat", "lora", "peft"):
             assert t.lr == backbone and t.module_lrs.classifier == head
+        if cfg.method.name == "peft":  # FourierFT's ViT setting
+            assert (cfg.method.type, cfg.method.config.n_frequency, cfg.method.config.scaling) == ("FOURIERFT", 3000, 300.0)
         if cfg.method.name == "neat":
             assert cfg.method.r == 7 and list(cfg.method.target_modules) == ["q_proj", "v_proj"]
         if cfg.method.name == "lora":  # the script's LoRA baseline

@@ -91,12 +91,21 @@ def test_a_preempted_task_is_requeued_and_finishes_its_cells(slurm, tmp_path, mo
     while time.time() < deadline and "1" not in subprocess.run(
             ["scontrol", "show", "job", job], capture_output=True, text=True).stdout.split("Restarts=")[-1][:1]:
         time.sleep(1)
-    # (Slurm holds a requeued job back for a while before it may start again: let it start now)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
     flag.unlink()  # the requeued task goes on
+    # (Slurm holds a requeued job back for two minutes before it may start again: once it is pending again, let it
+    # start now; an update sent while the old run is still completing is lost)
+    deadline = time.time() + 150
+    while time.time() < deadline:
+        state = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        if "JobState=PENDING" in state:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        elif "JobState=COMPLETING" not in state:
+            break  # running again (or done)
+        time.sleep(0.5)
     deadline = time.time() + 300
     while time.time() < deadline and not all(s["state"] == "finished" for s in cell_states(overrides)[1]):
         time.sleep(2)
+
     results = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert len(results) == 5 and all(r["status"] == "finished" for r in results)
     assert {r["run"]["environment"]["scheduler"]["restarts"] for r in results} == {"1"}
