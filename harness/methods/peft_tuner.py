@@ -123,7 +123,7 @@ class PeftTuner(Method):
         except (ValueError, TypeError, KeyError) as exc:
             raise MethodConfigError(f"method=peft type={config.peft_type.value}: {exc}") from None
         if corda is not None:
-            adapted._harness_corda = (corda, {k: v for k, v in options.items()})
+            adapted._harness_corda = corda
         if config.peft_type.value == "ADALORA":
             # AdaLoRA's `ranknum` is a constant (the rank) that peft leaves trainable when the model is on the meta
             # device: frozen here, so that the budget solver counts what the real model trains
@@ -224,7 +224,7 @@ class PeftTuner(Method):
         from peft.tuners.lora import LoraLayer
         from peft.tuners.lora.corda import preprocess_corda
 
-        corda, options = model._harness_corda
+        corda, options = model._harness_corda, getattr(model, "_harness_method_options", None) or {}
         config = copy.copy(model.peft_config[model.active_adapter])
         config.init_lora_weights, config.corda_config = "corda", corda
         view = nn.Module()  # the base layers, under the names the unadapted model gives them

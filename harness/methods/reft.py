@@ -90,9 +90,6 @@ class ReFT(Method):
     budget_knob = "r"
     intervention: str = ""
 
-    def count(self, shapes, options):
-        raise MethodConfigError(f"method={self.name}: its budget is solved by counting the model, not by shapes")
-
     def _layers(self, options: dict, depth: int) -> list[int]:
         layers = options.get("layers", "all")
         chosen = list(range(depth)) if layers in (None, "all") else [int(layer) for layer in layers]
