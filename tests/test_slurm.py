@@ -52,7 +52,9 @@ def test_a_slurm_array_gives_the_serial_runs_results(slurm, serial_tiny_table1, 
 
 
 def test_a_killed_job_submitted_again_completes_the_grid_once(slurm, tmp_path, monkeypatch):
-    overrides = TINY + [f"run.results_dir={tmp_path}"]
+    # (five cells in one array task: one process start instead of five; the killed task leaves its lock behind all
+    # the same)
+    overrides = TINY + [f"run.results_dir={tmp_path}", "launcher.cells_per_task=5"]
     monkeypatch.setenv("HARNESS_PAUSE_AT", "train")  # every cell stops in training (sbatch exports the environment)
     first = submit(overrides)
     array = first["jobs"][0].split("_")[0]
@@ -67,7 +69,7 @@ def test_a_killed_job_submitted_again_completes_the_grid_once(slurm, tmp_path, m
     assert not any((tmp_path / "runs").glob("*.json"))  # nothing finished
     monkeypatch.delenv("HARNESS_PAUSE_AT")
     again = submit(overrides, wait=True)
-    assert len(again["submitted"]) == 5  # the killed cells' locks are stale: every cell runs again
+    assert len(again["submitted"]) == 5  # the killed cell's lock is stale: every cell runs again
     states = cell_states(overrides)[1]
     assert [s["state"] for s in states] == ["finished"] * 5
     assert len(list((tmp_path / "runs").glob("*.json"))) == 5
