@@ -232,7 +232,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     batching = batching_of(training)
-    if batching == "packed" and not method.can_pack(model):
+    if batching == "packed" and collator is None and not method.can_pack(model):
         print(f"[harness] method={method.name} adds to every row of a batch: padded batches, not packed", flush=True)
         batching = "padded"
     loader = make_loader(train_examples, tokenizer, micro, shuffle=True, seed=seed,
