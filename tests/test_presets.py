@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from test_peft_tuners import perturbed  # tests/test_peft_tuners.py: moves the trainable parameters as training would
 
 from harness import methods
 from harness.config import compose, method_options
@@ -56,13 +57,6 @@ def logits(model, **inputs) -> torch.Tensor:
         out = out[:, -inputs["input_ids"].shape[1]:]  # (a prompt tuner prepends its virtual tokens)
     return out
 
-
-def perturbed(model) -> None:
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn(p.shape, generator=generator))
 
 
 def keeps_its_promises(name, base, inputs, identity, merges, formula, tmp_path, overrides=(), model_name="tiny-llama",
