@@ -45,9 +45,11 @@ class Hub:
     config: str | None = None
     split: str | None = None
     revision: str | None = None     # a pinned revision; None: the hub's current one, resolved once
+    # the config key that points at a local copy instead (`task.train_file`), named when the hub cannot be reached
+    local_key: str | None = None
 
     def resolved_revision(self) -> str:
-        return self.revision or hub_revision(self.repo, self.repo_type)
+        return self.revision or hub_revision(self.repo, self.repo_type, self.local_key)
 
     def describe(self) -> dict:
         return {"role": self.role, "kind": f"hub_{self.repo_type}", "id": self.repo, "config": self.config,
@@ -132,7 +134,7 @@ def sha256_file(path: str | Path) -> str:
 # --- hub revisions -------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=256)
-def hub_revision(repo: str, repo_type: str = "dataset") -> str:
+def hub_revision(repo: str, repo_type: str = "dataset", local_key: str | None = None) -> str:
     """The commit a hub id resolves to now: the local cache's when offline or cached, else the hub's answer.
 
     `ensure_hub_available` runs first, so an unreachable, uncached id fails with its clear message."""
@@ -140,7 +142,7 @@ def hub_revision(repo: str, repo_type: str = "dataset") -> str:
 
     from harness.offline import HUB_PROBE_TIMEOUT_S, _offline_flag, ensure_hub_available
 
-    ensure_hub_available(repo, repo_type, what=f"{repo_type} {repo}")
+    ensure_hub_available(repo, repo_type, what=local_key or f"{repo_type} {repo}")
     try:
         cached = Path(snapshot_download(repo, repo_type=repo_type, local_files_only=True))
         if cached.parent.name == "snapshots":

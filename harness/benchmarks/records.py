@@ -72,7 +72,7 @@ def read_source(source, required: tuple[str, ...]) -> list[dict]:
 
     if isinstance(source, Hub):
         repo = source.repo + (f":{source.config}" if source.config else "")
-        records = read_hub_records(repo, split=source.split or "train", what=source.role)
+        records = read_hub_records(repo, split=source.split or "train", what=source.local_key or source.role)
         missing = [f for f in required if records and f not in records[0]]
         if missing:
             raise DataError(f"{repo} ({source.split}): records lack field(s) {missing}")

@@ -55,7 +55,7 @@ def _train_source(task: Mapping):
         if not path.is_file():
             raise DataError(f"task.train_file={path}: file not found (chat records with `messages`)")
         return LocalFile("train", path)
-    return Hub("train", task["hub"], "dataset", None, task["train_split"])
+    return Hub("train", task["hub"], "dataset", None, task["train_split"], local_key="task.train_file")
 
 
 def _alpaca_source(task: Mapping):
@@ -65,7 +65,8 @@ def _alpaca_source(task: Mapping):
         if not path.is_file():
             raise DataError(f"task.test_files.alpaca_eval={path}: file not found (alpaca_eval's JSON list format)")
         return LocalFile("test/alpaca_eval", path)
-    return Hub("test/alpaca_eval", task["alpaca_eval_hub"], "dataset", task["alpaca_eval_config"], "eval")
+    return Hub("test/alpaca_eval", task["alpaca_eval_hub"], "dataset", task["alpaca_eval_config"], "eval",
+               local_key="task.test_files.alpaca_eval")
 
 
 def data_sources(task: Mapping) -> list:

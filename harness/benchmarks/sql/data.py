@@ -51,7 +51,7 @@ def _read_local(path: Path, role: str) -> list[dict]:
 
 def _hub_split(task: Mapping) -> tuple[list[dict], list[dict]]:
     """(train, test) of the hub's single split: a seeded draw of `test_size` records for the test."""
-    records = read_hub_records(task["hub"], split="train", what=f"SQL ({task['hub']})")
+    records = read_hub_records(task["hub"], split="train", what="task.train_file / task.test_file")
     order = list(range(len(records)))
     random.Random(int(task["split_seed"])).shuffle(order)
     held = set(order[: int(task["test_size"])])
@@ -62,7 +62,8 @@ def data_sources(task: Mapping) -> list:
     sources = []
     for role, key in (("train", "train_file"), ("test/sql", "test_file")):
         local = task.get(key)
-        sources.append(LocalFile(role, Path(str(local))) if local else Hub(role, task["hub"], "dataset", None, "train"))
+        sources.append(LocalFile(role, Path(str(local))) if local else
+                       Hub(role, task["hub"], "dataset", None, "train", local_key=f"task.{key}"))
     return sources
 
 

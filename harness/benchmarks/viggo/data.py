@@ -38,7 +38,8 @@ def _source(task: Mapping, role: str):
                             f"(a .json / .jsonl of {task['hub']} records with fields {list(FIELDS)})")
         return LocalFile(role if role == "train" else "test/viggo", path)
     split = task["train_split"] if role == "train" else task["test_split"]
-    return Hub(role if role == "train" else "test/viggo", task["hub"], "dataset", None, split)
+    return Hub(role if role == "train" else "test/viggo", task["hub"], "dataset", None, split,
+               local_key="task.train_file" if role == "train" else "task.test_file")
 
 
 def data_sources(task: Mapping) -> list:
