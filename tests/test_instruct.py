@@ -54,8 +54,8 @@ def test_alpaca_eval_outputs_are_written_and_the_judge_is_not_faked(tmp_path, ti
         import alpaca_eval  # noqa: F401
     except ImportError:
         with pytest.raises(benchmarks.base.ConfigError, match="alpaca_eval package is not installed"):
-            instruct.scorer("instruct").alpaca.score_set(tiny_model, tokenizer, "alpaca_eval", sets["alpaca_eval"][:1],
-                                                         judged.protocol, judged.task)
+            instruct.scorer("instruct").alpaca.evaluate(tiny_model, tokenizer, {"alpaca_eval": sets["alpaca_eval"][:1]},
+                                                        judged.protocol, judged.task, False)
 
 
 def test_the_hub_ids_fail_fast_offline():

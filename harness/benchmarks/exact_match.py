@@ -40,5 +40,7 @@ class RegexExactMatch(Scorer):
             prediction, gold = self.answer(text), self.target_of(record).strip()
             rows.append({"prediction": prediction, "answer": gold, "correct": prediction == gold,
                          "output": text.removeprefix(prompt)})
-        summary = {**self.summarize(name, rows), "metric": "exact_match"}
-        return summary, rows
+        return self.summarize(name, rows), rows
+
+    def summarize(self, name, rows):
+        return {**super().summarize(name, rows), "metric": "exact_match"}  # (also after merging processes' shards)

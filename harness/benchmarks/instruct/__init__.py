@@ -26,11 +26,13 @@ class InstructionFollowing(Scorer):
         if "ifeval" in task["datasets"]:
             found, rows = self.ifeval.evaluate(model, processor, {}, protocol, {**task, "datasets": ["ifeval"]},
                                                progress)
-            metrics.update(found), predictions.update(rows)
+            metrics.update(found)
+            predictions.update(rows)
         if "alpaca_eval" in test_sets:
             found, rows = self.alpaca.evaluate(model, processor, {"alpaca_eval": test_sets["alpaca_eval"]}, protocol,
                                                task, progress)
-            metrics.update(found), predictions.update(rows)
+            metrics.update(found)
+            predictions.update(rows)
         return metrics, predictions
 
 

@@ -75,11 +75,23 @@ class AlpacaEvalOutputs(Scorer):
         rows = [{"instruction": r["instruction"], "output": text.removeprefix(prompt).strip(), "generator": generator,
                  "alpaca_dataset": r.get("dataset", "alpaca_eval"), "correct": None}
                 for r, prompt, text in zip(records, prompts, decoded)]
-        judge = judged(rows, settings) if settings.get("annotators_config") else None
-        return summary(rows, judge), rows
+        return summary(rows, None), rows
 
     def summarize(self, name, rows):
         return summary(rows, None)
+
+    def evaluate(self, model, processor, test_sets, protocol, task, progress=True):
+        """The outputs of every set (each process generates its shard), then the judge once, on all of them."""
+        from harness import distributed
+
+        metrics, predictions = super().evaluate(model, processor, test_sets, protocol, task, progress)
+        settings = dict(protocol.get("alpaca_eval") or {})
+        if settings.get("annotators_config"):
+            for name, rows in predictions.items():
+                seconds = metrics[name]["seconds"]
+                metrics[name] = {**distributed.on_main(lambda: summary(rows, judged(rows, settings))),
+                                 "seconds": seconds}
+        return metrics, predictions
 
 
 def main(argv=None) -> int:
