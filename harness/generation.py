@@ -44,21 +44,58 @@ def generate(model, tokenizer, prompts: Sequence[str], num_beams: int, max_new_t
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         stop_strings=list(stop_strings) or None,
     )
+    cache = num_beams if num_beams > 1 and prefill_once else 0
+    return [texts[0] for texts in _batched(model, tokenizer, prompts, config, batch_size, progress, desc, cache)]
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: Sequence[str], num_samples: int, temperature: float, top_p: float,
+           max_new_tokens: int, batch_size: int, seed: int, progress: bool = False, desc: str = "sample",
+           stop_strings: Sequence[str] = ()) -> list[list[str]]:
+    """`num_samples` decoded continuations (without the prompt) for every prompt, in input order: nucleus sampling at
+    `temperature` / `top_p` (temperature 0: one greedy continuation, repeated). `batch_size` counts prompts; the
+    sampling is seeded once (`seed`), so the samples depend on the order and batching of the prompts, as any
+    sampled evaluation does; pass@k over several samples is what averages that out."""
+    from transformers import GenerationConfig
+
+    greedy = float(temperature) == 0.0
+    config = GenerationConfig(
+        do_sample=not greedy, temperature=None if greedy else float(temperature),
+        top_p=None if greedy else float(top_p),
+        num_return_sequences=1 if greedy else int(num_samples), max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        stop_strings=list(stop_strings) or None,
+    )
+    torch.manual_seed(int(seed))
+    texts = _batched(model, tokenizer, prompts, config, batch_size, progress, desc, 0, new_only=True)
+    return [t * int(num_samples) if greedy else t for t in texts]
+
+
+def _batched(model, tokenizer, prompts: Sequence[str], config, batch_size: int, progress: bool, desc: str,
+             cache_beams: int, new_only: bool = False) -> list[list[str]]:
+    """The decoded outputs of `config` for every prompt (a list of its num_return_sequences), in input order;
+    prompts grouped by length, left-padded. `cache_beams` > 1: the prompts' cache computed once for the beams.
+    `new_only`: the generated tokens alone are decoded (left padding puts every row's first one at one position)."""
     device = next(model.parameters()).device
+    per_prompt = int(config.num_return_sequences or 1)
     lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-    outputs: list[str] = [""] * len(prompts)
+    outputs: list[list[str]] = [[] for _ in prompts]
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
             idx = order[start:start + batch_size]
             batch = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
-            if num_beams > 1 and prefill_once and batch["input_ids"].shape[1] > 1:
-                batch["cache"] = prompt_cache(model, batch, num_beams)
-            generated = model.generate(**batch, generation_config=config, tokenizer=tokenizer if stop_strings else None)
-            for i, text in zip(idx, tokenizer.batch_decode(generated, skip_special_tokens=True)):
-                outputs[i] = text
+            if cache_beams > 1 and batch["input_ids"].shape[1] > 1:
+                batch["cache"] = prompt_cache(model, batch, cache_beams)
+            generated = model.generate(**batch, generation_config=config,
+                                       tokenizer=tokenizer if config.stop_strings else None)
+            if new_only:
+                generated = generated[:, batch["input_ids"].shape[1]:]
+            decoded = tokenizer.batch_decode(generated, skip_special_tokens=True)
+            for row, i in enumerate(idx):  # generate returns a prompt's sequences one after another
+                outputs[i] = decoded[row * per_prompt:(row + 1) * per_prompt]
     finally:
         tokenizer.padding_side = old_side
     return outputs

@@ -175,9 +175,9 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     setup_seconds = time.perf_counter() - load_start
 
     phases.enter("train")
-    encode = benchmark.encoder(cfg.task, tokenizer)  # record -> training example (token ids, or an image to process)
-    data = TrainingData([encode(r) for r in train_records], [encode(r) for r in val_records], tokenizer,
-                        benchmark.collator(tokenizer, cfg.task))
+    # records -> training examples (token ids, or images to process)
+    train_examples, val_examples = benchmark.training_examples(cfg.task, tokenizer, train_records, val_records)
+    data = TrainingData(train_examples, val_examples, tokenizer, benchmark.collator(tokenizer, cfg.task))
     per_epoch = _epoch_scorer(scorer, tokenizer, test_sets, cfg) if cfg.protocol.get("report") == "best_epoch" else None
     trained = train(model, methods.method_of(model), data, cfg.training,
                     RunContext(cfg.seed, rid, progress, cfg.logging, placement, per_epoch,

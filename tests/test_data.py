@@ -61,7 +61,7 @@ def test_bad_training_file_names_the_file_and_record(tmp_path):
 def test_unknown_task_or_protocol_is_named():
     from harness import benchmarks
 
-    with pytest.raises(ValueError, match=r"task.name='nope': no benchmark of that name; known: \['commonsense', 'glue', 'image', 'instruct', 'math', 'sql', 'viggo'\]"):
+    with pytest.raises(ValueError, match=r"task.name='nope': no benchmark of that name; known: \['code', 'commonsense', 'glue', 'image', 'instruct', 'math', 'sql', 'viggo'\]"):
         benchmarks.get("nope")
     with pytest.raises(ValueError, match="protocol='glue_dev' is not defined for task 'commonsense'; it has \\['lmeval', 'paper_gen'\\]"):
         benchmarks.get("commonsense").scorer("glue_dev")

@@ -94,7 +94,7 @@ def test_ifeval_scores_through_lm_eval_in_the_chat_format(tmp_path, tiny_model, 
 
 
 @pytest.mark.slow
-def test_an_instruction_run_writes_alpaca_eval_outputs_for_the_judge(tmp_path):
+def test_an_instruction_run_writes_alpaca_eval_outputs_and_a_local_judge_scores_them(tmp_path, capsys):
     from harness.benchmarks.instruct.alpaca import main
     from harness.run import run_one
 
@@ -113,3 +113,30 @@ def test_an_instruction_run_writes_alpaca_eval_outputs_for_the_judge(tmp_path):
     assert [sorted(o) for o in outputs] == [["dataset", "generator", "instruction", "output"]] * 2
     assert {o["generator"] for o in outputs} == {run_id} and outputs[0]["dataset"] == "helpful_base"
 
+    # the judge: alpaca_eval's own pairwise evaluation, a local model (SmolLM2-135M-Instruct) as its annotator,
+    # against reference outputs on disk; printed as the run's AlpacaEval metrics
+    assert main([run_id, f"run.results_dir={tmp_path}", "local_judge=smollm2-135m", "metric=win_rate",
+                 f"reference_outputs={alpaca}"]) == 0
+    judged = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert judged["metric"] == "win_rate" and judged["n"] == 2 and 1 <= judged["judged"] <= 2
+    assert 0.0 <= judged["win_rate"] <= 100.0 and judged["accuracy"] == judged["win_rate"]
+
+
+def test_the_judges_settings_fail_fast_where_they_need_the_hub(tmp_path):
+    from harness.benchmarks.instruct import judge
+    from harness.errors import ConfigError
+    from harness.offline import HubUnavailableError
+
+    reference = write_json(tmp_path / "reference.json", ALPACA_EVAL)
+    local = {"local_judge": "smollm2-135m", "reference_outputs": reference}
+    with pytest.raises(ConfigError, match="metric=length_controlled reads alpaca_eval's df_gamed.csv.*metric=win_rate"):
+        judge.evaluate_kwargs(local, tmp_path)
+    with pytest.raises(HubUnavailableError, match="protocol.alpaca_eval.reference_outputs='tatsu-lab/alpaca_eval'"):
+        judge.evaluate_kwargs({"local_judge": "smollm2-135m", "metric": "win_rate"}, tmp_path)
+    with pytest.raises(ConfigError, match="annotators_config or local_judge, not both"):
+        judge.evaluate_kwargs({**local, "metric": "win_rate", "annotators_config": "gpt4_turbo"}, tmp_path)
+    with pytest.raises(ConfigError, match="local_judge='no-such-model' is neither a model config"):
+        judge.local_model("no-such-model")
+    kwargs = judge.evaluate_kwargs({**local, "metric": "win_rate"}, tmp_path)
+    assert kwargs["fn_metric"] == "get_winrate" and kwargs["reference_outputs"] == reference
+    assert (tmp_path / "harness_local_judge" / "configs.yaml").is_file() and callable(kwargs["fn_completions"])

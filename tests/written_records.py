@@ -56,3 +56,14 @@ IFEVAL = [
 def write_json(path, records):
     path.write_text(json.dumps(records))
     return str(path)
+# m-a-p/CodeFeedback-Filtered-Instruction's records (query, answer, resource, lang); the third has no code block
+CODE_FEEDBACK = [
+    {"query": "Write a Python function that returns the sum of a list of integers.",
+     "answer": "Here is the function:\n\n```python\ndef total(xs):\n    return sum(xs)\n```\n\nIt uses the built-in "
+               "`sum`.\n\n```python\nprint(total([1, 2]))\n```",
+     "resource": "evol_instruct", "lang": "python"},
+    {"query": "Reverse a string in Python.",
+     "answer": "```python\ndef reverse(s):\n    return s[::-1]\n```", "resource": "code_alpaca", "lang": "python"},
+    {"query": "What does the GIL stand for?", "answer": "The Global Interpreter Lock.", "resource": "sharegpt",
+     "lang": "unknown"},
+]

@@ -93,6 +93,14 @@ class Benchmark:
         """record -> training example (token ids and labels, or an image to process)."""
         raise NotImplementedError
 
+    def training_examples(self, task: Mapping, processor, train_records: list[dict],
+                          val_records: list[dict]) -> tuple[list[dict], list[dict]]:
+        """(training examples, validation examples): every record encoded. A benchmark whose recipe selects its
+        records by their token count (LoRA-GA's Code-Feedback-100K: the first 100K under 1,024 tokens) selects
+        here, where the tokenizer is known."""
+        encode = self.encoder(task, processor)
+        return [encode(r) for r in train_records], [encode(r) for r in val_records]
+
     def collator(self, processor, task: Mapping, train: bool = True):
         """Batches of this benchmark's examples; None: the language-modelling collator (labels padded with -100)."""
         return None

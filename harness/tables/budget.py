@@ -86,7 +86,7 @@ def caption(title: str, df: pd.DataFrame, profile_description: str, datasets: li
             fractions: Sequence[float], labels: Sequence[str], note: str | None = None, short=str) -> str:
     sizes, absent = sizes_of_test_sets(df, datasets, short)
     budgets = ", ".join(f"{label} = {100 * f:.2f}%" for label, f in zip(labels, fractions))
-    text = (f"{title}. Profile: {profile_description}. Protocol: {protocol_description(df)}. "
+    text = (f"{title}. Profile: {profile_description}. Protocol: {protocol_description(df, short)}. "
             f"Test examples: {sizes}; accuracy in %. Budgets as shares of the base model ({budgets}); each run sits "
             f"in the budget nearest its trainable share, 'params' is its exact trainable count (share). "
             f"Paper columns: {paper.get('model', 'the paper')}, {paper.get('source', 'published numbers')}; "

@@ -43,9 +43,16 @@ def recipe_sources(df: pd.DataFrame) -> str:
     return "Recipes: " + "; ".join(parts) + "."
 
 
-def protocol_description(df: pd.DataFrame) -> str:
-    """The caption's words for the protocol of these results (its yaml's `description`)."""
-    return str(df["protocol_description"].iloc[0]) if len(df) else "-"
+def protocol_description(df: pd.DataFrame, short=str) -> str:
+    """The caption's words for the protocol of these results (its yaml's `description`); where the test sets have
+    protocols of their own (RoSA's GSM8K by lm-eval, ViGGO and SQL by exact match), each with its sets."""
+    if not len(df):
+        return "-"
+    described = df.dropna(subset=["dataset"]).drop_duplicates("dataset")
+    by_protocol = described.groupby("protocol_description", sort=False)["dataset"].apply(list)
+    if len(by_protocol) <= 1:
+        return str(df["protocol_description"].iloc[0])
+    return "; ".join(f"{', '.join(short(d) for d in sets)}: {text}" for text, sets in by_protocol.items())
 
 
 def params_text(n: float) -> str:
@@ -76,10 +83,17 @@ def collect(results_dir: str | Path, cells: Iterable) -> tuple[pd.DataFrame, lis
     # where the cell sits in a learning-rate search (harness.config.lr_search_cells): from the grid, not the file
     df["lr_factor"] = [points.get(rid, (None, True))[0] for rid in df.run_id]
     df["paper_recipe"] = [points.get(rid, (None, True))[1] for rid in df.run_id]
-    protocols = sorted(set(df["protocol"]))
-    if len(protocols) > 1:
-        raise ConfigError(f"results mix protocols {protocols}; a table never mixes them")
+    check_one_protocol_per_set(df)
     return df, absent, found
+
+
+def check_one_protocol_per_set(df: pd.DataFrame) -> None:
+    """A table's sets may have protocols of their own (RoSA's GSM8K by lm-eval, ViGGO and SQL by exact match;
+    MiLoRA Table 5's GSM8K and HumanEval), but a column never mixes two."""
+    per_set = df.dropna(subset=["dataset"]).groupby("dataset")["protocol"].unique()
+    mixed = {d: sorted(p) for d, p in per_set.items() if len(p) > 1}
+    if mixed:
+        raise ConfigError(f"results mix protocols within a test set ({mixed}); a table column never mixes them")
 
 
 def sizes_of_test_sets(df: pd.DataFrame, datasets: list[str], short) -> tuple[str, list[str]]:

@@ -218,7 +218,7 @@ def _cell_text(column: str, value) -> str:
 def caption(title: str, df: pd.DataFrame, profile_description: str, datasets: list[str], reference_model: str | None,
             note: str | None = None, short=str, evidence_shown: bool = False) -> str:
     sizes, absent = sizes_of_test_sets(df, datasets, short)
-    text = (f"{title}. Profile: {profile_description}. Protocol: {protocol_description(df)}. "
+    text = (f"{title}. Profile: {profile_description}. Protocol: {protocol_description(df, short)}. "
             f"Test examples: {sizes}; accuracy in %; 'step s' is the mean training step time of our run.")
     if absent:
         text += f" No test data for {', '.join(absent)} ('-'); Avg is shown only when all {len(datasets)} sets are present."

@@ -1,11 +1,13 @@
 """AlpacaEval (MiLoRA Table 3's AlpacaEval 2.0 columns): the model's answers to AlpacaEval's instructions, greedy,
 in the Tulu chat format it was trained in, as alpaca_eval's model outputs ({instruction, output, generator,
 dataset}); the win rates against the reference come from the `alpaca_eval` package's judge, run only when one is
-configured (`protocol.alpaca_eval.annotators_config`: an alpaca_eval annotator, which needs its API key, or a
-config of a local model). Without one the outputs are kept in the predictions file, the set's metrics say
-"judge not run", and its table cell stays empty: nothing stands in for the judge.
+configured (`protocol.alpaca_eval.annotators_config`: an alpaca_eval annotator, which needs its API key; or
+`protocol.alpaca_eval.local_judge`: a local model, harness.benchmarks.instruct.judge). Without one the outputs are
+kept in the predictions file, the set's metrics say "judge not run", and its table cell stays empty: nothing
+stands in for the judge.
 
-    python -m harness.benchmarks.instruct.alpaca <run id> [annotators_config=<name or path>]
+    python -m harness.benchmarks.instruct.alpaca <run id> [annotators_config=<name or path> | local_judge=<model>]
+                                                  [reference_outputs=<file>] [metric=length_controlled|win_rate]
 
 writes `<run id>.alpaca_eval.json` (alpaca_eval's `--model_outputs` file) from a finished run's predictions and,
 with an annotator, scores it there and then without regenerating.
@@ -19,6 +21,7 @@ import sys
 from typing import Mapping
 
 from harness.benchmarks.base import Scorer
+from harness.benchmarks.instruct import judge
 from harness.benchmarks.instruct.data import tulu_format
 from harness.errors import ConfigError
 from harness.generation import generate
@@ -34,21 +37,32 @@ def model_outputs(rows: list[dict]) -> list[dict]:
 
 
 def judged(rows: list[dict], settings: Mapping) -> dict:
-    """alpaca_eval's leaderboard numbers for these model outputs (x 100 as the paper prints them)."""
+    """alpaca_eval's leaderboard numbers for these model outputs (x 100 as the paper prints them), with how many of
+    the judge's answers it could read (`judged`; an unreadable one counts for neither side)."""
     try:
-        from alpaca_eval import evaluate
+        import alpaca_eval  # noqa: F401
     except ImportError:
-        raise ConfigError("protocol.alpaca_eval.annotators_config is set but the alpaca_eval package is not "
-                          "installed", "pip install alpaca_eval (and the judge's API key, e.g. OPENAI_API_KEY)") from None
+        raise ConfigError("a judge is configured (protocol.alpaca_eval.annotators_config / local_judge) but the "
+                          "alpaca_eval package is not installed",
+                          "pip install alpaca_eval (and the judge's API key, e.g. OPENAI_API_KEY)") from None
+    import tempfile
+    from pathlib import Path
+
     import pandas as pd
+    from alpaca_eval import evaluate
 
     outputs = pd.DataFrame(model_outputs(rows))
-    kwargs = {"annotators_config": settings["annotators_config"], "is_return_instead_of_print": True}
-    if settings.get("reference_outputs"):
-        kwargs["reference_outputs"] = settings["reference_outputs"]
-    leaderboard, _ = evaluate(model_outputs=outputs, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="harness-judge-") as directory:
+        kwargs = judge.evaluate_kwargs(settings, Path(directory))
+        try:
+            leaderboard, _ = evaluate(model_outputs=outputs, **kwargs)
+        except TypeError as exc:  # alpaca_eval's rounding of the win rate when no answer could be read
+            if "NoneType" not in str(exc):
+                raise
+            raise ConfigError(f"the judge's answers to all {len(rows)} comparisons matched neither output (its "
+                              "completion parser found no preference)", "use a stronger judge") from None
     row = leaderboard.loc[rows[0]["generator"]]
-    metrics = {"win_rate": float(row["win_rate"])}
+    metrics = {"win_rate": float(row["win_rate"]), "judged": int(row["n_total"])}
     if "length_controlled_winrate" in row and not math.isnan(float(row["length_controlled_winrate"])):
         metrics["length_controlled_winrate"] = float(row["length_controlled_winrate"])
     return metrics
@@ -86,7 +100,7 @@ class AlpacaEvalOutputs(Scorer):
 
         metrics, predictions = super().evaluate(model, processor, test_sets, protocol, task, progress)
         settings = dict(protocol.get("alpaca_eval") or {})
-        if settings.get("annotators_config"):
+        if judge.judge_configured(settings):
             for name, rows in predictions.items():
                 seconds = metrics[name]["seconds"]
                 metrics[name] = {**distributed.on_main(lambda: summary(rows, judged(rows, settings))),
@@ -104,8 +118,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     with cli_errors():
         if not argv or "=" in argv[0]:
-            raise ConfigError("usage: python -m harness.benchmarks.instruct.alpaca <run id> [annotators_config=...] "
-                              "[reference_outputs=...] [run.results_dir=results]")
+            raise ConfigError("usage: python -m harness.benchmarks.instruct.alpaca <run id> [annotators_config=... | "
+                              "local_judge=...] [reference_outputs=...] [metric=...] [run.results_dir=results]")
         run_id, options = argv[0], dict(a.split("=", 1) for a in argv[1:])
         results_dir = options.pop("run.results_dir", None) or compose([]).run.results_dir
         rows = read_predictions(results_dir, run_id).get("alpaca_eval")
@@ -116,7 +130,7 @@ def main(argv=None) -> int:
         out = path.with_name(f"{run_id}.alpaca_eval.json")
         out.write_text(json.dumps(model_outputs(rows), indent=1))
         print(f"[harness] wrote {out} ({len(rows)} outputs; `alpaca_eval --model_outputs {out}` judges it)")
-        if options.get("annotators_config"):
+        if judge.judge_configured(options):
             print(json.dumps(summary(rows, judged(rows, options))))
     return 0
 
