@@ -66,8 +66,11 @@ def sample(model, tokenizer, prompts: Sequence[str], num_samples: int, temperatu
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         stop_strings=list(stop_strings) or None,
     )
-    torch.manual_seed(int(seed))
-    texts = _batched(model, tokenizer, prompts, config, batch_size, progress, desc, 0, new_only=True)
+    device = next(model.parameters()).device
+    # seeded without moving the process's own random streams (training, a later run's draws)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(seed))
+        texts = _batched(model, tokenizer, prompts, config, batch_size, progress, desc, 0, new_only=True)
     return [t * int(num_samples) if greedy else t for t in texts]
 
 

@@ -165,7 +165,8 @@ def test_table5_puts_a_methods_gsm8k_and_humaneval_runs_in_one_row(tmp_path, dat
               "training.max_steps=1", "training.warmup_steps=0", "task.test_subset=2", "run.progress=false",
               "run.save_adapter=false", f"run.results_dir={tmp_path}"]
     code_feedback = write_jsonl(tmp_path / "cf.jsonl", CODE_FEEDBACK * 4)
-    math = compose([*shared, "task=gsm8k", "protocol=math_milora", "task.train_subset=8", "protocol.max_new_tokens=2"])
+    math = compose([*shared, "task=gsm8k", "task.train_format=loraga", "protocol=gsm8k_loraga", "task.train_subset=8",
+                    "protocol.max_new_tokens=2"])
     code = compose([*shared, "task=code", "protocol=humaneval_loraga", f"task.train_file={code_feedback}",
                     "protocol.max_new_tokens=4", "protocol.num_samples=2"])
     for cfg in (math, code):
@@ -176,7 +177,7 @@ def test_table5_puts_a_methods_gsm8k_and_humaneval_runs_in_one_row(tmp_path, dat
     paper = frames.numbers[frames.numbers.row == "paper (LLaMA2-7B)"].iloc[0]
     assert ours.method == "rsLoRA" and not math_isnan(ours.GSM8K) and not math_isnan(ours.HumanEval)
     assert (paper.GSM8K, paper.HumanEval) == (45.6, 16.0)
-    assert "GSM8K: math_milora" in frames.caption and "HumanEval: humaneval_loraga" in frames.caption
+    assert "GSM8K: gsm8k_loraga" in frames.caption and "HumanEval: humaneval_loraga" in frames.caption
 
 
 def math_isnan(value) -> bool:

@@ -67,3 +67,13 @@ CODE_FEEDBACK = [
     {"query": "What does the GIL stand for?", "answer": "The Global Interpreter Lock.", "resource": "sharegpt",
      "lang": "unknown"},
 ]
+# meta-math/MetaMathQA's records (query, response, type, original_question): a GSM AnsAug record keeps GSM8K's
+# "#### N" before MetaMath's "The answer is:"; a MATH one is not a GSM record
+METAMATHQA = [
+    {"query": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How "
+              "many clips did Natalia sell altogether in April and May?",
+     "response": "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n"
+                 "#### 72\nThe answer is: 72", "type": "GSM_AnsAug", "original_question": "Natalia sold clips ..."},
+    {"query": "What is the value of $x$ in $2x + 3 = 7$?", "response": "Subtracting 3, $2x = 4$, so $x = 2$.\n"
+     "The answer is: 2", "type": "MATH_Rephrased", "original_question": "Solve $2x+3=7$."},
+]

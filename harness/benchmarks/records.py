@@ -131,3 +131,27 @@ def tokenize_prompt_response(record: Mapping, tokenizer, cutoff_len: int, train_
     ids = ids[:cutoff_len]
     labels = list(ids) if train_on_inputs else [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+
+def first_under(records: list[dict], tokenizer, encode, task: Mapping) -> tuple[list[dict], list[dict]]:
+    """(training examples, validation examples) as LoRA-GA selects its training sets (Outsider565/LoRA-GA
+    reproduce/data.py `load_meta_math`, `load_codefeedback`): in the dataset's order, a record whose prompt +
+    response tokenizes to `task.max_tokens` or more is dropped (its count: the ids of the joined text, no EOS,
+    before any truncation); the first `task.train_subset` of the rest are trained on (None: all) and the
+    `task.val_set_size` after them held out (LoRA-GA: 100K, then 10K)."""
+    limit, wanted = task.get("max_tokens"), task.get("train_subset")
+    val_size = task.get("val_set_size") or 0
+    if val_size and float(val_size) < 1:
+        raise DataError(f"task.val_set_size={val_size}: this selection holds out a count of records, not a fraction")
+    total = None if wanted is None else int(wanted) + int(val_size)
+    examples = []
+    for record in records:
+        if limit is None or len(tokenizer(record["prompt"] + record["response"])["input_ids"]) < int(limit):
+            examples.append(encode(record))
+            if total is not None and len(examples) == total:
+                break
+    train_size = len(examples) - int(val_size) if wanted is None else min(int(wanted), len(examples))
+    if train_size < 1:
+        raise DataError(f"task.max_tokens={limit}: no training record is shorter (after {int(val_size)} held out)")
+    return examples[:train_size], examples[train_size:train_size + int(val_size)]

@@ -8,6 +8,8 @@ from harness.benchmarks.base import Benchmark, text_encoder
 from harness.benchmarks.lmeval import LmEval, LmEvalTask
 from harness.benchmarks.math import data
 from harness.benchmarks.math.greedy import MathGreedy
+from harness.benchmarks.math.loraga import SampledHashAnswer
+from harness.benchmarks.records import first_under
 
 
 def gsm8k_files_for_lmeval(task, name: str) -> dict | None:
@@ -31,7 +33,14 @@ class Math(Benchmark):
     behaviour_version = 2
     short_names = {"gsm8k": "GSM8K", "MATH": "MATH"}
     scorers = {"math_greedy": MathGreedy("math_greedy"), "math_milora": MathGreedy("math_milora"),
+               "gsm8k_loraga": SampledHashAnswer(),
                "lmeval": LmEval({"gsm8k": LmEvalTask("gsm8k", "gsm8k/gsm8k.yaml", "openai/gsm8k")}, gsm8k_files_for_lmeval)}
 
     def encoder(self, task, tokenizer):
         return text_encoder(data.tokenize, task, tokenizer)
+
+    def training_examples(self, task, tokenizer, train_records, val_records):
+        """train_format=loraga: LoRA-GA's selection (records.first_under)."""
+        if task.get("train_format", "metamath") != "loraga":
+            return super().training_examples(task, tokenizer, train_records, val_records)
+        return first_under(train_records, tokenizer, self.encoder(task, tokenizer), task)

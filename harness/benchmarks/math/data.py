@@ -27,6 +27,10 @@ TEST_SETS = {"gsm8k": ("gsm8k/test.jsonl", ("question", "answer"), "question"),
 TRAIN_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
                   "request.\n\n### Instruction:\n{query}\n\n### Response:")
 _CALCULATOR = re.compile(r"<<[^>]*>>")
+# LoRA-GA's MetaMathQA / GSM8K format (Outsider565/LoRA-GA reproduce/data.py `load_meta_math`, `load_gsm8k`
+# @7cbdd68): the bare "Q: ... A: " prompt, then " " and the response (its text is x + " " + y + EOS)
+LORAGA_PROMPT = "Q: {question}\nA: "
+TRAIN_FORMATS = ("metamath", "rosa", "loraga")
 
 
 def gsm8k_to_metamath(record: Mapping) -> dict:
@@ -90,9 +94,11 @@ def _train_records(task: Mapping) -> list[dict]:
     followed by the original answer (calculator annotations and "#### N" kept), which lm-eval's gsm8k scores.
     """
     fmt = task.get("train_format", "metamath")
-    if fmt not in ("metamath", "rosa"):
-        raise DataError(f"task.train_format={fmt!r}: use metamath or rosa")
+    if fmt not in TRAIN_FORMATS:
+        raise DataError(f"task.train_format={fmt!r}: use one of {list(TRAIN_FORMATS)}")
     source = _train_source(task)
+    if fmt == "loraga":
+        return _loraga_records(task, source)
     if fmt == "metamath":
         if task.get("train_file"):
             records = read_source(source, ("query", "response"))
@@ -104,7 +110,25 @@ def _train_records(task: Mapping) -> list[dict]:
     return [{"prompt": r["question"], "response": r["answer"], "joint": False} for r in records]
 
 
+def _loraga_records(task: Mapping, source) -> list[dict]:
+    """train_format=loraga: MetaMathQA's GSM8K-derived records only (`type` GSM_*), each response cut before its
+    "\nThe answer is:" (what stays of an AnsAug record ends in GSM8K's "#### N", which LoRA-GA's evaluation
+    reads); GSM8K's own records (offline) as they are."""
+    if task.get("train_file"):
+        records = read_source(source, ("query", "response"))
+        pairs = [(r["query"], r["response"].split("\nThe answer is:")[0]) for r in records
+                 if "type" not in r or "GSM" in str(r["type"])]
+    else:
+        pairs = [(r["question"], r["answer"]) for r in read_source(source, ("question", "answer"))]
+    return [{"prompt": LORAGA_PROMPT.format(question=q), "response": " " + a, "joint": True} for q, a in pairs]
+
+
 def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation). train_format=loraga: every record in the dataset's order; its token-count selection,
+    first `train_subset` and held-out records come after tokenizing (`Math.training_examples`), as LoRA-GA's
+    script takes the first 100K under 512 tokens (its `dataset.shuffle(seed=42)` result is not kept)."""
+    if task.get("train_format", "metamath") == "loraga":
+        return _train_records(task), []
     return subset_and_split(_train_records(task), task, seed)
 
 
