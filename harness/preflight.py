@@ -43,7 +43,7 @@ def check(cfg: DictConfig) -> str:
     """Raises a HarnessError naming what cannot work; returns the run id."""
     check_training(cfg.training, cfg.task)
     benchmark = benchmarks.get(cfg.task.name)
-    benchmark.scorer(cfg.protocol.name)
+    benchmark.scorer(cfg.protocol.name).check(cfg.protocol, cfg.task)
     rid = run_id(cfg)  # every data and weight source exists (their content is part of the id)
     head = benchmark.model_head(cfg.task)
     model_json, head_json = json.dumps(resolved(cfg)["model"], sort_keys=True), json.dumps(head or {}, sort_keys=True)

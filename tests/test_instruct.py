@@ -140,3 +140,28 @@ def test_the_judges_settings_fail_fast_where_they_need_the_hub(tmp_path):
     kwargs = judge.evaluate_kwargs({**local, "metric": "win_rate"}, tmp_path)
     assert kwargs["fn_metric"] == "get_winrate" and kwargs["reference_outputs"] == reference
     assert (tmp_path / "harness_local_judge" / "configs.yaml").is_file() and callable(kwargs["fn_completions"])
+
+
+def test_a_judge_that_cannot_work_stops_the_run_before_training_and_one_that_fails_keeps_the_outputs(tmp_path, tiny_model,
+                                                                                                   tokenizer):
+    from harness.errors import ConfigError
+    from harness.preflight import check
+
+    chats = write_jsonl(tmp_path / "chats.jsonl", CHATS * 2)
+    alpaca = write_json(tmp_path / "alpaca_eval.json", ALPACA_EVAL)
+    overrides = ["model=tiny-llama", "task=instruct", "protocol=instruct", "task.datasets=[alpaca_eval]",
+                 f"task.train_file={chats}", f"task.test_files.alpaca_eval={alpaca}",
+                 f"protocol.alpaca_eval.reference_outputs={alpaca}", "protocol.alpaca_eval.max_new_tokens=2"]
+    with pytest.raises(ConfigError, match="metric=length_controlled reads alpaca_eval's df_gamed.csv"):
+        check(compose([*overrides, "protocol.alpaca_eval.local_judge=smollm2-135m"]))
+    with pytest.raises(ConfigError, match="local_judge='nowhere' is neither"):
+        check(compose([*overrides, "protocol.alpaca_eval.local_judge=nowhere", "protocol.alpaca_eval.metric=win_rate"]))
+    # a judge whose answers name neither output (a random model's): the outputs survive, the metrics say so
+    cfg = compose([*overrides, "protocol.alpaca_eval.local_judge=tiny-llama", "protocol.alpaca_eval.metric=win_rate",
+                   "protocol.alpaca_eval.judge_max_new_tokens=3"])
+    check(cfg)
+    instruct = benchmarks.get("instruct")
+    metrics, rows = instruct.scorer("instruct").evaluate(tiny_model, tokenizer, instruct.test_sets(cfg.task),
+                                                         cfg.protocol, cfg.task, False)
+    assert metrics["alpaca_eval"]["metric"] == "judge failed" and "matched neither output" in metrics["alpaca_eval"]["judge"]
+    assert len(rows["alpaca_eval"]) == 2 and math.isnan(metrics["alpaca_eval"]["accuracy"])

@@ -32,6 +32,10 @@ class Scorer:
         """({"accuracy": the headline number x 100, "n", ...}, one prediction row per record)."""
         raise NotImplementedError
 
+    def check(self, protocol: Mapping, task: Mapping) -> None:
+        """Raises a HarnessError for protocol settings that cannot work, before any training (preflight): a
+        judge that needs the hub offline, say."""
+
     def summarize(self, name: str, rows: list[dict]) -> dict:
         """A set's metrics from its prediction rows (what `score_set` returns beside them): accuracy over the
         rows' `correct`, unless the scorer's metric is another."""

@@ -21,6 +21,10 @@ class InstructionFollowing(Scorer):
                     chat_template=data.TULU_CHAT_TEMPLATE)
     alpaca = AlpacaEvalOutputs()
 
+    def check(self, protocol, task):
+        if "alpaca_eval" in task["datasets"]:
+            self.alpaca.check(protocol, task)
+
     def evaluate(self, model, processor, test_sets, protocol, task, progress=True):
         metrics, predictions = {}, {}
         if "ifeval" in task["datasets"]:

@@ -27,6 +27,7 @@ from harness.errors import ConfigError
 from harness.generation import generate
 
 NOT_RUN = "judge not run"
+JUDGE_FAILED = "judge failed"
 
 
 def model_outputs(rows: list[dict]) -> list[dict]:
@@ -94,6 +95,13 @@ class AlpacaEvalOutputs(Scorer):
     def summarize(self, name, rows):
         return summary(rows, None)
 
+    def check(self, protocol, task):
+        """A configured judge's settings, before training: the package, the hub where they need it, the local
+        judge's name."""
+        settings = dict(protocol.get("alpaca_eval") or {})
+        if judge.judge_configured(settings):
+            judge.check(settings)
+
     def evaluate(self, model, processor, test_sets, protocol, task, progress=True):
         """The outputs of every set (each process generates its shard), then the judge once, on all of them."""
         from harness import distributed
@@ -103,9 +111,23 @@ class AlpacaEvalOutputs(Scorer):
         if judge.judge_configured(settings):
             for name, rows in predictions.items():
                 seconds = metrics[name]["seconds"]
-                metrics[name] = {**distributed.on_main(lambda: summary(rows, judged(rows, settings))),
-                                 "seconds": seconds}
+                metrics[name] = {**distributed.on_main(lambda: judged_or_failure(rows, settings)), "seconds": seconds}
         return metrics, predictions
+
+
+def judged_or_failure(rows: list[dict], settings: Mapping) -> dict:
+    """The set's metrics with the judge's numbers; a judge that fails after the outputs are generated (its API,
+    answers it cannot read) fails only itself: the outputs are kept in the run's predictions, the metrics say why,
+    and `python -m harness.benchmarks.instruct.alpaca <run id>` judges them again."""
+    from harness.errors import one_line
+
+    try:
+        return summary(rows, judged(rows, settings))
+    except Exception as exc:  # noqa: BLE001 - any failure of the judge's package or API
+        reason = one_line(f"{type(exc).__name__}: {exc}")
+        print(f"[harness] the AlpacaEval judge failed ({reason}); the outputs are kept for "
+              "`python -m harness.benchmarks.instruct.alpaca <run id>`", flush=True)
+        return {"accuracy": float("nan"), "metric": JUDGE_FAILED, "n": len(rows), "judge": f"failed: {reason}"}
 
 
 def main(argv=None) -> int:

@@ -112,5 +112,25 @@ def evaluate_kwargs(settings: Mapping, directory: Path) -> dict:
     return kwargs
 
 
+def check(settings: Mapping) -> None:
+    """What `evaluate_kwargs` would refuse, found before training, without loading a model."""
+    import tempfile
+
+    try:
+        import alpaca_eval  # noqa: F401
+    except ImportError:
+        raise ConfigError("a judge is configured (protocol.alpaca_eval.annotators_config / local_judge) but the "
+                          "alpaca_eval package is not installed", "pip install alpaca_eval") from None
+    name = settings.get("local_judge")
+    if name:
+        from harness.config import CONFIG_DIR
+
+        if not ((CONFIG_DIR / "model" / f"{name}.yaml").is_file() or Path(str(name)).is_dir()):
+            raise ConfigError(f"protocol.alpaca_eval.local_judge={name!r} is neither a model config in conf/model/ "
+                              "nor a model directory")
+    with tempfile.TemporaryDirectory(prefix="harness-judge-") as directory:
+        evaluate_kwargs(settings, Path(directory))
+
+
 def judge_configured(settings: Mapping) -> bool:
     return bool(settings.get("annotators_config") or settings.get("local_judge"))
