@@ -66,11 +66,13 @@ def test_post_processing_reindents_and_drops_docstrings_as_lora_ga_does(problems
                  "\tif xs:\n\t\treturn sum(xs)\n\treturn 0\n```\n")
     assert post_process(generated) == ("from typing import List\ndef f(xs: List[int]) -> int:\n    if xs:\n"
                                        "        return sum(xs)\n    return 0")
-    # every canonical solution, re-stated as a whole function and post-processed, still passes but one: HumanEval/64
-    # keeps a module-level triple-quoted string that the clean-up removes (a quirk of the protocol, kept)
-    restated = [[post_process(p["prompt"] + p["canonical_solution"])] for p in problems]
-    verdicts = run_tests(problems, restated, timeout=3.0, workers=4)
-    failing = [p["task_id"] for p, (v,) in zip(problems, verdicts) if not v["passed"]]
+    # canonical solutions, re-stated as whole functions and post-processed, still pass but one: HumanEval/64 keeps a
+    # module-level triple-quoted string that the clean-up removes (a quirk of the protocol, kept). (All 164 give the
+    # same: 163 pass; a quarter of them here keeps the suite short.)
+    some = problems[48:88]
+    restated = [[post_process(p["prompt"] + p["canonical_solution"])] for p in some]
+    verdicts = run_tests(some, restated, timeout=3.0, workers=4)
+    failing = [p["task_id"] for p, (v,) in zip(some, verdicts) if not v["passed"]]
     assert failing == ["HumanEval/64"]
     assert prompt_of(problems[0]).endswith(problems[0]["prompt"] + "\n```\n\n### Response:\n```python\n ")
 

@@ -119,3 +119,14 @@ def test_result_files_of_the_first_layout_still_load_and_a_newer_schema_is_named
     write_json_atomic(runs / "future.json", {"schema": 9, "status": "finished"})
     with pytest.raises(HarnessError, match=r"future.json: result schema 9, this harness reads 1 and 2"):
         read_result(runs / "future.json")
+
+
+def test_the_reference_row_is_the_method_itself_not_a_preset_over_it(tmp_path):
+    from harness.tables.evidence import Evidence
+
+    def run(label, key):
+        return {"run_id": key, "model": "m", "method": "lora", "label": label, "label_key": key, "paper_recipe": True}
+    presets_only = pd.DataFrame([run("LoRA+", "lora+")])  # MiLoRA Table 5 has LoRA+ but no LoRA row
+    assert Evidence(tmp_path, presets_only).reference_runs("m") is None
+    both = pd.DataFrame([run("LoRA+", "lora+"), run("LoRA", "lora")])
+    assert list(Evidence(tmp_path, both).reference_runs("m").label) == ["LoRA"]

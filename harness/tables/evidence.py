@@ -62,6 +62,8 @@ class Evidence:
 
     def reference_runs(self, model: str) -> pd.DataFrame | None:
         ref = self.df[(self.df.model == model) & (self.df.method == self.reference_method)]
+        if "label_key" in ref:  # the method itself, not a preset over it (LoRA+ is method=lora with its own label)
+            ref = ref[ref.label_key == self.reference_method]
         if "paper_recipe" in ref:  # (not the points of a learning-rate search)
             ref = ref[ref.paper_recipe.astype(bool)]
         if not len(ref):
