@@ -114,6 +114,8 @@ def test_the_hub_id_loads_unchanged_and_fails_fast_offline(tmp_path):
     assert isinstance(test, LocalFile) and test.path.name == "HumanEval.jsonl.gz"
     with pytest.raises(HubUnavailableError, match="CodeFeedback-Filtered-Instruction.*task.train_file"):
         benchmarks.get("code").training_records(task, 0)
+    with pytest.raises(benchmarks.base.DataError, match="task.train_file=.*missing.jsonl: file not found"):
+        benchmarks.get("code").data_sources({**task, "train_file": str(tmp_path / "missing.jsonl")})
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task_id": "x", "prompt": "def f():\\n"}\n')
     with pytest.raises(benchmarks.base.DataError, match=r"bad.jsonl: line 1 lacks field\(s\) \['test', 'entry_point'\]"):

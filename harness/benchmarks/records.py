@@ -53,12 +53,12 @@ def read_jsonl_records(path: Path, required: tuple[str, ...]) -> list[dict]:
 
 
 def train_file_source(train_file: str, role: str = "train"):
-    """`task.train_file` as a source: a local .json list of records, or else a hub dataset id
-    (`owner/name[:config]`)."""
+    """`task.train_file` as a source: a local .json list of records (or .jsonl, one a line), or else a hub
+    dataset id (`owner/name[:config]`)."""
     from harness.provenance import Hub, LocalFile
 
     path = Path(str(train_file))
-    if path.suffix == ".json" or path.exists():
+    if path.suffix in (".json", ".jsonl") or path.exists():
         if not path.is_file():
             raise DataError(f"task.train_file={train_file}: file not found")
         return LocalFile(role, path)
