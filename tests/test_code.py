@@ -118,7 +118,7 @@ def test_the_hub_id_loads_unchanged_and_fails_fast_offline(tmp_path):
         benchmarks.get("code").data_sources({**task, "train_file": str(tmp_path / "missing.jsonl")})
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task_id": "x", "prompt": "def f():\\n"}\n')
-    with pytest.raises(benchmarks.base.DataError, match=r"bad.jsonl: line 1 lacks field\(s\) \['test', 'entry_point'\]"):
+    with pytest.raises(benchmarks.base.DataError, match=r"bad.jsonl: line 1 lacks field\(s\) \[.test., .entry_point.\]"):
         benchmarks.get("code").test_sets({**task, "test_file": str(bad)})
 
 

@@ -32,10 +32,14 @@ def read_json_records(path: Path, required: tuple[str, ...] = REQUIRED_FIELDS) -
 
 
 def read_jsonl_records(path: Path, required: tuple[str, ...]) -> list[dict]:
-    """One JSON object per line (GSM8K's format); errors name the file and the line."""
+    """One JSON object per line (GSM8K's format; .gz compressed too, as HumanEval ships); errors name the file and
+    the line."""
+    import gzip
+
     records = []
     try:
-        lines = Path(path).read_text().splitlines()
+        raw = gzip.decompress(Path(path).read_bytes()) if str(path).endswith(".gz") else Path(path).read_bytes()
+        lines = raw.decode().splitlines()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     for i, line in enumerate(lines, 1):

@@ -15,12 +15,11 @@ Test: HumanEval's 164 problems (`task_id`, `prompt`, `test`, `entry_point`) as t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping
 
 from harness.benchmarks.base import test_subset
-from harness.benchmarks.records import read_source, train_file_source
+from harness.benchmarks.records import read_jsonl_records, read_source, train_file_source
 from harness.errors import ConfigError, DataError
 from harness.provenance import Hub, LocalFile
 
@@ -80,25 +79,9 @@ def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
 
 def read_problems(path: Path) -> list[dict]:
     """HumanEval-format problems of a .jsonl or .jsonl.gz file, in the file's order."""
-    import gzip
-
     if not path.is_file():
         raise DataError(f"task.test_file={path}: file not found (HumanEval-format .jsonl or .jsonl.gz)")
-    opener = gzip.open if path.suffix == ".gz" else open
-    problems = []
-    with opener(path, "rt") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                problem = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
-            missing = [f for f in PROBLEM_FIELDS if f not in problem]
-            if missing:
-                raise DataError(f"{path}: line {number} lacks field(s) {missing} (HumanEval's format)")
-            problems.append(problem)
-    return problems
+    return read_jsonl_records(path, PROBLEM_FIELDS)
 
 
 def test_sets(task: Mapping) -> dict[str, list[dict]]:
