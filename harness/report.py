@@ -56,6 +56,8 @@ def _row_kind(row: str) -> str:
         return "ours"
     if row == "95% CI":
         return "ci"
+    if row == "vs paper":
+        return "verdict"
     if row.startswith("paper"):
         return "paper"
     if row.startswith("Δ vs"):

@@ -179,7 +179,7 @@ def load_results(results_dir: str | Path) -> list[Result]:
 
 FRAME_COLUMNS = ["run_id", "status", "experiment", "profile", "task", "protocol", "model", "paper_model", "method",
                  "protocol_description", "recipe_source", "label", "label_key", "knob", "rank", "seed", "dataset", "accuracy", "n", "metric", "trainable", "total",
-                 "trainable_percent", "head", "budget_fraction", "lr", "val_loss", "step_s", "train_s", "tokens_per_s", "padding_share", "mfu", "eval_s", "peak_mb",
+                 "trainable_percent", "head", "budget_fraction", "lr", "val_loss", "epoch", "epochs_scored", "last_accuracy", "step_s", "train_s", "tokens_per_s", "padding_share", "mfu", "eval_s", "peak_mb",
                  "error"]
 
 
@@ -216,9 +216,13 @@ def frame(results: list[Result]) -> "pd.DataFrame":
         metrics = (result.get("eval") or {}).get("metrics") or {}
         if not metrics:
             rows.append({**base, "dataset": None, "accuracy": None, "n": None, "metric": None})
+        # a best-epoch protocol (GLUE's glue_dev): the epoch reported, how many were scored, the last one's score
+        scored = len(train.get("epochs") or []) or None
         for name, m in metrics.items():
             rows.append({**base, "dataset": name, "accuracy": m.get("accuracy"), "n": m.get("n"),
-                         "metric": m.get("metric", "accuracy")})
+                         "metric": m.get("metric", "accuracy"), "epoch": m.get("epoch"),
+                         "epochs_scored": scored if "last_accuracy" in m else None,
+                         "last_accuracy": m.get("last_accuracy")})
     return pd.DataFrame(rows, columns=FRAME_COLUMNS)
 
 

@@ -178,7 +178,7 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     # records -> training examples (token ids, or images to process)
     train_examples, val_examples = benchmark.training_examples(cfg.task, tokenizer, train_records, val_records)
     data = TrainingData(train_examples, val_examples, tokenizer, benchmark.collator(tokenizer, cfg.task))
-    per_epoch = _epoch_scorer(scorer, tokenizer, test_sets, cfg) if cfg.protocol.get("report") == "best_epoch" else None
+    per_epoch = EpochScorer(scorer, tokenizer, test_sets, cfg) if cfg.protocol.get("report") == "best_epoch" else None
     trained = train(model, methods.method_of(model), data, cfg.training,
                     RunContext(cfg.seed, rid, progress, cfg.logging, placement, per_epoch,
                                cfg.get("sharding")))
@@ -196,6 +196,7 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     metrics, predictions, merged, eval_seconds = score_model(model, tokenizer, test_sets, cfg)
     if per_epoch is not None:
         metrics = best_epoch_metrics(metrics, trained["stats"].get("epochs") or [])
+        predictions = per_epoch.predictions(metrics, predictions)
 
     phases.enter("write")
     record: Result = {
@@ -248,13 +249,31 @@ def adapt(model, method: str, head_modules, options: dict):
     return model
 
 
-def _epoch_scorer(scorer, processor, test_sets, cfg: DictConfig):
+class EpochScorer:
     """Scores the test sets after every epoch (`protocol.report=best_epoch`: Neat's glue.py evaluates the dev set
-    after each epoch and reports the best); returns {"epoch", "metrics"} for the training statistics."""
-    def score(model, epoch: int) -> dict:
-        metrics, _ = scorer.evaluate(model, processor, test_sets, cfg.protocol, cfg.task, progress=False)
+    after each epoch and reports the best); returns {"epoch", "metrics"} for the training statistics, and keeps
+    each set's prediction rows of its best epoch so far (the first of equals, as `best_epoch_metrics` picks), so
+    that the predictions file, and the interval and Δ a table computes from it, are the epoch the cell reports."""
+
+    def __init__(self, scorer, processor, test_sets, cfg: DictConfig):
+        self.scorer, self.processor, self.test_sets, self.cfg = scorer, processor, test_sets, cfg
+        self.best: dict[str, tuple[float, int, list[dict]]] = {}  # set -> (headline, epoch, rows)
+
+    def __call__(self, model, epoch: int) -> dict:
+        metrics, predictions = self.scorer.evaluate(model, self.processor, self.test_sets, self.cfg.protocol,
+                                                    self.cfg.task, progress=False)
+        for name, m in metrics.items():
+            if name not in self.best or m["accuracy"] > self.best[name][0]:
+                self.best[name] = (m["accuracy"], epoch, predictions[name])
         return {"epoch": epoch, "metrics": metrics}
-    return score
+
+    def predictions(self, metrics: dict, last: dict) -> dict:
+        """Each set's rows at the epoch `metrics` reports (`best_epoch_metrics`' choice), else the final ones."""
+        out = {}
+        for name, rows in last.items():
+            kept = self.best.get(name)
+            out[name] = kept[2] if kept and kept[1] == metrics.get(name, {}).get("epoch") else rows
+        return out
 
 
 def best_epoch_metrics(last: dict, epochs: list[dict]) -> dict:

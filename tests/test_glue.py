@@ -127,6 +127,34 @@ def test_glue_reports_the_best_dev_epoch_and_keeps_the_last(tmp_path):
     assert compose(["task=glue", "protocol=glue_dev"]).protocol.report == "best_epoch"
 
 
+def test_the_predictions_kept_are_the_best_epochs_so_the_cell_lies_in_its_own_interval():
+    """The audit's 5C: a cell of 95.0 with the interval [91.3, 94.6], from the last epoch's predictions."""
+    from harness.models import load
+    from harness.run import EpochScorer, best_epoch_metrics
+    from harness.statistics import SetRuns, interval
+
+    cfg = compose(["task=glue", "protocol=glue_dev", "model=tiny-bert", "task.dataset=sst2", "task.test_subset=48"])
+    benchmark = benchmarks.get("glue")
+    model, tokenizer = load(cfg.model, benchmark.model_head(cfg.task))
+    model.eval()
+    scorer = EpochScorer(benchmark.scorer("glue_dev"), tokenizer, benchmark.test_sets(cfg.task), cfg)
+    epochs = []
+    for epoch in (1, 2, 3):  # three "epochs": the classifier's bias moved each time, so the scores differ
+        with torch.no_grad():
+            model.classifier.bias.copy_(torch.tensor([1.0, -1.0]) * (epoch - 2) * 5)
+        epochs.append(scorer(model, epoch))
+    last_metrics, last_rows = benchmark.scorer("glue_dev").evaluate(model, tokenizer, benchmark.test_sets(cfg.task),
+                                                                     cfg.protocol, cfg.task, progress=False)
+    metrics = best_epoch_metrics(last_metrics, epochs)
+    scores = [e["metrics"]["sst2"]["accuracy"] for e in epochs]
+    assert len(set(scores)) > 1 and metrics["sst2"]["accuracy"] == max(scores)
+    kept = scorer.predictions(metrics, last_rows)["sst2"]
+    recomputed = 100.0 * sum(r["correct"] for r in kept) / len(kept)
+    assert recomputed == pytest.approx(metrics["sst2"]["accuracy"])
+    low, high = interval([SetRuns([kept])])
+    assert low <= metrics["sst2"]["accuracy"] <= high
+
+
 def test_best_epoch_metrics_pick_each_sets_best():
     from harness.run import best_epoch_metrics
 

@@ -92,7 +92,7 @@ def test_budget_table_groups_runs_by_nearest_budget_beside_the_papers_rows(tmp_p
     assert "~80M = 1.19%" in text and "math_greedy" in text and "GSM8K 20 (20 in all)" in text
     md, _, _ = write(df, text, tmp_path, "sweep")
     body = " ".join(md.read_text().split())  # markdown pads its columns
-    assert "| -12.2 |" in body and "| ~80M | RoSA r=3 d=0.64% | 1.60M (1.19%) | 20.0 |" in body
+    assert "| -12.2 |" in body and "| ~80M | RoSA r=3 d=0.64% | 1.60M (1.19%) | 1 | 20.0 |" in body
 
 
 def test_unknown_table_layout_is_an_error(tmp_path):

@@ -53,15 +53,18 @@ def table_frames(base, cells) -> TableFrames:
     short = short_namer(base.task.name)
     evidence = Evidence(base.run.results_dir, runs, table.get("reference_method") or "lora")
     if layout == "datasets":
-        df = datasets.build(runs, names, paper, table.get("reference_model"), short, evidence)
+        judging = datasets.Judging.from_table(table)
+        df = datasets.build(runs, names, paper, table.get("reference_model"), short, evidence, judging)
         shown = datasets.shown(df, [short(d) for d in names])
         text = datasets.caption(table.title, runs, description, names, table.get("reference_model"), table.get("note"),
-                                short, evidence_shown=True)
+                                short, evidence_shown=True, numbers=df, judging=judging, evidence=evidence)
     elif layout == "budget":
         fractions, labels = [float(f) for f in table.budget_fractions], list(table.budget_labels)
-        df = budget.build(runs, names, paper, fractions, labels, short, evidence)
+        margin = datasets.Judging.from_table(table).margin_per_set
+        df = budget.build(runs, names, paper, fractions, labels, short, evidence, margin)
         shown = formatted(df)
-        text = budget.caption(table.title, runs, description, names, paper, fractions, labels, table.get("note"), short)
+        text = budget.caption(table.title, runs, description, names, paper, fractions, labels, table.get("note"), short,
+                              margin)
     else:
         raise ConfigError(f"table.layout={layout!r} in experiment {base.experiment_name}: use one of {LAYOUTS}")
     return TableFrames(df, shown, text, runs, absent, evidence, records)

@@ -9,7 +9,9 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from harness.methods import display
-from harness.statistics import interval
+import numpy as np
+
+from harness.statistics import interval, reproduction
 from harness.tables.common import FAILED, missing, params_text, protocol_description, recipe_sources, sizes_of_test_sets
 
 FULL = "-"  # the budget label of full fine-tuning, as in the paper's table
@@ -34,9 +36,11 @@ def budget_group(run, fractions: Sequence[float], labels: Sequence[str]) -> str:
 
 
 def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, fractions: Sequence[float],
-          labels: Sequence[str], short=str, evidence=None) -> pd.DataFrame:
+          labels: Sequence[str], short=str, evidence=None, margin: float = 2.0) -> pd.DataFrame:
     """`df`: the results' frame (harness.results.frame), a row per run and test set; `evidence`
-    (harness.tables.evidence): each run's 95% interval per set, as `<set> CI low` / `<set> CI high`."""
+    (harness.tables.evidence): each row's 95% interval per set over its seeds, as `<set> CI low` / `<set> CI
+    high`, and, for the paper's model, the reproduction verdict (`vs paper <set>`, harness.statistics.reproduction
+    at ±`margin` points) with the interval of Δ."""
     columns = [short(d) for d in datasets]
     paper_rows = {(row["budget"], row["method"]): row for row in paper.get("rows", [])}
     paper_cols = paper.get("columns", datasets)
@@ -54,18 +58,21 @@ def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, fractions: Sequ
             run = same.iloc[0]
             ours, params = {}, ""
             failed = (same.status != "finished").any()
+            done = {d: [r.run_id for r in same.itertuples() if r.status == "finished" and (r.run_id, d) in accuracy.index]
+                    for d in datasets}
             for c, d in zip(columns, datasets):
-                finished = [r for r in same.itertuples() if r.status == "finished" and (r.run_id, d) in accuracy.index]
-                if finished:
-                    ours[c] = float(accuracy.get((finished[0].run_id, d)))
-                    params = params or f"{params_text(finished[0].trainable)} ({finished[0].trainable_percent:.2f}%)"
+                if done[d]:  # the mean over the row's seeds
+                    ours[c] = float(np.mean([accuracy.get((rid, d)) for rid in done[d]]))
+                    first = same[same.run_id == done[d][0]].iloc[0]
+                    params = params or f"{params_text(first.trainable)} ({first.trainable_percent:.2f}%)"
                 else:  # (a failed run's frame row names no set: it shows in every column no finished run fills)
                     ours[c] = FAILED if failed else None
-            row = {"budget": label, "method": knob_label(run), "params": params, **ours}
+            row = {"budget": label, "method": knob_label(run), "params": params, "seeds": max(map(len, done.values())) or None,
+                   **ours}
+            found = {d: evidence.set_runs(df[df.run_id.isin(done[d])], d) if evidence is not None and done[d] else None
+                     for d in datasets}
             for c, d in zip(columns, datasets):
-                done = [r.run_id for r in same.itertuples() if r.status == "finished" and (r.run_id, d) in accuracy.index]
-                found = evidence.set_runs(df[df.run_id == done[0]], d) if evidence is not None and done else None
-                bounds = interval([found]) if found is not None else None
+                bounds = interval([found[d]]) if found[d] is not None else None
                 row[f"{c} CI low"], row[f"{c} CI high"] = bounds if bounds else (None, None)
             published_row = paper_rows.get((label, run.method))
             row["paper method"] = published_row["label"] if published_row else None
@@ -74,24 +81,36 @@ def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, fractions: Sequ
                 theirs = published_row["scores"][paper_cols.index(d)] if published_row and d in paper_cols else None
                 row[f"paper {c}"] = theirs
                 row[f"Δ {c}"] = ours[c] - theirs if isinstance(ours[c], float) and theirs is not None else None
+                # judged where the runs are the paper's model at the paper profile's recipe
+                judged = reproduction([found[d]], theirs, margin) if theirs is not None and found[d] is not None \
+                    and run.profile == "paper" and not missing(run.paper_model) else None
+                row[f"vs paper {c}"] = judged.verdict if judged else None
+                row[f"Δ {c} CI low"], row[f"Δ {c} CI high"] = (judged.low, judged.high) if judged else (None, None)
             row["step s"] = run.step_s
             rows.append(row)
-    ordered = ["budget", "method", "params", *columns, *[f"{c} CI {end}" for c in columns for end in ("low", "high")],
-               "paper method", "paper params",
-               *[f"paper {c}" for c in columns], *[f"Δ {c}" for c in columns], "step s"]
+    ordered = ["budget", "method", "params", "seeds", *columns,
+               *[f"{c} CI {end}" for c in columns for end in ("low", "high")], "paper method", "paper params",
+               *[f"paper {c}" for c in columns], *[f"Δ {c}" for c in columns],
+               *[f"Δ {c} CI {end}" for c in columns for end in ("low", "high")], *[f"vs paper {c}" for c in columns],
+               "step s"]
     return pd.DataFrame(rows, columns=ordered)
 
 
 def caption(title: str, df: pd.DataFrame, profile_description: str, datasets: list[str], paper: Mapping,
-            fractions: Sequence[float], labels: Sequence[str], note: str | None = None, short=str) -> str:
+            fractions: Sequence[float], labels: Sequence[str], note: str | None = None, short=str,
+            margin: float = 2.0) -> str:
     sizes, absent = sizes_of_test_sets(df, datasets, short)
     budgets = ", ".join(f"{label} = {100 * f:.2f}%" for label, f in zip(labels, fractions))
     text = (f"{title}. Profile: {profile_description}. Protocol: {protocol_description(df, short)}. "
             f"Test examples: {sizes}; accuracy in %. Budgets as shares of the base model ({budgets}); each run sits "
             f"in the budget nearest its trainable share, 'params' is its exact trainable count (share). "
             f"Paper columns: {paper.get('model', 'the paper')}, {paper.get('source', 'published numbers')}; "
-            f"'step s' is the mean training step time of our run; '<set> CI low / high': its 95% bootstrap interval "
-            f"over the test examples (harness/statistics.py).")
+            f"'step s' is the mean training step time of our run; each cell is the mean over the row's seeds; "
+            f"'<set> CI low / high': its 95% interval (harness/statistics.py: one seed, Wilson's over the test "
+            f"examples; several, for this test set, mean ± t(S-1) x sd / √S over the seeds); 'vs paper <set>' (paper "
+            f"model only): the paper's number as one more run on the same test set, reproduced when the 90% interval "
+            f"of Δ lies within ±{margin:g} points (table.reproduction_margin.per_set), differs when the 95% one excludes "
+            f"0, else inconclusive; one seed is not judged.")
     if absent:
         text += f" No test data for {', '.join(absent)} ('-')."
     if recipe_sources(df):

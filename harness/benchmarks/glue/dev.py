@@ -46,6 +46,8 @@ def predict(model, tokenizer, records: list[dict], batch_size: int, max_length: 
 
 class GlueDev(Scorer):
     name = "glue_dev"
+    # 2: the predictions file holds each set's rows of the epoch the result reports (best_epoch), not the last's
+    behaviour_version = 2
 
     def score_set(self, model, tokenizer, name, records, protocol, task, progress=False):
         predicted = predict(model, tokenizer, records, int(protocol["batch_size"]), int(protocol["max_length"]),
