@@ -182,7 +182,9 @@ def interval(sets: Sequence[SetRuns]) -> tuple[float, float] | None:
     if seeds is None:  # the seeds agree: judged as one seed
         return _one_seed_interval([s.first_seed() for s in sets])
     half = _t(seeds.df()) * np.sqrt(seeds.variance())
-    return seeds.mean - half, seeds.mean + half
+    # (the t interval is not bounded by the scale: clipped to it, 0-100, or -100-100 for a correlation)
+    floor = 0.0 if all(s.headline is None for s in sets) else -100.0
+    return max(floor, seeds.mean - half), min(100.0, seeds.mean + half)
 
 
 def _one_seed_interval(sets: Sequence[SetRuns]) -> tuple[float, float] | None:

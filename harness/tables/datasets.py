@@ -343,7 +343,8 @@ def evidence_caption(numbers: pd.DataFrame | None, df: pd.DataFrame, judging: Ju
                  " Avg Price-Bonett's, a percentile bootstrap for a whole-set metric), the seed-to-seed spread not in it;")
     if (seeds > 1).any():
         text += (" several seeds: for this test set, over training seeds, mean ± t(S-1) x sd of the per-seed scores / √S"
-                 " (Avg: of each run's Avg where one run scored every set, else Welch-Satterthwaite over the sets);")
+                 " (Avg: of each run's Avg where one run scored every set, else Welch-Satterthwaite over the sets),"
+                 " clipped to the scale; seeds whose scores all agree leave the spread unknown and count as one seed;")
     text = text.rstrip(";") + "."
     p_rows = numbers[numbers.row.astype(str).str.startswith("p vs ")]
     if len(p_rows):
