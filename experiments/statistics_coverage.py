@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def add(regime: str, what: str, rate: float, nominal: float, count: int = d) -> None:
         rows.append((regime, what, rate, nominal, np.sqrt(max(rate * (1 - rate), 1e-9) / count)))
-        print(f"| {regime} | {what} | {rate:.3f} | ±{rows[-1][4]:.3f} | {nominal:.2f} |", flush=True)
+        expected = "-" if np.isnan(nominal) else f"{nominal:.2f}"
+        print(f"| {regime} | {what} | {rate:.3f} | ±{rows[-1][4]:.3f} | {expected} |", flush=True)
     print("| regime | measured | rate | MC se | nominal |\n|---|---|---|---|---|")
     for p in (0.5, 0.85, 0.95, 0.98):
         rows.append(("", "", binomial_coverage(wilson, 40, p), 0.95, 0.0))

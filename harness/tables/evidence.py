@@ -64,7 +64,7 @@ class Evidence:
         seeds = []
         for run_id in done.run_id:
             rows = self._rows(run_id).get(dataset)
-            if not rows:
+            if not rows or any(r.get("correct") is None for r in rows):  # (AlpacaEval's outputs: judged as a set)
                 return None
             seeds.append(rows)
         found = SetRuns(seeds, self._headline(done.iloc[0]), list(done.run_id))
