@@ -130,3 +130,31 @@ def test_the_reference_row_is_the_method_itself_not_a_preset_over_it(tmp_path):
     assert Evidence(tmp_path, presets_only).reference_runs("m") is None
     both = pd.DataFrame([run("LoRA+", "lora+"), run("LoRA", "lora")])
     assert list(Evidence(tmp_path, both).reference_runs("m").label) == ["LoRA"]
+
+
+def test_a_budget_row_is_the_mean_of_its_seeds_with_their_interval_and_the_papers_verdict(tmp_path):
+    """Paper profile, three seeds of one RoSA cell: the row was its first seed only; now their mean, a t interval
+    over the seeds from their predictions, and the verdict against the paper's number."""
+    from harness.results import predictions_path
+    from harness.run import write_predictions
+    from harness.tables import budget
+    from harness.tables.evidence import Evidence
+
+    fractions, labels = [0.0059361135, 0.011872227, 0.0237444541], ["~40M", "~80M", "~160M"]
+    results = []
+    for seed, right in ((42, 320), (43, 326), (44, 332)):  # of 1,000: 32.0, 32.6, 33.2 (the paper: 32.2)
+        record = budget_result("rosa", 1_596_990, right / 10, r=16, density=0.006)
+        record.update(run_id=f"x-rosa-{seed}", profile="paper", model="llama2-7b", paper_model="LLaMA2-7B")
+        record["config"]["seed"] = seed
+        record["metrics"]["gsm8k"]["n"] = 1000
+        results.append(record)
+        write_predictions(predictions_path(tmp_path, record["run_id"]),
+                          {"gsm8k": [{"index": i, "answer": "1", "correct": i < right} for i in range(1000)]})
+    df = frame(results)
+    table = budget.build(df, ["gsm8k"], published("rosa_gsm8k"), fractions, labels, short_namer("math"),
+                         Evidence(tmp_path, df), margin=2.0)
+    row = table.iloc[0]
+    assert row["seeds"] == 3 and row["GSM8K"] == pytest.approx(32.6)
+    assert row["GSM8K CI low"] < 32.6 < row["GSM8K CI high"] and row["paper GSM8K"] == 32.2
+    assert row["vs paper GSM8K"] == "inconclusive"  # Δ +0.4 ± t(2) x 0.6 x √(4/3): 90% reaches past +2
+    assert row["Δ GSM8K CI low"] < 0.0 < row["Δ GSM8K CI high"]

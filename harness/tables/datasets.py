@@ -136,21 +136,22 @@ def _add_paper(add, runs, done, ours, datasets, paper, reference_model, evidence
     # the rounded cells; absent when the published file has none
     paper_avg = (paper.get("avg", {}).get(paper_model) or {}).get(key)
     add(f"paper ({paper_model})", values, paper_avg)
+    # judged only where the model and the recipe are the paper's, not a stand-in
+    judged = evidence is not None and len(done) and _papers_own(runs)
+    if judged:
+        published_values = {**dict(zip(datasets, values)), AVG: paper_avg}
+        found = evidence.verdicts(done, datasets, published_values, judging.margins, pooled)
+        cells = [found[d] for d in datasets] + [found[AVG]]
+        verdicts = [None if v is None else v.verdict + (" (pooled spread)" if v.spread.startswith("seed spread pooled") else "")
+                    for v in cells]
+        add("vs paper", verdicts[:-1], verdicts[-1])
     diffs = [o - p if not missing(o) and p is not None else None for o, p in zip(ours, values)]
     avg_ours = _avg(ours)
     add("Δ ours - paper", diffs, avg_ours - paper_avg if avg_ours is not None and paper_avg is not None else None)
-    # judged only where the model and the recipe are the paper's, not a stand-in
-    if evidence is None or not len(done) or not _papers_own(runs):
-        return
-    published_values = {**dict(zip(datasets, values)), AVG: paper_avg}
-    found = evidence.verdicts(done, datasets, published_values, judging.margins, pooled)
-    cells = [found[d] for d in datasets] + [found[AVG]]
-    verdicts = [None if v is None else v.verdict + (" (pooled spread)" if v.spread.startswith("seed spread pooled") else "")
-                for v in cells]
-    add("vs paper", verdicts[:-1], verdicts[-1])
-    for end in ("low", "high"):
-        bounds = [getattr(v, end) if v else None for v in cells]
-        add(f"Δ ours - paper CI {end}", bounds[:-1], bounds[-1])
+    if judged:
+        for end in ("low", "high"):
+            bounds = [getattr(v, end) if v else None for v in cells]
+            add(f"Δ ours - paper CI {end}", bounds[:-1], bounds[-1])
 
 
 def _add_tuned(add, search: pd.DataFrame, datasets: list[str], columns: list[str]) -> None:
