@@ -115,6 +115,28 @@ def upcast_trainable(model, keep: set[int] = frozenset()) -> None:
             p.data = p.data.float()
 
 
+ADAPTER_PRECISIONS = ("fp32", "base")
+
+
+def adapter_in_base_dtype(model, training: Mapping) -> set[int]:
+    """`training.adapter_precision=base`: the trained parameters in the frozen weights' dtype (bf16 in a bf16 run),
+    as peft <= 0.10 cast every new adapter (`update_layer`: `self.to(weight.dtype)`), the version LoRA-GA's
+    baselines ran on (MiLoRA Table 5); returns their ids, which keep that dtype. `fp32` (the default, absent):
+    fp32 master weights."""
+    precision = training.get("adapter_precision", "fp32")
+    if precision not in ADAPTER_PRECISIONS:
+        raise ConfigError(f"training.adapter_precision={precision!r}: use one of {list(ADAPTER_PRECISIONS)}")
+    if precision == "fp32":
+        return set()
+    frozen = next((p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), None)
+    kept = set()
+    for p in model.parameters():
+        if p.requires_grad and frozen is not None and p.is_floating_point():
+            p.data = p.data.to(frozen)
+            kept.add(id(p))
+    return kept
+
+
 def matrix_parameters(model) -> int:
     """Weights of the model's linear layers (and embeddings' output projection): the N of the FLOPs estimate."""
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -248,7 +270,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
     method.before_training(model, {"loader": loader, "device": accelerator.device, "training": training,
                                    "accumulation": accumulation * processes, "total_steps": total_steps,
                                    "on_main": distributed.on_main})
-    upcast_trainable(model, keep=method.set_trainable_precision(model))
+    upcast_trainable(model, keep=method.set_trainable_precision(model) | adapter_in_base_dtype(model, training))
     groups = with_module_lrs(model, method.param_groups(model, dict(training)), training.get("module_lrs"))
     optimizer, scheduler = optimizer_and_schedule(groups, training, total_steps)
     skeleton = meta_copy(model) if sharded else None  # what the trained weights are gathered into

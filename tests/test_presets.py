@@ -35,7 +35,7 @@ PRESETS = [
     ("p_tuning", False, False, None),
     ("fourierft", False, True, LAYERS * len(TARGETS) * 1000),  # spectrum drawn from N(0, 1), as the paper
     ("vera", True, True, None),
-    ("lora_ga", True, True, lora_formula(8)),  # (before their data-driven inits: test_a_data_driven_init_...)
+    ("lora_ga_peft", True, True, lora_formula(8)),  # (before their data-driven inits: test_a_data_driven_init_...)
     ("corda", True, True, lora_formula(16)),
 ]
 
@@ -176,7 +176,7 @@ def test_eva_initialises_from_the_training_batches(tokenizer):
 
 # the budget of each cell, as a fraction of tiny-llama's parameters: P-tuning's prompt encoder and one whole block
 # cost more than the others' smallest setting, and LoKr's Kronecker factors stop growing early on 64-wide layers
-BUDGET_CELLS = {"lora_ga": 0.002, "corda": 0.002, "rslora": 0.002, "olora": 0.002, "adalora": 0.002, "lokr": 0.0003, "prompt_tuning": 0.002,
+BUDGET_CELLS = {"lora_ga": 0.002, "lora_ga_peft": 0.002, "corda": 0.002, "rslora": 0.002, "olora": 0.002, "adalora": 0.002, "lokr": 0.0003, "prompt_tuning": 0.002,
                 "p_tuning": 0.02, "fourierft": 0.002, "vera": 0.002, "freeze_layers": 0.012}
 
 
@@ -195,7 +195,7 @@ def test_a_budget_sweep_cell_trains_with_each_named_baseline(tmp_path, name):
     assert abs(record["params"]["budget"]["relative_error"]) < 0.5
 
 
-@pytest.mark.parametrize("name", ["lora_ga", "corda"])
+@pytest.mark.parametrize("name", ["lora_ga_peft", "corda"])
 def test_a_data_driven_init_runs_on_the_batches_and_saves_on_the_original_weights(tokenizer, tmp_path, name):
     """LoRA-GA (gradients) and CorDA (input covariance) initialise before the optimizer exists; the model's output
     is unchanged, the residual moved, and the adapter loads with plain peft on the untouched weights."""
@@ -233,3 +233,38 @@ def test_loraplus_trains_b_at_its_ratio_of_the_rate(tokenizer):
     assert b["lr"] == pytest.approx(16e-4) and "lr" not in rest
     assert all(".lora_B." in names[id(p)] for p in b["params"]) and all(".lora_A." in names[id(p)] for p in rest["params"])
     assert compose(["method=loraplus"]).method.label == "LoRA+"
+
+
+def test_adalora_as_lora_gas_baseline_keeps_its_ranks_and_draws_e(tokenizer):
+    """LoRA-GA's Trainer never calls update_and_allocate, and peft 0.10 drew E ~ N(0, 0.02)."""
+    from harness.train import RunContext, TrainingData, train
+
+    cfg = compose(["model=tiny-llama", "method=adalora", "method.config.init_r=4", "method.config.target_r=1",
+                   "+method.update_ranks=false", "+method.e_init_std=0.02", "training.max_steps=4",
+                   "training.batch_size=2", "training.micro_batch_size=2", "training.warmup_steps=0"])
+    model = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    E = model.get_base_model().model.layers[0].self_attn.q_proj.lora_E["default"]
+    assert E.abs().sum() > 0 and 0.005 < E.std().item() < 0.05
+    examples = [{"input_ids": list(range(3 + i, 11 + i)), "labels": list(range(3 + i, 11 + i))} for i in range(8)]
+    train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), cfg.training,
+          RunContext(seed=0, progress=False))
+    assert not model.peft_config["default"].rank_pattern  # never pruned: every layer at init_r
+
+
+def test_adapter_precision_base_trains_the_adapter_in_the_weights_dtype(tokenizer):
+    """training.adapter_precision=base: peft 0.10's adapters in the base dtype (LoRA-GA's DoRA and AdaLoRA rows);
+    the default keeps fp32 master weights."""
+    from harness.train import RunContext, TrainingData, train
+
+    examples = [{"input_ids": list(range(3 + i, 11 + i)), "labels": list(range(3 + i, 11 + i))} for i in range(4)]
+    dtypes = {}
+    for precision in ("fp32", "base"):
+        cfg = compose(["model=tiny-llama", "model.dtype=bfloat16", "training.precision=bf16", "method=dora",
+                       "method.r=2", "training.max_steps=2", "training.batch_size=2", "training.micro_batch_size=2",
+                       "training.warmup_steps=0", f"+training.adapter_precision={precision}"])
+        torch.manual_seed(0)
+        model = methods.apply(load_model(cfg.model, tokenizer).eval(), "dora", **method_options(cfg))
+        stats = train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), cfg.training,
+                      RunContext(seed=0, progress=False))["stats"]
+        dtypes[precision] = stats["trainable_dtypes"]
+    assert dtypes == {"fp32": ["float32"], "base": ["bfloat16"]}

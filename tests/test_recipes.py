@@ -123,3 +123,28 @@ def test_a_fractional_hold_out_is_a_share_of_the_training_records():
 
     train, val = subset_and_split(list(range(50)), {"val_set_size": 0.1}, seed=0)
     assert len(val) == 5 and len(train) == 45 and not set(train) & set(val)
+
+
+def test_table5_cells_are_lora_gas_baselines():
+    """Outsider565/LoRA-GA @89af7de reproduce/: all seven linear layers for every row, LoraConfig's default dropout
+    0, AdaLoRA never reallocated with peft 0.10's N(0, 0.02) E, DoRA and AdaLoRA adapters in the base dtype, LoRA-GA
+    as published (rsLoRA, gamma 16, the first 8 examples), the recipe of reproduce/conf/model/llama.yaml."""
+    cells = paper_cells("table5")
+    assert len(cells) == 6 * 2  # six rows, GSM8K and HumanEval
+    for cfg in cells:
+        f, method = fields(cfg), cfg.method
+        label = method.get("label") or method.name
+        assert f["targets"] == ALL_LINEAR, label
+        assert (f["batch"], f["epochs"], f["schedule"], f["warmup_ratio"], f["lr"]) == (32, 1, "cosine", 0.03, 2e-5)
+        dropout = method.config.lora_dropout if method.name == "peft" else method.dropout
+        assert dropout == (0.05 if method.name == "milora" else 0.0), label  # (MiLoRA's row is its own recipe)
+        base_dtype = cfg.training.get("adapter_precision") == "base"
+        assert base_dtype == (label in ("dora", "AdaLoRA")), label
+        if label == "AdaLoRA":
+            assert (method.update_ranks, method.e_init_std, method.config.init_r, method.config.target_r) == (
+                False, 0.02, 12, 8)
+        if method.name == "lora_ga":
+            assert (method.r, method.alpha, method.use_rslora, method.stable_gamma, method.init_examples) == (
+                8, 16, True, 16, 8)
+        if label == "LoRA+":
+            assert (method.r, method.alpha, method.loraplus_lr_ratio) == (8, 16, 16)

@@ -20,7 +20,9 @@ What a tuner needs beyond its config is done here, at the hook peft's documentat
   their input covariance (peft's `preprocess_corda` on a view of the base layers, then `corda_init`);
 - prompt-learning tuners train on padded batches (`can_pack`: their virtual tokens are prepended to every row);
 - AdaLoRA learns the run's step count before training (`total_step`, a provisional value until then) and
-  reallocates its ranks after every optimizer step (`update_and_allocate`, before the gradients are cleared).
+  reallocates its ranks after every optimizer step (`update_and_allocate`, before the gradients are cleared),
+  unless `method.update_ranks=false` (LoRA-GA's baselines: never reallocated); `method.e_init_std` draws its E
+  from N(0, std), as peft 0.10 did.
 """
 
 from __future__ import annotations
@@ -36,7 +38,11 @@ from harness.methods.base import Method, MethodConfigError, check_options, infer
 from harness.methods.lora import INITIAL_ATTR, remember_initial_adapter, save_on_original_weights
 from harness.methods.registry import register
 
-OPTIONS = {"type", "config", "config_file", "target_modules", "modules_to_save", "knob", "init_batches"}
+OPTIONS = {"type", "config", "config_file", "target_modules", "modules_to_save", "knob", "init_batches",
+           "update_ranks", "e_init_std"}
+# options of the harness's, not of the tuner's config (AdaLoRA's: whether its ranks are reallocated while it trains,
+# and peft 0.10's N(0, std) init of its singular values E, which LoRA-GA's baselines ran with)
+HARNESS_OPTIONS = ("knob", "init_batches", "update_ranks", "e_init_std")
 # the config field a budget solves for, by tuner (`method.knob` names another). OFT has none: its count falls as
 # its r (the number of blocks) grows, and its block size must divide every adapted width.
 KNOBS = {"LORA": "r", "LOKR": "r", "LOHA": "r", "VERA": "r", "HRA": "r", "ADALORA": "init_r", "MISS": "r",
@@ -112,7 +118,7 @@ class PeftTuner(Method):
         from peft import get_peft_model
 
         check_options(self.name, options, OPTIONS)
-        config = tuner_config(model, {k: v for k, v in options.items() if k not in ("knob", "init_batches")})
+        config = tuner_config(model, {k: v for k, v in options.items() if k not in HARNESS_OPTIONS})
         # CorDA's init needs the layers' input covariance, which exists only once the data has run
         # (`before_training`): the adapter is built with peft's plain init and the CorDA config kept for then
         corda = getattr(config, "corda_config", None) if getattr(config, "init_lora_weights", None) == "corda" else None
@@ -130,6 +136,13 @@ class PeftTuner(Method):
             for name, parameter in adapted.named_parameters():
                 if ".ranknum." in name:
                     parameter.requires_grad_(False)
+            if options.get("e_init_std"):
+                # peft <= 0.10 drew E ~ N(0, 0.02) (adalora/layer.py L76 at v0.10.0), the version LoRA-GA's
+                # reproduce/requirements.txt pins; peft 0.21 starts E at zero (the output then starts unchanged)
+                with torch.no_grad():
+                    for name, parameter in adapted.named_parameters():
+                        if ".lora_E." in name:
+                            parameter.normal_(0.0, float(options["e_init_std"]))
         if str(getattr(config, "init_lora_weights", "")).startswith(REWRITES_BASE_WEIGHTS) and corda is None:
             remember_initial_adapter(adapted, f"peft-{config.init_lora_weights}")
         return adapted
@@ -263,7 +276,10 @@ class PeftTuner(Method):
         remember_initial_adapter(model, "peft-corda")
 
     def after_optimizer_step(self, model, step):
-        if model.peft_config[model.active_adapter].peft_type.value == "ADALORA":
+        # `update_ranks=false`: AdaLoRA at its initial ranks throughout, as LoRA-GA's Trainer ran it (no file of
+        # its reproduce/ calls update_and_allocate)
+        allocate = (getattr(model, "_harness_method_options", None) or {}).get("update_ranks", True)
+        if model.peft_config[model.active_adapter].peft_type.value == "ADALORA" and allocate:
             model.base_model.update_and_allocate(step)
 
     def save(self, model, directory: Path) -> None:
