@@ -3,6 +3,8 @@ AlpacaEval outputs in alpaca_eval's format with the judge run only when configur
 hub ids failing fast offline."""
 
 import json
+
+import pandas as pd
 import math
 
 import pytest
@@ -165,3 +167,32 @@ def test_a_judge_that_cannot_work_stops_the_run_before_training_and_one_that_fai
                                                          cfg.protocol, cfg.task, False)
     assert metrics["alpaca_eval"]["metric"] == "judge failed" and "matched neither output" in metrics["alpaca_eval"]["judge"]
     assert len(rows["alpaca_eval"]) == 2 and math.isnan(metrics["alpaca_eval"]["accuracy"])
+
+
+def test_every_turn_is_stripped_as_open_instruct_does():
+    """open-instruct's `_concat_messages` strips every turn's content, the user's too (the fidelity audit's 3a)."""
+    messages = [{"role": "user", "content": "  Say hello.\n\n"}, {"role": "assistant", "content": "\nHi. "}]
+    assert tulu_format(messages, eos="</s>") == "<|user|>\nSay hello.\n<|assistant|>\nHi.</s>\n<|assistant|>\n"
+
+
+def test_followbench_columns_are_the_papers_only_and_our_avg_stays_empty():
+    """FollowBench is not run: its five columns show the paper's numbers, ours stay empty, and so does our Avg
+    (the paper's is over its 11 columns)."""
+    from harness.config import experiment_cells
+    from harness.results import frame
+    from harness.tables.common import published, short_namer
+    from harness.tables.datasets import build
+
+    base, _ = experiment_cells(["experiment=milora_instruct", "profile=paper"])
+    names = list(base.table.columns.paper)
+    result = {"run_id": "x-milora", "experiment": "milora_instruct", "profile": "paper", "protocol": "instruct",
+              "model": "llama2-7b", "paper_model": "LLaMA2-7B", "method": "milora", "config": {},
+              "metrics": {"ifeval": {"accuracy": 30.0, "n": 541}, "alpaca_eval": {"accuracy": 6.0, "n": 805}},
+              "params": {"trainable": 1, "total": 100, "trainable_percent": 1.0}, "train": {}}
+    table = build(frame([result]), names, published("milora_instruct"), "LLaMA2-7B", short_namer("instruct"))
+    table = table.set_index("row")
+    assert [c for c in table.columns if c.startswith("FB")] == [f"FB L{i}" for i in range(1, 6)]
+    assert table.loc["ours", "IFEval"] == 30.0 and table.loc["ours", ["FB L1", "FB L5"]].isna().all()
+    paper = table.loc["paper (LLaMA2-7B)"]
+    assert paper["FB L3"] == 38.2 and paper["Avg"] == 31.0 and pd.isna(table.loc["ours", "Avg"])
+    assert "paper's numbers only" in base.table.note

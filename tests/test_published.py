@@ -64,7 +64,8 @@ def test_milora_table3_rows_match_the_spec(spec):
         values = numbers(line.split(f"{label} ", 1)[1].split(". ", 1)[0])
         lc, wr, hsr, ifeval, avg = values[0], values[1], values[2:7], values[7:11], values[11]
         key = label.lower()
-        assert table["rows"]["LLaMA2-7B"][key] == [ifeval[0], lc]
+        assert table["rows"]["LLaMA2-7B"][key] == [ifeval[0], lc, *hsr]
+        assert table["avg"]["LLaMA2-7B"][key] == avg
         other = table["other"]["LLaMA2-7B"][key]
         assert (other["alpaca_eval_win_rate"], other["followbench_hsr"], other["ifeval"], other["avg"]) == (wr, hsr, ifeval, avg)
 

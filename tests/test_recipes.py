@@ -148,3 +148,16 @@ def test_table5_cells_are_lora_gas_baselines():
                 8, 16, True, 16, 8)
         if label == "LoRA+":
             assert (method.r, method.alpha, method.loraplus_lr_ratio) == (8, 16, 16)
+
+
+def test_milora_instruct_cells_are_the_papers_table10_insf_column():
+    """MiLoRA arXiv 2406.09044v3 Table 10 (InsF): r 32, LoRA alpha 64, PiSSA / MiLoRA alpha 32, dropout 0.05, lr
+    3e-4, linear, batch 16, 100 warm-up steps, 3 epochs, q,k,v,up,down."""
+    cells = paper_cells("milora_instruct")
+    assert sorted(cfg.method.name for cfg in cells) == ["lora", "milora", "pissa"]
+    for cfg in cells:
+        f = fields(cfg)
+        assert cfg.method.r == 32 and f["alpha"] == (64 if cfg.method.name == "lora" else 32)
+        assert {k: f[k] for k in ("lr", "batch", "epochs", "schedule", "warmup", "dropout", "targets")} == {
+            "lr": 3e-4, "batch": 16, "epochs": 3, "schedule": "linear", "warmup": 100, "dropout": 0.05,
+            "targets": QKVUD}

@@ -44,7 +44,10 @@ class InstructionFollowing(Scorer):
 class Instruct(Benchmark):
     name = "instruct"
     data = data
-    short_names = {"ifeval": "IFEval", "alpaca_eval": "AlpacaEval"}
+    # FollowBench's five levels are the paper's columns only (no FollowBench here: conf/experiment/milora_instruct.yaml)
+    short_names = {"ifeval": "IFEval", "alpaca_eval": "AlpacaEval", **{f"followbench_l{i}": f"FB L{i}" for i in range(1, 6)}}
+    # 2: user and system turns stripped, as open-instruct's `_concat_messages`
+    behaviour_version = 2
     scorers = {"instruct": InstructionFollowing()}
 
     def encoder(self, task, tokenizer):

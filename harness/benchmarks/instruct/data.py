@@ -25,17 +25,18 @@ SETS = ("ifeval", "alpaca_eval")
 
 
 def tulu_format(messages, eos: str = "") -> str:
-    """open-instruct's Tulu chat format (`create_prompt_with_tulu_chat_format`): "<|user|>\\n...\\n", an assistant
-    turn "<|assistant|>\\n" + its stripped content + EOS + "\\n"; ends with the generation prompt "<|assistant|>\\n"."""
+    """open-instruct's Tulu chat format (`encode_with_messages_format`'s `_concat_messages`): every turn's content
+    stripped, "<|user|>\\n...\\n", an assistant turn "<|assistant|>\\n" + its content + EOS + "\\n"; ends with
+    the generation prompt "<|assistant|>\\n"."""
     text = ""
     for message in messages:
-        role, content = message.get("role"), message.get("content", "")
+        role, content = message.get("role"), message.get("content", "").strip()
         if role == "system":
             text += f"<|system|>\n{content}\n"
         elif role == "user":
             text += f"<|user|>\n{content}\n"
         elif role == "assistant":
-            text += f"<|assistant|>\n{content.strip()}{eos}\n"
+            text += f"<|assistant|>\n{content}{eos}\n"
         else:
             raise DataError(f"a chat message has role {role!r}: the Tulu format knows system, user and assistant")
     return text + "<|assistant|>\n"
