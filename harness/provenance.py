@@ -73,7 +73,21 @@ class Packaged:
         return f"package:{self.package}=={metadata.version(self.package)}"
 
 
-Source = LocalFile | Hub | Packaged
+@dataclass(frozen=True)
+class PinnedUrl:
+    """A file at a URL that names a commit (RoSA's SQL data): the URL is its content identity."""
+
+    role: str
+    url: str
+
+    def describe(self) -> dict:
+        return {"role": self.role, "kind": "url", "url": self.url}
+
+    def content_id(self) -> str:
+        return f"url:{self.url}"
+
+
+Source = LocalFile | Hub | Packaged | PinnedUrl
 
 
 def describe(sources: list[Source]) -> list[dict]:

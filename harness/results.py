@@ -178,9 +178,21 @@ def load_results(results_dir: str | Path) -> list[Result]:
 
 
 FRAME_COLUMNS = ["run_id", "status", "experiment", "profile", "task", "protocol", "model", "paper_model", "method",
-                 "protocol_description", "recipe_source", "label", "label_key", "knob", "rank", "seed", "dataset", "accuracy", "n", "metric", "trainable", "total",
+                 "protocol_description", "recipe_source", "data_note", "label", "label_key", "knob", "rank", "seed", "dataset", "accuracy", "n", "metric", "trainable", "total",
                  "trainable_percent", "head", "budget_fraction", "lr", "val_loss", "epoch", "epochs_scored", "last_accuracy", "step_s", "train_s", "tokens_per_s", "padding_share", "mfu", "eval_s", "peak_mb",
                  "error"]
+
+
+def _data_note(task_name, task: dict | None) -> str | None:
+    """The benchmark's words on a run that did not read the paper's data ("SQL: not RoSA's data ...")."""
+    from harness import benchmarks
+
+    if not task_name or not task:
+        return None
+    try:
+        return benchmarks.get(task_name).data_note(task)
+    except Exception:  # (a result of a benchmark or config this checkout no longer knows: no note, not a crash)
+        return None
 
 
 def frame(results: list[Result]) -> "pd.DataFrame":
@@ -203,6 +215,7 @@ def frame(results: list[Result]) -> "pd.DataFrame":
                 "knob": display.knob(run["method"], options), "rank": options.get("r"), "seed": config.get("seed"),
                 "protocol_description": (config.get("protocol") or {}).get("description") or run.get("protocol"),
                 "recipe_source": (config.get("training") or {}).get("source"),
+                "data_note": _data_note(run.get("task"), config.get("task")),
                 "trainable": params.get("trainable"), "total": params.get("total"),
                 "trainable_percent": params.get("trainable_percent"), "head": params.get("head"),
                 "budget_fraction": (config.get("budget") or {}).get("fraction"),

@@ -99,3 +99,57 @@ def test_the_budget_table_puts_a_methods_runs_on_three_tasks_in_one_row():
     assert (first.method, first.gsm8k, first.viggo, first.sql) == ("LoRA r=16", 28.0, 90.0, 88.0)
     assert first["paper viggo"] == 90.5 and first["Δ sql"] == pytest.approx(-0.7)
     assert (second.method, second.gsm8k, second.viggo) == ("LoRA r=32", 30.0, "failed")
+
+
+def test_rosas_own_sql_files_are_read_at_their_commit_and_fail_fast_offline(tmp_path, monkeypatch):
+    """task.source=rosa (the paper profile): RoSA's train.jsonl / valid.jsonl at @2f44817, by URL where the network
+    allows; offline and uncached the run stops at once naming the URL and the key of a local copy."""
+    from harness.config import experiment_cells
+    from harness.provenance import PinnedUrl
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    task = compose(["task=sql", "task.source=rosa"]).task
+    sql = benchmarks.get("sql")
+    sources = sql.data_sources(task)
+    assert all(isinstance(s, PinnedUrl) for s in sources)
+    assert [s.url.rsplit("/", 1)[-1] for s in sources] == ["train.jsonl", "valid.jsonl"]
+    assert all("IST-DASLab/RoSA/2f44817d553eeb0a1e2a319bd8c30d0a42561d45/scripts/train/data/sql/" in s.url
+               for s in sources)
+    with pytest.raises(benchmarks.base.DataError, match=r"valid\.jsonl is not cached and this run is offline.*task\.test_file="):
+        sql.test_sets(task)
+    cells = [c for c in experiment_cells(["experiment=sweep_budget", "profile=paper", "seeds=null"])[1]
+             if c.task.name == "sql"]
+    assert cells and all(c.task.source == "rosa" and sql.data_note(c.task) is None for c in cells)
+
+
+def test_no_sql_training_record_shares_a_test_question(tmp_path, capsys):
+    test = write_jsonl(tmp_path / "valid.jsonl", SQL_ROSA)
+    leaked = {"question": "  what is the ROUTE/via when the train name is   Parasuram Express?", "context":
+              "CREATE TABLE t (route_via VARCHAR)", "answer": "SELECT route_via FROM t"}
+    train = write_jsonl(tmp_path / "train.jsonl", [*SQL_HUB, leaked])
+    task = compose(["task=sql", f"task.train_file={train}", f"task.test_file={test}"]).task
+    records, _ = benchmarks.get("sql").training_records(task, seed=0)
+    assert len(records) == len(SQL_HUB) and not any("Parasuram" in r["prompt"] for r in records)
+    assert "dropped 1 of 2 training records whose question is a test record's" in capsys.readouterr().out
+
+
+def test_data_that_is_not_rosas_is_labelled_in_the_caption(tmp_path):
+    import subprocess
+
+    from harness.benchmarks.sql.data import git_blob_sha1
+    from harness.results import frame
+    from harness.tables.common import data_notes
+
+    copy = write_jsonl(tmp_path / "valid.jsonl", SQL_ROSA)
+    assert git_blob_sha1(copy) == subprocess.run(["git", "hash-object", str(copy)], capture_output=True, text=True,
+                                                 check=True).stdout.strip()
+    sql = benchmarks.get("sql")
+    hub = compose(["task=sql"]).task
+    assert "not RoSA's data (b-mc2/sql-create-context, 1000 records held out" in sql.data_note(hub)
+    other = compose(["task=sql", "task.source=rosa", f"task.test_file={copy}"]).task  # not RoSA's 1,000 records
+    assert "are not RoSA's train.jsonl / valid.jsonl" in sql.data_note(other)
+    from omegaconf import OmegaConf
+
+    result = {"run_id": "sql-x", "task": "sql", "model": "m", "method": "lora", "status": "finished",
+              "config": {"task": OmegaConf.to_container(hub, resolve=True)}, "metrics": {"sql": {"accuracy": 1.0, "n": 2}}}
+    assert data_notes(frame([result])).startswith("SQL: not RoSA's data")

@@ -93,6 +93,12 @@ class Benchmark:
     def test_sets(self, task: Mapping) -> dict[str, list[dict]]:
         return self.data.test_sets(task)
 
+    def data_note(self, task: Mapping) -> str | None:
+        """A caption's words when a run did not read the paper's own data ("SQL: not RoSA's data (...)"), from the
+        data module's `data_note(task)` where it has one; None otherwise."""
+        note = getattr(self.data, "data_note", None)
+        return note(task) if note is not None else None
+
     def encoder(self, task: Mapping, processor) -> Callable[[dict], dict]:
         """record -> training example (token ids and labels, or an image to process)."""
         raise NotImplementedError

@@ -32,6 +32,13 @@ def short_namer(task_name: str):
     return short
 
 
+def data_notes(df: pd.DataFrame) -> str:
+    """The benchmarks' notes on runs that did not read the paper's data, once each ("SQL: not RoSA's data ...")."""
+    if not len(df) or "data_note" not in df or df["data_note"].isna().all():
+        return ""
+    return " ".join(f"{note}." for note in dict.fromkeys(df["data_note"].dropna()))
+
+
 def recipe_sources(df: pd.DataFrame) -> str:
     """"Recipes: <source> (LoRA, PiSSA); ...": where each row's training recipe comes from (its config's
     `training.source`), for the caption."""

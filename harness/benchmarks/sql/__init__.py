@@ -14,6 +14,8 @@ class SQL(Benchmark):
     name = "sql"
     data = data
     short_names = {"sql": "SQL"}
+    # 2: task.source (RoSA's own files or the hub), and no training record with a test record's question
+    behaviour_version = 2
     # sql_eval.py: `SELECT (.*)` over the decoded prompt + continuation, the whole match (SELECT included)
     scorers = {"rosa_exact": RegexExactMatch("rosa_exact", data.prompt_of, data.target_of, r"SELECT (.*)", 0)}
 

@@ -2,15 +2,24 @@
 `sql_preprocessing_function`, scripts/train/sql_eval.py @5f70c49; its data scripts/train/data/sql/*.jsonl @2f44817):
 a CREATE TABLE context and a question -> the query.
 
-Two record formats are read: b-mc2/sql-create-context's own (`context`, `question`, `answer`), from the hub or a
-local copy, and RoSA's files (`messages`: the user turn "Write a SQL query ... context: ... question: ..." and the
-assistant's query), e.g. RoSA's train.jsonl / valid.jsonl given as task.train_file / task.test_file. The hub
-dataset has one split; RoSA's repository does not say how its 1,000 validation records were drawn, so a hub run
-holds out `task.test_size` records by a seeded draw (`task.split_seed`) and trains on the rest (harness choice).
+`task.source` says whose data:
+- `rosa` (the paper profile): RoSA's own files, train.jsonl for training and valid.jsonl (1,000 records) for the
+  test, as its yamls and sql_eval.py read them, fetched at the pinned commit (`task.rosa_files`, harness.downloads)
+  or read from `task.train_file` / `task.test_file`; offline and uncached, the run stops naming both;
+- `hub`: b-mc2/sql-create-context, whose one split is cut by a seeded draw (`task.split_seed`) into
+  `task.test_size` test records and the rest for training (harness choice: RoSA's repository does not say how its
+  records were drawn). Not RoSA's data: the table's caption says so (`data_note`).
+Two record formats are read: sql-create-context's own (`context`, `question`, `answer`) and RoSA's (`messages`: the
+user turn "Write a SQL query ... context: ... question: ..." and the assistant's query).
+
+Whatever the source, a training record whose question is also a test record's (compared without case and
+surrounding or repeated white space) is dropped: RoSA's files may come from sql-create-context, and a hub-trained run
+scored on RoSA's valid.jsonl would otherwise see its test questions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Mapping
@@ -18,7 +27,10 @@ from typing import Mapping
 from harness.benchmarks.base import test_subset
 from harness.benchmarks.records import read_hub_records, read_json_records, read_jsonl_records, subset_and_split
 from harness.errors import DataError
-from harness.provenance import Hub, LocalFile
+from harness.provenance import Hub, LocalFile, PinnedUrl
+
+SOURCES = ("rosa", "hub")
+ROLES = (("train", "train_file"), ("test", "test_file"))
 
 INSTRUCTION = "Write a SQL query to answer the question based on the table schema.\n\n context: {context}\n\n question: {question}"
 ANSWER_PREFIX = "\n\n answer: "  # sql_preprocessing_function: f"{messages[0]['content']}\n\n answer: "
@@ -58,21 +70,68 @@ def _hub_split(task: Mapping) -> tuple[list[dict], list[dict]]:
     return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
 
 
+def source_of(task: Mapping) -> str:
+    source = task.get("source", "hub")
+    if source not in SOURCES:
+        raise DataError(f"task.source={source!r}: use rosa (RoSA's own files) or hub (b-mc2/sql-create-context)")
+    return source
+
+
 def data_sources(task: Mapping) -> list:
-    sources = []
-    for role, key in (("train", "train_file"), ("test/sql", "test_file")):
+    source, sources = source_of(task), []
+    for which, key in ROLES:
+        role = "train" if which == "train" else "test/sql"
         local = task.get(key)
-        sources.append(LocalFile(role, Path(str(local))) if local else
-                       Hub(role, task["hub"], "dataset", None, "train", local_key=f"task.{key}"))
+        if local:
+            sources.append(LocalFile(role, Path(str(local))))
+        elif source == "rosa":
+            sources.append(PinnedUrl(role, str(task["rosa_files"][which]["url"])))
+        else:
+            sources.append(Hub(role, task["hub"], "dataset", None, "train", local_key=f"task.{key}"))
     return sources
 
 
 def _records(task: Mapping, which: str) -> list[dict]:
-    key = "train_file" if which == "train" else "test_file"
+    key = dict(ROLES)[which]
     if task.get(key):
         return _read_local(Path(str(task[key])), key)
+    if source_of(task) == "rosa":
+        from harness.downloads import fetched
+
+        return _read_local(fetched(str(task["rosa_files"][which]["url"]), f"task.{key}"), key)
     train, test = _hub_split(task)
     return train if which == "train" else test
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The id git gives a file's content (RoSA's repository names its data files by it)."""
+    content = Path(path).read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def is_rosas_data(task: Mapping) -> bool:
+    """Whether both files are RoSA's: its pinned URLs, or local files whose git blob ids are RoSA's."""
+    if source_of(task) != "rosa":
+        return False
+    for which, key in ROLES:
+        local = task.get(key)
+        if local and (not Path(str(local)).is_file()
+                      or git_blob_sha1(Path(str(local))) != task["rosa_files"][which]["git_blob"]):
+            return False
+    return True
+
+
+def data_note(task: Mapping) -> str | None:
+    if is_rosas_data(task):
+        return None
+    if source_of(task) == "hub" and not task.get("train_file") and not task.get("test_file"):
+        return (f"SQL: not RoSA's data (b-mc2/sql-create-context, {task['test_size']} records held out by a seeded "
+                "draw; RoSA trains on its train.jsonl and tests on its valid.jsonl: task.source=rosa)")
+    return "SQL: not RoSA's data (task.train_file / task.test_file are not RoSA's train.jsonl / valid.jsonl)"
+
+
+def _question_key(question: str) -> str:
+    return " ".join(str(question).split()).lower()
 
 
 def training_prompt(record: Mapping) -> str:
@@ -94,7 +153,13 @@ def target_of(record: Mapping) -> str:
 
 
 def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
-    records = [{"prompt": training_prompt(r), "response": target_of(r), "joint": False} for r in _records(task, "train")]
+    tested = {_question_key(r["question"]) for r in _records(task, "test")}
+    train = _records(task, "train")
+    kept = [r for r in train if _question_key(r["question"]) not in tested]
+    if len(kept) < len(train):
+        print(f"[harness] sql: dropped {len(train) - len(kept)} of {len(train)} training records whose question is "
+              "a test record's", flush=True)
+    records = [{"prompt": training_prompt(r), "response": target_of(r), "joint": False} for r in kept]
     return subset_and_split(records, task, seed)
 
 
