@@ -161,3 +161,20 @@ def test_milora_instruct_cells_are_the_papers_table10_insf_column():
         assert {k: f[k] for k in ("lr", "batch", "epochs", "schedule", "warmup", "dropout", "targets")} == {
             "lr": 3e-4, "batch": 16, "epochs": 3, "schedule": "linear", "warmup": 100, "dropout": 0.05,
             "targets": QKVUD}
+
+
+def test_neat_ablations_have_the_official_module_sets_and_depth_axis():
+    """yibozhong/neat @ff91fa2 image-classification/neat.py: module sets q,v (neat_mode 1) and q,v + fc1, fc2
+    (neat_mode 2); `neat_multilayers(depth)` counts A and B, so peft's PEANuT depth d is the official 2d + 2."""
+    from harness.methods import display
+
+    cells = paper_cells("neat_modules")
+    sets = [list(cfg.method.target_modules) for cfg in cells]
+    assert sets[:2] == [["q_proj", "v_proj"], ["q_proj", "v_proj", "fc1", "fc2"]]
+    assert all(cfg.budget.params == 258048 for cfg in cells)  # q,v at r=7 on ViT-B/16
+    base, _ = experiment_cells(["experiment=neat_modules", "profile=paper"])
+    assert "harness's extension" in base.table.note and "q,k,v; q,k,v,o; MLP and all" in base.table.note
+    depth = paper_cells("neat_depth")
+    assert [(cfg.method.depth, cfg.method.label) for cfg in depth] == [
+        (0, "Neat depth 2"), (1, "Neat depth 4"), (2, "Neat depth 6"), (3, "Neat depth 8")]
+    assert display.knob("neat", {"r": 7, "depth": 2}) == "r=7 depth=6"

@@ -147,7 +147,8 @@ class Neat(Method):
     behaviour_version = 2
 
     def knob_label(self, options):
-        extra = [f"depth={options['depth']}" if options.get("depth") else "",
+        # the depth as Neat's official code counts it (A and B included): peft's depth d is 2d + 2 there
+        extra = [f"depth={2 * int(options['depth']) + 2}" if options.get("depth") else "",
                  f"act={options['act_fn']}" if options.get("act_fn", "relu") != "relu" else ""]
         return " ".join(part for part in [super().knob_label(options), *extra] if part)
 
