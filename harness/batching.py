@@ -87,6 +87,42 @@ def supervised_token_counts(batch: Mapping, segments: list[tuple[int, slice]]) -
     return torch.tensor([float((labels[row, positions][1:] != -100).sum()) for row, positions in segments])
 
 
+LOSS_WEIGHTINGS = ("token", "example")
+
+
+def loss_weighting_of(training: Mapping) -> str:
+    value = training.get("loss_weighting", "token")
+    if value not in LOSS_WEIGHTINGS:
+        raise ConfigError(f"training.loss_weighting={value!r}: use one of {list(LOSS_WEIGHTINGS)}")
+    return value
+
+
+def example_mean_loss(model, batch: Mapping) -> torch.Tensor:
+    """The micro-batch's loss with every example weighing the same: each example's mean over its own supervised
+    tokens, averaged over the examples (`training.loss_weighting=example`). That is the weighting of a recipe
+    whose micro-batch is one example (RoSA's composer runs, LoRA-GA's Trainer on transformers 4.40: each of the
+    batch's examples weighs 1 / batch), at any micro-batch; the model's own loss is the mean over the micro-batch's
+    tokens, where long answers weigh more. A classifier's batch (one label per example) is already so weighted.
+    transformers' losses reduce over the whole micro-batch, hence the per-token losses here."""
+    labels = batch["labels"]
+    if labels.dim() < 2:
+        return model(**batch).loss
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    # position t predicts label t + 1 (a packed row's first label of every example is -100: no cross-example target)
+    token_loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:],
+                                                   ignore_index=-100, reduction="none")
+    supervised = labels[:, 1:] != -100
+    means = []
+    for row, positions in example_segments(batch):
+        start, stop = positions.start or 0, positions.stop or labels.shape[1]
+        kept = supervised[row, start:stop - 1]
+        if kept.any():
+            means.append(token_loss[row, start:stop - 1][kept].mean())
+    if not means:  # (no supervised token: the model's own NaN, which the loop's divergence check reports)
+        return token_loss.sum() / supervised.sum()
+    return torch.stack(means).mean()
+
+
 @torch.no_grad()
 def packing_error(model, batch: Mapping, tokens: int = 16) -> float | None:
     """How far a packed example's logits are from the same example run alone: max |difference| / max |logit|,

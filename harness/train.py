@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from harness.batching import batching_of, check_packing, language_model_collator, token_counts
+from harness.batching import (batching_of, check_packing, example_mean_loss, language_model_collator, loss_weighting_of,
+                              token_counts)
 from harness import distributed, sharding
 from harness.errors import ConfigError, DataError
 from harness.models import meta_copy
@@ -297,6 +298,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
             check_packing(accelerator.unwrap_model(model), {k: v.to(accelerator.device) for k, v in probe.items()},
                           placement.compute)
 
+    weighting = loss_weighting_of(training)  # (token: the model's own loss; example: each example weighs the same)
     model.train()
     step, losses, step_times = 0, [], []
     bar = tqdm(total=total_steps, desc=f"train {run_name}", disable=not (progress and distributed.is_main()))
@@ -310,7 +312,7 @@ def train(model, method, data: TrainingData, training: Mapping, run: RunContext)
             useful, computed = token_counts(batch)
             useful_tokens, computed_tokens = useful_tokens + useful, computed_tokens + computed
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = example_mean_loss(model, batch) if weighting == "example" else model(**batch).loss
                 value = loss.item()
                 # before backward and step: no NaN ever reaches the weights (and every process stops together)
                 finite = math.isfinite(value) if processes == 1 else \

@@ -109,3 +109,35 @@ def test_a_model_that_lets_packed_examples_attend_to_each_other_is_refused(tiny_
     assert packing_error(tiny_model, batch) > 1e-2
     with pytest.raises(ConfigError, match="does not keep packed examples apart"):
         check_packing(tiny_model, batch, "no")
+
+
+@pytest.mark.parametrize("batching", ["padded", "packed"])
+def test_example_weighting_is_the_mean_of_each_examples_own_loss(tiny_model, tokenizer, examples, batching):
+    """training.loss_weighting=example: micro-batch 1's weighting (RoSA's, LoRA-GA's) at any micro-batch: the mean
+    of the examples' losses computed one by one, not the model's token mean over the micro-batch."""
+    from harness.batching import example_mean_loss
+
+    model = methods.apply(tiny_model, "lora", r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
+    model.config.use_cache = False
+    collate = language_model_collator(tokenizer, batching)
+    with torch.no_grad():
+        alone = [model(**language_model_collator(tokenizer, "padded")([e])).loss.item() for e in examples]
+        weighted = example_mean_loss(model, collate(examples)).item()
+        token_mean = model(**collate(examples)).loss.item()
+    assert weighted == pytest.approx(sum(alone) / len(alone), rel=1e-5)
+    assert abs(token_mean - weighted) > 1e-4  # (the examples' answers differ in length: the two weightings differ)
+    with pytest.raises(ConfigError, match="training.loss_weighting='tokens'"):
+        from harness.batching import loss_weighting_of
+        loss_weighting_of({"loss_weighting": "tokens"})
+
+
+def test_training_with_example_weighting_follows_its_loss(tiny_model, tokenizer, examples):
+    cfg = compose(["model=tiny-llama", "training.max_steps=2", "training.batch_size=4", "training.micro_batch_size=4",
+                   "training.warmup_steps=0", "+training.loss_weighting=example", "training.lr=0"])
+    model = methods.apply(tiny_model, "lora", r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
+    stats = train(model, methods.method_of(model), TrainingData(examples[:4], [], tokenizer), cfg.training,
+                  RunContext(seed=0, progress=False))["stats"]
+    with torch.no_grad():
+        model.eval()
+        alone = [model(**language_model_collator(tokenizer, "padded")([e])).loss.item() for e in examples[:4]]
+    assert stats["first_loss"] == pytest.approx(sum(alone) / 4, rel=1e-4)  # (lr 0: the weights never move)

@@ -88,8 +88,11 @@ def test_milora_table6_and_table9_rows_match_the_spec(spec):
 
 def test_rosa_rows_match_the_spec(spec):
     rows = re.findall(r"^\| (~\d+M|-) \| (LoRA|RoSA|SpA|Full FT)[^|]*\| ([\d.]+[MB]) \|(.*)\|$", spec, re.M)
-    table = published("rosa_gsm8k")["rows"]
-    assert len(rows) == len(table) == 10
+    # (the RoSA r=8 d=0.9% row is the figure's, read by the 2026-12-03 fidelity audit; SPEC lists the other ten)
+    extra = {"budget": "~80M", "method": "rosa", "label": "RoSA r=8 d=0.9%", "r": 8, "params": 81.2e6,
+             "scores": [30.3, 94.5, 88.9]}
+    table = [row for row in published("rosa_gsm8k")["rows"] if row != extra]
+    assert len(rows) == len(table) == 10 and len(published("rosa_gsm8k")["rows"]) == 11
     for (budget, _, params, cells), row in zip(rows, table):
         assert row["budget"] == budget and row["scores"] == numbers(cells)
         scale = 1e9 if params.endswith("B") else 1e6

@@ -86,6 +86,11 @@ def test_budget_table_groups_runs_by_nearest_budget_beside_the_papers_rows(tmp_p
     assert df["method"].tolist() == ["LoRA r=3", "SpA d=0.75%", "RoSA r=3 d=0.64%", "RoSA r=1 d=1.22%", "Full FT"]
     rosa = df.iloc[2]
     assert rosa["paper method"] == "RoSA r=16 d=0.6%" and rosa["paper GSM8K"] == 32.2
+    # the paper has two RoSA rows at ~80M: a run at r=8 (the sweep's extra split) is beside the r=8 one
+    from types import SimpleNamespace
+
+    r8 = SimpleNamespace(method="rosa", rank=8)  # (a row of the frame, as build iterates them)
+    assert budget.paper_row_of(published("rosa_gsm8k")["rows"], "~80M", r8)["label"] == "RoSA r=8 d=0.9%"
     assert rosa["Δ GSM8K"] == pytest.approx(20.0 - 32.2) and rosa["params"] == "1.60M (1.19%)"
     assert df.iloc[4]["paper GSM8K"] == 32.3 and df.iloc[4]["paper params"] == "6.70B"
     text = budget.caption("T", frame(results), "mini", ["gsm8k"], published("rosa_gsm8k"), fractions, labels, short=short_namer("math"))
@@ -158,3 +163,14 @@ def test_a_budget_row_is_the_mean_of_its_seeds_with_their_interval_and_the_paper
     assert row["GSM8K CI low"] < 32.6 < row["GSM8K CI high"] and row["paper GSM8K"] == 32.2
     assert row["vs paper GSM8K"] == "inconclusive"  # Δ +0.4 ± t(2) x 0.6 x √(4/3): 90% reaches past +2
     assert row["Δ GSM8K CI low"] < 0.0 < row["Δ GSM8K CI high"]
+
+
+def test_rows_scored_by_protocols_of_their_own_are_named_in_the_caption():
+    """Table 2: the Full FT row by MetaMath's protocol (its cited numbers are MetaMath's), the adapters by MiLoRA's."""
+    from harness.tables.common import protocol_description
+
+    full = {**fake_result("full", {"gsm8k": 60.0}), "protocol": "math_greedy"}
+    lora = {**fake_result("lora", {"gsm8k": 50.0}), "protocol": "math_milora"}
+    text = protocol_description(frame([full, lora]))
+    assert text == "math_greedy (Full FT); math_milora (LoRA)"
+    assert protocol_description(frame([lora])) == "math_milora"

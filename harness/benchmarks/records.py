@@ -98,24 +98,44 @@ def read_hub_records(dataset_id: str, split: str = "train", what: str = "task.tr
 
 
 def subset_and_split(records: list[dict], task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, validation): an optional seeded subset (`task.train_subset`), else a seeded shuffle, then the
-    first `task.val_set_size` records held out (a count, as LLM-Adapters; or a fraction below 1)."""
+    """(train, validation): an optional subset (`task.train_subset`: a draw seeded by the run's seed, or with
+    `task.train_subset_mode=first` the first records in the file's order, as MiLoRA's and PiSSA's `train[:100000]`),
+    then `task.val_set_size` records held out (a count, as LLM-Adapters; or a fraction below 1).
+
+    The held-out records: by default the first of a shuffle seeded by the run's seed; with `task.val_split_seed`
+    the ones `datasets`' `train_test_split(test_size=..., shuffle=True, seed=...)` picks from these records, as
+    LLM-Adapters' finetune.py draws its 120 (seed 42 whatever the run's seed)."""
     rng = random.Random(seed)
-    subset = task.get("train_subset")
+    subset, mode = task.get("train_subset"), task.get("train_subset_mode", "random")
+    if mode not in ("random", "first"):
+        raise DataError(f"task.train_subset_mode={mode!r}: use random (a seeded draw) or first (the file's order)")
     if subset is not None:
         if int(subset) < 1:
             raise DataError(f"task.train_subset must be >= 1 or null, got {subset}")
-        records = rng.sample(records, min(int(subset), len(records)))
+        records = list(records[: int(subset)]) if mode == "first" else rng.sample(records, min(int(subset), len(records)))
     else:
         records = list(records)
-        rng.shuffle(records)
     val_size = task.get("val_set_size") or 0
     if 0 < float(val_size) < 1:  # a fraction of the training records (Neat's ViT script: 10%)
         val_size = int(round(float(val_size) * len(records)))
     val_size = int(val_size)
     if val_size >= len(records):
         raise DataError(f"task.val_set_size={val_size} leaves no training records (only {len(records)})")
+    if val_size and task.get("val_split_seed") is not None:
+        return _split_as_datasets_does(records, val_size, int(task["val_split_seed"]))
+    if subset is None or mode == "first":
+        rng.shuffle(records)
     return records[val_size:], records[:val_size]
+
+
+def _split_as_datasets_does(records: list[dict], val_size: int, split_seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) as `Dataset.train_test_split(test_size=val_size, shuffle=True, seed=split_seed)` splits
+    these records (the library itself picks the indices: its permutation, not a re-implementation of it)."""
+    from datasets import Dataset
+
+    split = Dataset.from_dict({"i": list(range(len(records)))}).train_test_split(
+        test_size=val_size, shuffle=True, seed=split_seed)
+    return [records[i] for i in split["train"]["i"]], [records[i] for i in split["test"]["i"]]
 
 
 def tokenize_prompt_response(record: Mapping, tokenizer, cutoff_len: int, train_on_inputs: bool,

@@ -35,6 +35,15 @@ def budget_group(run, fractions: Sequence[float], labels: Sequence[str]) -> str:
     return labels[nearest]
 
 
+def paper_row_of(rows: list[Mapping], budget: str, run) -> Mapping | None:
+    """The published row of this method at this budget; where the paper has several (RoSA r=16 d=0.6% and
+    r=8 d=0.9% at ~80M), the one whose rank `r` is the run's."""
+    found = [row for row in rows if row["budget"] == budget and row["method"] == run.method]
+    if len(found) > 1:
+        found = [row for row in found if row.get("r") == run.rank] or found[:1]
+    return found[0] if found else None
+
+
 def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, fractions: Sequence[float],
           labels: Sequence[str], short=str, evidence=None, margin: float = 2.0) -> pd.DataFrame:
     """`df`: the results' frame (harness.results.frame), a row per run and test set; `evidence`
@@ -42,7 +51,7 @@ def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, fractions: Sequ
     high`, and, for the paper's model, the reproduction verdict (`vs paper <set>`, harness.statistics.reproduction
     at ±`margin` points) with the interval of Δ."""
     columns = [short(d) for d in datasets]
-    paper_rows = {(row["budget"], row["method"]): row for row in paper.get("rows", [])}
+    paper_rows = list(paper.get("rows", []))
     paper_cols = paper.get("columns", datasets)
     accuracy = df.dropna(subset=["dataset"]).set_index(["run_id", "dataset"])["accuracy"]
     runs = df.drop_duplicates("run_id").copy()
@@ -74,7 +83,7 @@ def build(df: pd.DataFrame, datasets: list[str], paper: Mapping, fractions: Sequ
             for c, d in zip(columns, datasets):
                 bounds = interval([found[d]]) if found[d] is not None else None
                 row[f"{c} CI low"], row[f"{c} CI high"] = bounds if bounds else (None, None)
-            published_row = paper_rows.get((label, run.method))
+            published_row = paper_row_of(paper_rows, label, run)
             row["paper method"] = published_row["label"] if published_row else None
             row["paper params"] = params_text(float(published_row["params"])) if published_row else None
             for c, d in zip(columns, datasets):
