@@ -4,7 +4,7 @@ import json
 
 import pytest
 from omegaconf import OmegaConf
-from written_records import ALPACA_EVAL, CHATS, CODE_FEEDBACK, SQL_HUB, VIGGO, write_json, write_jsonl  # tests/written_records.py
+from written_records import ALPACA_EVAL, CHATS, CODE_FEEDBACK, SQL_HUB, SQL_ROSA, VIGGO, write_json, write_jsonl  # tests/written_records.py
 
 from harness import methods
 from harness.config import CONFIG_DIR, compose, experiment_cells, run_id, semantic_config, with_profile
@@ -134,9 +134,12 @@ TASK_DATA = {"image": ["task.dataset=digits"]}
 
 def written_records(name, directory) -> list[str]:
     """Tasks with no copy of their data here: records in the datasets' own formats, written by the test."""
-    if name in ("viggo", "sql"):
-        path = write_jsonl(directory / f"{name}.jsonl", VIGGO * 2 if name == "viggo" else SQL_HUB * 4)
+    if name == "viggo":
+        path = write_jsonl(directory / "viggo.jsonl", VIGGO * 2)
         return [f"task.train_file={path}", f"task.test_file={path}"]
+    if name == "sql":  # (a training record with a test question is dropped: the two files hold different ones)
+        return [f"task.train_file={write_jsonl(directory / 'train.jsonl', SQL_HUB * 4)}",
+                f"task.test_file={write_jsonl(directory / 'valid.jsonl', SQL_ROSA * 2)}"]
     if name == "instruct":
         return [f"task.train_file={write_jsonl(directory / 'chats.jsonl', CHATS * 2)}",
                 f"task.test_files.alpaca_eval={write_json(directory / 'alpaca.json', ALPACA_EVAL)}",

@@ -85,6 +85,7 @@ def test_sweep_cells_are_rosas_recipe():
         # GSM8K by lm-eval 0-shot; ViGGO and SQL by RoSA's exact match (the same recipe for the three, as its scripts)
         protocol = {"math": "lmeval", "viggo": "rosa_exact", "sql": "rosa_exact"}[cfg.task.name]
         assert cfg.protocol.name == protocol and (protocol != "lmeval" or cfg.protocol.num_fewshot == 0)
+        assert cfg.training.loss_weighting == "example"  # restarter_llama2.sh PER_DEVICE_BS 1: each example 1/32
         if cfg.method.name in ("rosa", "spa"):  # S at 2e-4, A,B at 7e-4, alpha 16
             assert f["lr"] == 2e-4 and cfg.method.alpha == 16
         if cfg.method.name == "rosa":
@@ -138,6 +139,7 @@ def test_table5_cells_are_lora_gas_baselines():
         label = method.get("label") or method.name
         assert f["targets"] == ALL_LINEAR, label
         assert (f["batch"], f["epochs"], f["schedule"], f["warmup_ratio"], f["lr"]) == (32, 1, "cosine", 0.03, 2e-5)
+        assert cfg.training.loss_weighting == "example"  # micro-batch 1 on transformers 4.40.2's Trainer
         dropout = method.config.lora_dropout if method.name == "peft" else method.dropout
         assert dropout == (0.05 if method.name == "milora" else 0.0), label  # (MiLoRA's row is its own recipe)
         base_dtype = cfg.training.get("adapter_precision") == "base"
