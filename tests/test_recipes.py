@@ -61,9 +61,8 @@ def test_table1_cells_are_llm_adapters_with_selection_and_neat_its_own():
 def test_table2_cells_are_milora_and_metamath_recipes():
     for cfg in paper_cells("table2"):
         f = fields(cfg)
-        # the Full FT row is MetaMath-7B's, cited from MetaMath's own evaluation: scored by it (math_greedy)
-        assert cfg.protocol.name == ("math_greedy" if cfg.method.name == "full" else "math_milora")
-        assert cfg.model.name == "llama2-7b"
+        # (one protocol per column: the Full FT row's cited numbers are MetaMath's own, and its verdict is not judged)
+        assert cfg.protocol.name == "math_milora" and cfg.model.name == "llama2-7b"
         if cfg.method.name == "full":  # MetaMath run.sh
             assert {k: f[k] for k in ("lr", "batch", "epochs", "schedule", "warmup", "warmup_ratio", "cutoff")} == {
                 "lr": 2e-5, "batch": 128, "epochs": 3, "schedule": "cosine", "warmup": None, "warmup_ratio": 0.03,

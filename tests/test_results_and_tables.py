@@ -164,13 +164,3 @@ def test_a_budget_row_is_the_mean_of_its_seeds_with_their_interval_and_the_paper
     assert row["vs paper GSM8K"] == "inconclusive"  # Δ +0.4 ± t(2) x 0.6 x √(4/3): 90% reaches past +2
     assert row["Δ GSM8K CI low"] < 0.0 < row["Δ GSM8K CI high"]
 
-
-def test_rows_scored_by_protocols_of_their_own_are_named_in_the_caption():
-    """Table 2: the Full FT row by MetaMath's protocol (its cited numbers are MetaMath's), the adapters by MiLoRA's."""
-    from harness.tables.common import protocol_description
-
-    full = {**fake_result("full", {"gsm8k": 60.0}), "protocol": "math_greedy"}
-    lora = {**fake_result("lora", {"gsm8k": 50.0}), "protocol": "math_milora"}
-    text = protocol_description(frame([full, lora]))
-    assert text == "math_greedy (Full FT); math_milora (LoRA)"
-    assert protocol_description(frame([lora])) == "math_milora"

@@ -249,6 +249,18 @@ def test_the_papers_own_model_gets_a_verdict_not_an_inside_mark(tmp_path):
     assert alone[alone.row == "vs paper"].iloc[0]["BoolQ"] == NOT_JUDGED
 
 
+def test_a_paper_row_scored_by_another_protocol_is_shown_but_not_judged(tmp_path):
+    """MiLoRA Table 2 cites Full FT from MetaMath's own evaluation (`scored_otherwise`): its numbers sit beside
+    ours, with no verdict; the LoRA row, scored as the table's protocol, is judged."""
+    sets = ["gsm8k"]
+    specs = [(m, {"gsm8k": 600 + d}, 42 + i) for m in ("full", "lora") for i, d in enumerate((-4, 0, 5))]
+    df = write_runs(tmp_path, specs, n=1000, profile="paper", model="llama2-7b", paper_model="LLaMA2-7B")
+    table = build(df, sets, published("table2"), "LLaMA2-7B", str, Evidence(tmp_path, df))
+    full, lora = (table[table.method == label].set_index("row") for label in ("Full FT", "LoRA"))
+    assert full.loc["paper (LLaMA2-7B)", "gsm8k"] == 66.5 and "vs paper" not in full.index
+    assert "vs paper" in lora.index
+
+
 def test_the_tuned_lr_row_is_the_search_point_with_the_lowest_held_out_loss_not_the_best_test_score():
     records = []
     for lr, boolq, val_loss in ((1.5e-4, 90.0, 2.0), (3e-4, 50.0, 1.5), (6e-4, 70.0, 1.0)):

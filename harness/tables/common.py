@@ -55,12 +55,7 @@ def protocol_description(df: pd.DataFrame, short=str) -> str:
     protocols of their own (RoSA's GSM8K by lm-eval, ViGGO and SQL by exact match), each with its sets."""
     if not len(df):
         return "-"
-    scored = df.dropna(subset=["dataset"])
-    if len(scored) and scored.groupby("dataset")["protocol_description"].nunique().max() > 1:
-        # rows scored by protocols of their own (Table 2's Full FT by MetaMath's, the cited row's protocol)
-        by_row = scored.drop_duplicates("label").groupby("protocol_description", sort=False)["label"].apply(list)
-        return "; ".join(f"{text} ({', '.join(labels)})" for text, labels in by_row.items())
-    described = scored.drop_duplicates("dataset")
+    described = df.dropna(subset=["dataset"]).drop_duplicates("dataset")
     by_protocol = described.groupby("protocol_description", sort=False)["dataset"].apply(list)
     if len(by_protocol) <= 1:
         return str(df["protocol_description"].iloc[0])

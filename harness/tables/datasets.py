@@ -136,8 +136,9 @@ def _add_paper(add, runs, done, ours, datasets, paper, reference_model, evidence
     # the rounded cells; absent when the published file has none
     paper_avg = (paper.get("avg", {}).get(paper_model) or {}).get(key)
     add(f"paper ({paper_model})", values, paper_avg)
-    # judged only where the model and the recipe are the paper's, not a stand-in
-    judged = evidence is not None and len(done) and _papers_own(runs)
+    # judged only where the model and the recipe are the paper's, not a stand-in, and the published row was scored
+    # by the table's protocol (`scored_otherwise`: a row cited from another evaluation, MetaMath-7B's in Table 2)
+    judged = evidence is not None and len(done) and _papers_own(runs) and key not in (paper.get("scored_otherwise") or {})
     if judged:
         published_values = {**dict(zip(datasets, values)), AVG: paper_avg}
         found = evidence.verdicts(done, datasets, published_values, judging.margins, pooled)
