@@ -20,7 +20,7 @@ TIMEOUT_S = 10.0
 
 
 def cache_path(url: str) -> Path:
-    from harness.models import cache_dir
+    from harness.cache import cache_dir
 
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     return cache_dir() / "downloads" / digest / url.rsplit("/", 1)[-1]

@@ -23,7 +23,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from harness import benchmarks, distributed, methods, models
-from harness.config import compose, resolved, run_id
+from harness.config import compose, resolved
+from harness.identity import run_id
 from harness.errors import ConfigError, HarnessError, cli_errors
 from harness.placement import decide
 from harness.results import Result, previous_result, result_path, runs_dir, write_result

@@ -145,7 +145,11 @@ def experiment_table(overrides: list[str], text: str, tokens: int | None, window
     <experiment>_forgetting.{md,csv,tex}: ours beside MiLoRA Table 8's (conf/published/forgetting.yaml)."""
     import pandas as pd
 
-    from harness.config import experiment_cells, run_id, with_profile
+    from harness.config import with_profile
+
+    from harness.identity import run_id
+
+    from harness.grid import experiment_cells
     from harness.methods import display
     from harness.results import previous_result, result_path
     from harness.tables.common import published, write

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
+from harness.cache import cache_dir
 from harness.errors import HarnessError
 from harness.offline import ensure_hub_available
 from harness.placement import Placement, decide
@@ -32,8 +33,6 @@ class ModelConfigError(HarnessError, ValueError):
     default_hint = "see conf/model/ for the model fields (source, path, dtype)"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "peft-harness"))
 
 
 def _package_dir(package: str) -> Path:

@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 from harness import benchmarks, methods, models
 from harness import budget as budget_lib
-from harness.config import method_options, resolved, run_id
+from harness.config import method_options, resolved
+from harness.identity import run_id
 from harness.errors import ConfigError
 
 

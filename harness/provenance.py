@@ -105,7 +105,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _cache_file() -> Path:
-    from harness.models import cache_dir
+    from harness.cache import cache_dir
 
     return cache_dir() / "sha256.json"
 

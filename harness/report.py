@@ -24,7 +24,8 @@ import pandas as pd
 import yaml
 
 from harness import plots
-from harness.config import CONFIG_DIR, experiment_cells, with_profile
+from harness.config import CONFIG_DIR, with_profile
+from harness.grid import experiment_cells
 from harness.results import read_predictions
 from harness.tables import TableFrames, table_frames
 from harness.tables.common import short_namer

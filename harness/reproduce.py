@@ -16,7 +16,8 @@ import sys
 import time
 
 from harness import distributed
-from harness.config import experiment_cells, with_profile
+from harness.config import with_profile
+from harness.grid import experiment_cells
 from harness.errors import cli_errors, exit_status
 from harness.preflight import check
 from harness.run import run_cell

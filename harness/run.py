@@ -26,7 +26,8 @@ from omegaconf import DictConfig
 
 from harness import benchmarks, distributed, methods, models
 from harness import budget as budget_lib
-from harness.config import CONFIG_DIR, method_options, resolved, run_id, with_profile
+from harness.config import CONFIG_DIR, method_options, resolved, with_profile
+from harness.identity import run_id
 from harness.errors import describe, exit_status, traceback_tail
 from harness.memory import peak_memory, reset_peak_memory
 from harness.placement import decide

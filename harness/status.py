@@ -13,7 +13,11 @@ import sys
 
 from omegaconf import DictConfig
 
-from harness.config import experiment_cells, run_id, with_profile
+from harness.config import with_profile
+
+from harness.identity import run_id
+
+from harness.grid import experiment_cells
 from harness.errors import HarnessError, cli_errors, describe
 from harness.results import previous_result, result_path, runs_dir
 from harness.runlock import lock_state

@@ -29,7 +29,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import experiment_cells, with_profile
+from harness.config import with_profile
+
+from harness.grid import experiment_cells
 from harness.errors import ConfigError, cli_errors
 from harness.status import cell_state, format_states
 

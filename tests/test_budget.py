@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from harness import budget, methods
-from harness.config import compose, semantic_config
+from harness.config import compose
+from harness.identity import semantic_config
 from harness.methods import rosa
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
@@ -77,7 +78,7 @@ def test_run_config_follows_the_solved_rank_and_hash_ignores_an_unset_budget(tin
 
 def test_a_budget_run_leaves_the_callers_cell_and_its_run_id_alone(tmp_path):
     """A reproduction finds its results by the run ids of its (unsolved) cells, in the same process."""
-    from harness.config import run_id
+    from harness.identity import run_id
     from harness.results import result_path
     from harness.run import run_one
 

@@ -7,7 +7,9 @@ from omegaconf import OmegaConf
 from written_records import ALPACA_EVAL, CHATS, CODE_FEEDBACK, SQL_HUB, SQL_ROSA, VIGGO, write_json, write_jsonl  # tests/written_records.py
 
 from harness import methods
-from harness.config import CONFIG_DIR, compose, experiment_cells, run_id, semantic_config, with_profile
+from harness.config import CONFIG_DIR, compose, with_profile
+from harness.identity import run_id, semantic_config
+from harness.grid import experiment_cells
 
 GROUPS = ["model", "method", "task", "protocol", "training", "profile", "experiment"]
 

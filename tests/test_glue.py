@@ -167,7 +167,7 @@ def test_best_epoch_metrics_pick_each_sets_best():
 
 
 def test_neat_glue_cells_use_the_scripts_per_task_settings():
-    from harness.config import experiment_cells
+    from harness.grid import experiment_cells
 
     base, grid = experiment_cells(["experiment=table3", "profile=paper", "seeds=null"])  # (each cell once: seed 0)
     cells = {(c.task.dataset, c.method.get("label")): c for c in grid if c.seed == 0}

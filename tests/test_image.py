@@ -133,7 +133,7 @@ def test_the_paper_dtd_set_takes_its_test_images_from_its_train_split():
 
 
 def test_a_run_id_ignores_the_image_sets_it_does_not_read():
-    from harness.config import run_id
+    from harness.identity import run_id
 
     digits = cfg("task.dataset=digits")
     assert run_id(digits) == run_id(cfg("task.dataset=digits", "+task.sets.extra={source: hub, path: a/b, num_labels: 3}"))

@@ -178,7 +178,7 @@ def test_every_turn_is_stripped_as_open_instruct_does():
 def test_followbench_columns_are_the_papers_only_and_our_avg_stays_empty():
     """FollowBench is not run: its five columns show the paper's numbers, ours stay empty, and so does our Avg
     (the paper's is over its 11 columns)."""
-    from harness.config import experiment_cells
+    from harness.grid import experiment_cells
     from harness.results import frame
     from harness.tables.common import published, short_namer
     from harness.tables.datasets import build

@@ -4,7 +4,9 @@ selection, precision."""
 
 import pytest
 
-from harness.config import CONFIG_DIR, experiment_cells
+from harness.config import CONFIG_DIR
+
+from harness.grid import experiment_cells
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import PROJECT_ROOT, compose, run_id
+from harness.config import PROJECT_ROOT, compose
+
+from harness.identity import run_id
 
 TINY = ["model=tiny-llama", "method.r=4", "task.train_subset=24", "task.val_set_size=8", "task.test_subset=3",
         "training.micro_batch_size=8", "training.max_steps=2", "training.warmup_steps=1", "protocol.max_new_tokens=6",
@@ -247,7 +249,7 @@ def test_a_reproduction_with_a_cell_running_elsewhere_writes_no_table(tmp_path):
     (experiments / "tiny.yaml").write_text("# @package _global_\nexperiment_name: tiny\ntable:\n  layout: datasets\n"
                                            "  title: tiny\n  published: table1\ngrid:\n  mini:\n    - [method=lora]\n")
     args = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=tiny", "profile=mini", *TINY]
-    from harness.config import experiment_cells
+    from harness.grid import experiment_cells
 
     _, cells = experiment_cells([*args, f"run.results_dir={tmp_path}"])
     with RunLock(tmp_path / "runs", run_id(cells[0])):  # another process's run, as far as the grid can tell

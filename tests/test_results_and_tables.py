@@ -101,7 +101,7 @@ def test_budget_table_groups_runs_by_nearest_budget_beside_the_papers_rows(tmp_p
 
 
 def test_unknown_table_layout_is_an_error(tmp_path):
-    from harness.config import experiment_cells
+    from harness.grid import experiment_cells
     from harness.tables import make_table
 
     base, cells = experiment_cells(["experiment=sweep_budget", "profile=mini", f"run.results_dir={tmp_path}",

@@ -104,7 +104,7 @@ def test_the_budget_table_puts_a_methods_runs_on_three_tasks_in_one_row():
 def test_rosas_own_sql_files_are_read_at_their_commit_and_fail_fast_offline(tmp_path, monkeypatch):
     """task.source=rosa (the paper profile): RoSA's train.jsonl / valid.jsonl at @2f44817, by URL where the network
     allows; offline and uncached the run stops at once naming the URL and the key of a local copy."""
-    from harness.config import experiment_cells
+    from harness.grid import experiment_cells
     from harness.provenance import PinnedUrl
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))

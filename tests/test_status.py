@@ -3,7 +3,7 @@ read from real result files and run locks."""
 
 import pytest
 
-from harness.config import experiment_cells
+from harness.grid import experiment_cells
 from harness.errors import DataError
 from harness.results import runs_dir, write_result
 from harness.run import failure_record, run_cell

@@ -23,7 +23,7 @@ PROFILES = ("mini", "paper")
 
 
 def cell_identity(cfg) -> str:
-    from harness.config import semantic_config, task_label
+    from harness.identity import semantic_config, task_label
 
     payload = json.dumps(semantic_config(cfg, with_inputs=False), sort_keys=True, default=str)
     return f"{task_label(cfg.task)}-{cfg.model.name}-{cfg.method.name}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
@@ -32,7 +32,7 @@ def cell_identity(cfg) -> str:
 def grid_identities(experiment: str, profile: str) -> list[str]:
     """Each cell's "<task>-<model>-<method>-<digest>", in grid order; the paper profile at its first seed only
     (its other seeds differ by `seed` alone)."""
-    from harness.config import experiment_cells
+    from harness.grid import experiment_cells
 
     _, cells = experiment_cells([f"experiment={experiment}", f"profile={profile}",
                                  *(["seeds=null"] if profile == "paper" else [])])

@@ -80,7 +80,7 @@ class Method:
     def solve_budget(self, model: nn.Module, options: dict, target: int, total_params: int,
                      options_at=None) -> dict | None:
         """A budget solved by the method itself on `model` (the real model or its architecture on the meta
-        device): the record of `harness.budget.solve`. None (the default): the shape-based solver with `count`.
+        device): the record of `harness.methods.budget.solve`. None (the default): the shape-based solver with `count`.
         `options_at(knob, value)`: the options with a (dotted) knob set and the config's interpolations that
         follow it resolved again (AdaLoRA's target_r follows init_r)."""
         return None

@@ -138,7 +138,7 @@ class ResidualInitLoRA(LowRankBudget, Method):
     def validate(self, model, **options):
         """The SVD needs real weights: check the options and that r fits every adapted matrix (a rank above
         min(d_out, d_in) has no singular components to take), then apply a plain LoRA to the meta model."""
-        from harness.budget import linear_shapes
+        from harness.methods.budget import linear_shapes
 
         self.check_init_options(options)
         options = {k: v for k, v in options.items() if k not in self.init_options}

@@ -80,7 +80,7 @@ class LoRAGA(ResidualInitLoRA):
 
     def validate(self, model, **options):
         """ArB2r takes the singular components r..2r: 2r must fit every adapted matrix."""
-        from harness.budget import linear_shapes
+        from harness.methods.budget import linear_shapes
 
         self.check_init_options(options)
         lora = self._lora_options(options)

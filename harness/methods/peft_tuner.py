@@ -289,7 +289,7 @@ class PeftTuner(Method):
         """The tuner's knob (`method.knob`, else its usual one: r, n_frequency, num_virtual_tokens) searched by
         building the adapted model on the meta device and counting it, so any tuner joins an equal-budget sweep."""
         from harness import methods
-        from harness.budget import BudgetError, solve_by_counting
+        from harness.methods.budget import BudgetError, solve_by_counting
         from harness.models import meta_copy
 
         kind = str(options.get("type") or "").upper()

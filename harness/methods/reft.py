@@ -160,7 +160,7 @@ class ReFT(Method):
         return f"r={options.get('r', 1)} {options.get('positions', 'f1+l1')}"
 
     def solve_budget(self, model, options, target, total_params, options_at=None):
-        from harness.budget import solve_by_counting
+        from harness.methods.budget import solve_by_counting
 
         self.validate(model, **options)
         _, stack = blocks(model)

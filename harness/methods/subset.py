@@ -124,7 +124,7 @@ class FreezeLayers(OwnWeightsSubset):
         return f"top {options['top_layers']}" if options.get("top_layers") else ""
 
     def solve_budget(self, model, options, target, total_params, options_at=None):
-        from harness.budget import solve_by_counting
+        from harness.methods.budget import solve_by_counting
 
         _, stack = blocks(model)
 

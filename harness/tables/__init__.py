@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.config import experiment_cells, with_profile
+from harness.config import with_profile
+
+from harness.grid import experiment_cells
 from harness.errors import ConfigError
 from harness.tables import budget, datasets
 from harness.tables.common import collect, formatted, published, short_namer, write

@@ -9,7 +9,9 @@ from typing import Iterable
 import pandas as pd
 from omegaconf import OmegaConf
 
-from harness.config import CONFIG_DIR, run_id
+from harness.config import CONFIG_DIR
+
+from harness.identity import run_id
 from harness.errors import ConfigError
 from harness.results import frame, read_result, result_path
 
@@ -87,7 +89,7 @@ def collect(results_dir: str | Path, cells: Iterable) -> tuple[pd.DataFrame, lis
         else:
             absent.append(rid)
     df = frame(found)
-    # where the cell sits in a learning-rate search (harness.config.lr_search_cells): from the grid, not the file
+    # where the cell sits in a learning-rate search (harness.grid.lr_search_cells): from the grid, not the file
     df["lr_factor"] = [points.get(rid, (None, True))[0] for rid in df.run_id]
     df["paper_recipe"] = [points.get(rid, (None, True))[1] for rid in df.run_id]
     check_one_protocol_per_set(df)
