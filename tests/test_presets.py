@@ -268,3 +268,29 @@ def test_adapter_precision_base_trains_the_adapter_in_the_weights_dtype(tokenize
                       RunContext(seed=0, progress=False))["stats"]
         dtypes[precision] = stats["trainable_dtypes"]
     assert dtypes == {"fp32": ["float32"], "base": ["bfloat16"]}
+
+
+# methods whose contract is tested elsewhere, and why: peft needs a tuner type (test_peft_tuners.py runs every one);
+# linear probing and BitFit train a task's head or biases (tiny-llama has neither: test_image.py; above, tiny-bert);
+# LoReFT / DiReFT score classification only here (test_reft.py, tiny-bert); RoSA / SpA build their sparse part
+# from gradients in `before_training` (test_rosa.py)
+CONTRACT_ELSEWHERE = {"peft": "test_peft_tuners.py", "linear_probe": "test_image.py", "bitfit": "above",
+                      "loreft": "test_reft.py", "direft": "test_reft.py", "rosa": "test_rosa.py", "spa": "test_rosa.py"}
+
+
+@pytest.mark.parametrize("name", [n for n in methods.names() if n not in CONTRACT_ELSEWHERE])
+def test_every_registered_method_applies_trains_saves_and_reloads(tokenizer, tmp_path, name):
+    """The contract of every method in the registry (a new method joins this test by registering): its preset
+    applies to a tiny Llama, trains something, and what it saves reloads to the same outputs."""
+    cfg = compose(["model=tiny-llama", f"method={name}"])
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+    model = methods.apply(fresh(tokenizer=tokenizer), cfg.method.name, **method_options(cfg)).eval()
+    assert methods.trainable_parameters(model) > 0
+    perturbed(model)
+    methods.save(model, tmp_path / name)
+    reloaded = methods.load(fresh(tokenizer=tokenizer), tmp_path / name).eval()
+    torch.testing.assert_close(logits(reloaded, input_ids=ids), logits(model, input_ids=ids), atol=1e-4, rtol=1e-4)
+
+
+def test_every_method_whose_contract_is_tested_elsewhere_is_a_registered_one():
+    assert set(CONTRACT_ELSEWHERE) <= set(methods.names())
