@@ -1,9 +1,10 @@
-"""The training loop.
+"""The training loop: `Trainer` (setup, loop, finish -> `TrainStats`) and `train`, which runs the three.
 
 A short accelerate loop rather than HF Trainer: the method hooks (optimizer parameter groups with their own
 learning rates, a pre-training phase that reads gradients, as RoSA's mask generation needs) plug in directly,
 and the loop reads top to bottom. accelerate provides device placement, bf16 autocast, gradient accumulation
-and the wandb tracker; transformers provides the collator and the linear warm-up schedule.
+and the wandb tracker; transformers provides the collator and the linear warm-up schedule. What the loop does
+besides stepping (selection, per-epoch scoring, progress, tracking) are callbacks (harness.callbacks).
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from harness.batching import (batching_of, check_packing, example_mean_loss, language_model_collator, loss_weighting_of,
                               token_counts)
 from harness import distributed, sharding
+from harness.callbacks import Callback, EpochScoring, HeldOutLoss, Progress, Tracker
 from harness.errors import ConfigError, DataError
 from harness.models import meta_copy
 from harness.placement import Placement, decide
-from harness.selection import BestCheckpoint
 from harness.throughput import summary
 
 SCHEDULES = ("linear", "cosine", "constant_with_warmup")  # transformers' get_scheduler names
@@ -201,197 +201,259 @@ def mean_loss(model, loader, device=None, lockstep: bool = False) -> float:
     return total / max(count, 1)
 
 
-def train(model, method, data: TrainingData, training: Mapping, run: RunContext) -> dict:
-    """Trains `model` in place with `method`'s hooks on `data` by the `training` recipe; returns the trained
-    model and the training statistics (with the per-step loss curve)."""
-    from accelerate import Accelerator
+@dataclass
+class TrainStats:
+    """What a training run measured, as the result file's `train` section (`as_dict`)."""
 
-    tokenizer, collator, seed, progress, run_name = data.tokenizer, data.collator, run.seed, run.progress, run.name
-    train_examples, val_examples, logging = data.train, data.validation, dict(run.logging or {})
-    placement = run.placement or decide(None, training)
-    # An example whose answer was cut off by cutoff_len has no supervised token; a micro-batch of only such
-    # examples gives a NaN loss that would poison the weights, so they are dropped (and counted).
-    supervised = [e for e in train_examples
-                  if not isinstance(e["labels"], (list, tuple)) or any(label != -100 for label in e["labels"])]
-    dropped = len(train_examples) - len(supervised)
-    if not supervised:
-        raise DataError(f"none of the {len(train_examples)} training examples has a supervised token: "
-                         "raise task.cutoff_len or set task.train_on_inputs=true")
-    if dropped:
-        print(f"[harness] dropped {dropped} of {len(train_examples)} training examples with no answer token "
-              "left after truncation to cutoff_len", flush=True)
-    train_examples = supervised
-    batch_size, micro = int(training["batch_size"]), int(training["micro_batch_size"])
-    # With N processes the global batch stays the recipe's: each accumulates batch / (micro x N) micro-batches.
-    distributed.start(cpu=placement.device == "cpu")
-    processes = distributed.world_size()
-    if batch_size % (micro * processes):
-        raise ConfigError(f"training.batch_size={batch_size} is not a multiple of training.micro_batch_size={micro}"
-                          + (f" x {processes} processes" if processes > 1 else ""))
-    accumulation = batch_size // (micro * processes)
-    sharded = sharding.active(run.sharding)
-    if sharded and run.on_epoch_end is not None:
-        raise ConfigError("sharding=fsdp2 with protocol.report=best_epoch: the per-epoch scoring would run on "
-                          "sharded weights, whose forwards are collective", "use sharding=none (DDP) for this task")
-    if sharded and val_examples and len(val_examples) < processes:
-        raise ConfigError(f"sharding=fsdp2 on {processes} processes needs at least as many held-out records "
-                          f"(task.val_set_size gives {len(val_examples)})")
-    trackers = "wandb" if logging.get("wandb") and distributed.is_main() else None  # (one run: the main process logs)
-    # accelerate keeps one process-wide state and refuses another mixed precision later in the same process (a
-    # reproduction whose cells differ in training.precision): the run's own setting is put in place of the last.
+    steps: int
+    examples: int
+    dropped_examples: int
+    train_seconds: float
+    step_seconds_mean: float | None
+    first_loss: float | None
+    final_loss: float | None
+    loss_curve: list[float]            # the mean micro-batch loss of each optimizer step
+    trainable_dtypes: list[str]        # what the weights that trained were kept in (fp32 master weights)
+    optimizer_state_dtypes: list[str]  # and the optimizer's moments
+    compute: str
+    batching: str
+    processes: int
+    sharding: str
+    weights_held_per_process: float
+    throughput: dict
+    extra: dict = field(default_factory=dict)  # the callbacks' (selection, epochs)
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        return {**out, **self.extra}
+
+
+def supervised_examples(examples: list[dict]) -> list[dict]:
+    """The examples with at least one supervised token. An example whose answer was cut off by cutoff_len has
+    none; a micro-batch of only such examples gives a NaN loss that would poison the weights."""
+    return [e for e in examples if not isinstance(e["labels"], (list, tuple)) or any(label != -100 for label in e["labels"])]
+
+
+def reset_accelerate_state() -> None:
+    """accelerate keeps one process-wide state and refuses another mixed precision later in the same process (a
+    reproduction whose cells differ in training.precision): the run's own setting is put in place of the last."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
-    shard_options = sharding.accelerator_options(run.sharding, placement.compute)
-    accelerator = Accelerator(mixed_precision=placement.compute, gradient_accumulation_steps=accumulation,
-                              log_with=trackers, cpu=placement.device == "cpu", **shard_options)
-    if sharded:
-        sharding.enable_on_cpu(accelerator, shard_options["fsdp_plugin"])
-    if trackers:
-        accelerator.init_trackers(logging.get("wandb_project", "peft-harness"), config=dict(training),
-                                  init_kwargs={"wandb": {"mode": logging.get("wandb_mode", "offline"), "name": run_name}})
 
-    if training.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    batching = batching_of(training)
-    if batching == "packed" and collator is None and not method.can_pack(model):
-        print(f"[harness] method={method.name} adds to every row of a batch: padded batches, not packed", flush=True)
-        batching = "padded"
-    loader = make_loader(train_examples, tokenizer, micro, shuffle=True, seed=seed,
-                         num_workers=int(training.get("num_workers", 0)), collator=collator,
-                         batching=batching)
-    # (accelerate gives each process every N-th micro-batch of the loader)
-    steps_per_epoch = math.ceil(len(loader) / (accumulation * processes))
-    total_steps = int(training["max_steps"]) if training.get("max_steps") else steps_per_epoch * int(training["epochs"])
 
-    # Before the optimizer exists: a method may add parameters here (RoSA's sparse part, from gradients).
-    model.to(accelerator.device)
-    # (the whole loader, not a process's shard; `on_main`: what the main process computes for all, RoSA's masks)
-    method.before_training(model, {"loader": loader, "device": accelerator.device, "training": training,
-                                   "accumulation": accumulation * processes, "total_steps": total_steps,
-                                   "on_main": distributed.on_main})
-    upcast_trainable(model, keep=method.set_trainable_precision(model) | adapter_in_base_dtype(model, training))
-    groups = with_module_lrs(model, method.param_groups(model, dict(training)), training.get("module_lrs"))
-    optimizer, scheduler = optimizer_and_schedule(groups, training, total_steps)
-    skeleton = meta_copy(model) if sharded else None  # what the trained weights are gathered into
-    # The schedule is stepped here once per optimizer step: accelerate's wrapper would step it once per process
-    # (it assumes the processes' batches add up to a larger one; here they split the recipe's batch).
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    held_share = sharding.held_share(model) if sharded else 1.0  # (1/N when FSDP sharded the weights)
-    eval_steps = int(training.get("eval_steps") or 0)
-    selection = None
-    if training.get("select_best"):
-        if not val_examples or not eval_steps:
+class Trainer:
+    """Trains `model` in place with `method`'s hooks on `data` by the `training` recipe: `setup` (examples,
+    processes, accelerator, loaders, the method's pre-training phase, precision, optimizer), `loop` (the optimizer
+    steps, the callbacks at their events), `finish` (the statistics, the model unwrapped and gathered)."""
+
+    def __init__(self, model, method, data: TrainingData, training: Mapping, run: RunContext):
+        self.model, self.method, self.data, self.training, self.run = model, method, data, training, run
+        self.placement = run.placement or decide(None, training)
+        self.callbacks: list[Callback] = []
+        self.step, self.losses, self.step_times = 0, [], []
+        self.useful_tokens = self.computed_tokens = 0  # real and padded positions of the text batches
+
+    def plain_model(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+    def setup(self) -> "Trainer":
+        training, run, data = self.training, self.run, self.data
+        self.examples = supervised_examples(data.train)
+        self.dropped = len(data.train) - len(self.examples)
+        if not self.examples:
+            raise DataError(f"none of the {len(data.train)} training examples has a supervised token: "
+                            "raise task.cutoff_len or set task.train_on_inputs=true")
+        if self.dropped:
+            print(f"[harness] dropped {self.dropped} of {len(data.train)} training examples with no answer token "
+                  "left after truncation to cutoff_len", flush=True)
+        self._processes_and_accelerator()
+        self._loaders()
+        self._method_and_optimizer()
+        self._callbacks()
+        return self
+
+    def _processes_and_accelerator(self) -> None:
+        from accelerate import Accelerator
+
+        training, run = self.training, self.run
+        batch_size, self.micro = int(training["batch_size"]), int(training["micro_batch_size"])
+        # With N processes the global batch stays the recipe's: each accumulates batch / (micro x N) micro-batches.
+        distributed.start(cpu=self.placement.device == "cpu")
+        self.processes = distributed.world_size()
+        if batch_size % (self.micro * self.processes):
+            raise ConfigError(f"training.batch_size={batch_size} is not a multiple of training.micro_batch_size="
+                              f"{self.micro}" + (f" x {self.processes} processes" if self.processes > 1 else ""))
+        self.accumulation = batch_size // (self.micro * self.processes)
+        self.sharded = sharding.active(run.sharding)
+        if self.sharded and run.on_epoch_end is not None:
+            raise ConfigError("sharding=fsdp2 with protocol.report=best_epoch: the per-epoch scoring would run on "
+                              "sharded weights, whose forwards are collective", "use sharding=none (DDP) for this task")
+        if self.sharded and self.data.validation and len(self.data.validation) < self.processes:
+            raise ConfigError(f"sharding=fsdp2 on {self.processes} processes needs at least as many held-out records "
+                              f"(task.val_set_size gives {len(self.data.validation)})")
+        logging = dict(run.logging or {})
+        self.tracked = bool(logging.get("wandb")) and distributed.is_main()  # (one run: the main process logs)
+        reset_accelerate_state()
+        shard_options = sharding.accelerator_options(run.sharding, self.placement.compute)
+        self.accelerator = Accelerator(mixed_precision=self.placement.compute,
+                                       gradient_accumulation_steps=self.accumulation,
+                                       log_with="wandb" if self.tracked else None,
+                                       cpu=self.placement.device == "cpu", **shard_options)
+        if self.sharded:
+            sharding.enable_on_cpu(self.accelerator, shard_options["fsdp_plugin"])
+        if self.tracked:
+            self.accelerator.init_trackers(logging.get("wandb_project", "peft-harness"), config=dict(training),
+                                           init_kwargs={"wandb": {"mode": logging.get("wandb_mode", "offline"),
+                                                                  "name": run.name}})
+
+    def _loaders(self) -> None:
+        training, model, method = self.training, self.model, self.method
+        if training.get("gradient_checkpointing"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        batching = batching_of(training)
+        if batching == "packed" and self.data.collator is None and not method.can_pack(model):
+            print(f"[harness] method={method.name} adds to every row of a batch: padded batches, not packed", flush=True)
+            batching = "padded"
+        self.loader = make_loader(self.examples, self.data.tokenizer, self.micro, shuffle=True, seed=self.run.seed,
+                                  num_workers=int(training.get("num_workers", 0)), collator=self.data.collator,
+                                  batching=batching)
+        # (accelerate gives each process every N-th micro-batch of the loader)
+        self.steps_per_epoch = math.ceil(len(self.loader) / (self.accumulation * self.processes))
+        self.total_steps = (int(training["max_steps"]) if training.get("max_steps")
+                            else self.steps_per_epoch * int(training["epochs"]))
+        self.batching = batching if self.data.collator is None else "benchmark"  # (its own collator: not text)
+
+    def _method_and_optimizer(self) -> None:
+        training, model, method = self.training, self.model, self.method
+        # Before the optimizer exists: a method may add parameters here (RoSA's sparse part, from gradients).
+        model.to(self.accelerator.device)
+        # (the whole loader, not a process's shard; `on_main`: what the main process computes for all, RoSA's masks)
+        method.before_training(model, {"loader": self.loader, "device": self.accelerator.device, "training": training,
+                                       "accumulation": self.accumulation * self.processes,
+                                       "total_steps": self.total_steps, "on_main": distributed.on_main})
+        upcast_trainable(model, keep=method.set_trainable_precision(model) | adapter_in_base_dtype(model, training))
+        groups = with_module_lrs(model, method.param_groups(model, dict(training)), training.get("module_lrs"))
+        self.optimizer, self.scheduler = optimizer_and_schedule(groups, training, self.total_steps)
+        self.skeleton = meta_copy(model) if self.sharded else None  # what the trained weights are gathered into
+        # The schedule is stepped here once per optimizer step: accelerate's wrapper would step it once per process
+        # (it assumes the processes' batches add up to a larger one; here they split the recipe's batch).
+        self.model, self.optimizer, self.loader = self.accelerator.prepare(model, self.optimizer, self.loader)
+        self.held_share = sharding.held_share(self.model) if self.sharded else 1.0  # (1/N when FSDP sharded them)
+
+    def _callbacks(self) -> None:
+        training, run, data = self.training, self.run, self.data
+        eval_steps = int(training.get("eval_steps") or 0)
+        select = bool(training.get("select_best"))
+        if select and (not data.validation or not eval_steps):
             raise ConfigError("training.select_best needs held-out records and training.eval_steps",
                               "set task.val_set_size (LLM-Adapters: 120) and training.eval_steps (80)")
-        selection = BestCheckpoint(on_disk=method.trains_all_weights)
-    # the held-out loss (padded batches, whatever the training batching) is a mean over the held-out tokens; each
-    # process takes its shard (not accelerate's, which repeats examples to even the shards out)
-    val_loader = (make_loader(distributed.shard(val_examples), tokenizer, micro, shuffle=False, seed=seed,
-                              collator=collator) if val_examples else None)
+        self.callbacks.append(Progress(self.total_steps, run.name, run.progress and distributed.is_main()))
+        if self.tracked:
+            self.callbacks.append(Tracker(int(dict(run.logging or {}).get("log_every", 10))))
+        if data.validation:
+            # the held-out loss (padded batches, whatever the training batching) is a mean over the held-out
+            # tokens; each process takes its shard (not accelerate's, which repeats examples to even them out)
+            val_loader = make_loader(distributed.shard(data.validation), data.tokenizer, self.micro, shuffle=False,
+                                     seed=run.seed, collator=data.collator)
+            self.callbacks.append(HeldOutLoss(val_loader, eval_steps, select, self.method.trains_all_weights,
+                                              self.sharded, mean_loss))
+        if run.on_epoch_end is not None:
+            self.callbacks.append(EpochScoring(run.on_epoch_end, self.steps_per_epoch))
 
-    batching = batching if collator is None else "benchmark"  # (its own collator: not text)
-    if batching == "packed":  # once, before the first step: packed examples must not see each other
-        probe = language_model_collator(tokenizer, "packed")(train_examples[:2])
-        with accelerator.autocast():
-            check_packing(accelerator.unwrap_model(model), {k: v.to(accelerator.device) for k, v in probe.items()},
-                          placement.compute)
+    # -- loop ----------------------------------------------------------------------------------------------------
+    def loop(self) -> "Trainer":
+        accelerator, model, optimizer = self.accelerator, self.model, self.optimizer
+        if self.batching == "packed":  # once, before the first step: packed examples must not see each other
+            probe = language_model_collator(self.data.tokenizer, "packed")(self.examples[:2])
+            with accelerator.autocast():
+                check_packing(accelerator.unwrap_model(model), {k: v.to(accelerator.device) for k, v in probe.items()},
+                              self.placement.compute)
+        weighting = loss_weighting_of(self.training)  # (token: the model's own loss; example: each example alike)
+        clip = clip_norm(self.training)
+        model.train()
+        self.start = step_start = time.perf_counter()
+        window_loss, epoch = 0.0, 0
+        while self.step < self.total_steps:
+            for batch in self.loader:
+                useful, computed = token_counts(batch)
+                self.useful_tokens, self.computed_tokens = self.useful_tokens + useful, self.computed_tokens + computed
+                with accelerator.accumulate(model):
+                    loss = example_mean_loss(model, batch) if weighting == "example" else model(**batch).loss
+                    value = loss.item()
+                    # before backward and step: no NaN ever reaches the weights (and every process stops together)
+                    finite = math.isfinite(value) if self.processes == 1 else \
+                        distributed.sum_over_processes([float(not math.isfinite(value))])[0] == 0
+                    if not finite:
+                        raise DivergedError(self.step, value)
+                    accelerator.backward(loss)
+                    window_loss += value / self.accumulation
+                    if accelerator.sync_gradients and clip:
+                        accelerator.clip_grad_norm_(model.parameters(), clip)
+                    optimizer.step()  # (accelerate's optimizer steps only at the end of an accumulation)
+                    if accelerator.sync_gradients:
+                        self.scheduler.step()
+                        self.method.after_optimizer_step(accelerator.unwrap_model(model), self.step + 1)
+                    optimizer.zero_grad(set_to_none=True)
+                if not accelerator.sync_gradients:
+                    continue
+                self.step += 1
+                if self.processes > 1:  # the mean over the processes' micro-batches: the loss of the whole batch
+                    window_loss = distributed.sum_over_processes([window_loss])[0] / self.processes
+                now = time.perf_counter()
+                self.step_times.append(now - step_start)
+                step_start = now
+                self.losses.append(window_loss)
+                for callback in self.callbacks:
+                    callback.on_step(self, self.step, window_loss)
+                window_loss = 0.0
+                if self.step >= self.total_steps:
+                    break
+            epoch += 1
+            for callback in self.callbacks:
+                callback.on_epoch(self, epoch)
+        return self
 
-    weighting = loss_weighting_of(training)  # (token: the model's own loss; example: each example weighs the same)
-    model.train()
-    step, losses, step_times = 0, [], []
-    bar = tqdm(total=total_steps, desc=f"train {run_name}", disable=not (progress and distributed.is_main()))
-    start = time.perf_counter()
-    step_start = start
-    window_loss = 0.0
-    epoch, epoch_results = 0, []
-    useful_tokens = computed_tokens = 0  # real and padded positions of the text batches (none for images)
-    while step < total_steps:
-        for batch in loader:
-            useful, computed = token_counts(batch)
-            useful_tokens, computed_tokens = useful_tokens + useful, computed_tokens + computed
-            with accelerator.accumulate(model):
-                loss = example_mean_loss(model, batch) if weighting == "example" else model(**batch).loss
-                value = loss.item()
-                # before backward and step: no NaN ever reaches the weights (and every process stops together)
-                finite = math.isfinite(value) if processes == 1 else \
-                    distributed.sum_over_processes([float(not math.isfinite(value))])[0] == 0
-                if not finite:
-                    raise DivergedError(step, value)
-                accelerator.backward(loss)
-                window_loss += value / accumulation
-                if accelerator.sync_gradients and clip_norm(training):
-                    accelerator.clip_grad_norm_(model.parameters(), clip_norm(training))
-                optimizer.step()  # (accelerate's optimizer steps only at the end of an accumulation)
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                    method.after_optimizer_step(accelerator.unwrap_model(model), step + 1)
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            if processes > 1:  # the mean over the processes' micro-batches: the loss of the whole batch
-                window_loss = distributed.sum_over_processes([window_loss])[0] / processes
-            now = time.perf_counter()
-            step_times.append(now - step_start)
-            step_start = now
-            losses.append(window_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{window_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if trackers and step % int(logging.get("log_every", 10)) == 0:
-                accelerator.log({"train/loss": window_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
-            window_loss = 0.0
-            if selection is not None and step % eval_steps == 0:
-                plain = accelerator.unwrap_model(model)
-                selection.offer(plain, step, mean_loss(plain, val_loader, accelerator.device, lockstep=sharded))
-            if step >= total_steps:
-                break
-        epoch += 1
-        if run.on_epoch_end is not None and (step % steps_per_epoch == 0 or step >= total_steps):
-            model.eval()
-            epoch_results.append(run.on_epoch_end(accelerator.unwrap_model(model), epoch))
-            model.train()
-    bar.close()
-    if selection is not None:
-        selection.restore(accelerator.unwrap_model(model))
-    train_seconds = time.perf_counter() - start
-    stats = {
-        "steps": step,
-        "examples": len(train_examples),
-        "dropped_examples": dropped,
-        "train_seconds": round(train_seconds, 2),
-        "step_seconds_mean": round(sum(step_times) / len(step_times), 4) if step_times else None,
-        "first_loss": losses[0] if losses else None,
-        "final_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
-        "loss_curve": [round(loss, 6) for loss in losses],  # the mean micro-batch loss of each optimizer step
-        # what the weights that trained, and the optimizer's moments, were kept in (fp32 master weights)
-        "trainable_dtypes": dtypes(p for p in model.parameters() if p.requires_grad),
-        "optimizer_state_dtypes": dtypes(v for state in optimizer.state.values() for v in state.values()
-                                         if torch.is_tensor(v) and v.dim() > 0),
-        "compute": placement.compute,
-        "batching": batching,
-        "processes": processes,
-        "sharding": "fsdp2" if sharded else "none",
-        "weights_held_per_process": round(held_share, 4),
-        "throughput": summary(*[int(n) for n in distributed.sum_over_processes([useful_tokens, computed_tokens])],
-                              train_seconds, matrix_parameters(model), method.trains_all_weights,
-                              torch.cuda.get_device_name(0) if placement.device == "cuda" else None, processes),
-    }
-    if epoch_results:
-        stats["epochs"] = epoch_results
-    if selection is not None:
-        stats.update(selected_step=selection.step, val_loss=selection.loss, val_curve=selection.curve)
-    elif val_loader is not None:
-        stats["val_loss"] = mean_loss(accelerator.unwrap_model(model), val_loader, accelerator.device, lockstep=sharded)
-        stats["val_curve"] = [{"step": step, "loss": stats["val_loss"]}]
-    if trackers:
-        accelerator.log({f"final/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}, step=step)
-        accelerator.end_training()
-    model = accelerator.unwrap_model(model)
-    if sharded:  # the optimizer's sharded moments are freed before the full weights are gathered
-        del optimizer, scheduler
-        accelerator.free_memory()
-        model = sharding.gathered(model, skeleton, accelerator.device)
-    model.config.use_cache = True
-    return {"model": model, "stats": stats}
+    # -- finish --------------------------------------------------------------------------------------------------
+    def finish(self) -> dict:
+        """{"model": the trained model (unwrapped; gathered when sharded), "stats": the result's `train` section}."""
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+        train_seconds = time.perf_counter() - self.start
+        losses, model, placement = self.losses, self.model, self.placement
+        useful, computed = (int(n) for n in distributed.sum_over_processes([self.useful_tokens, self.computed_tokens]))
+        stats = TrainStats(
+            steps=self.step, examples=len(self.examples), dropped_examples=self.dropped,
+            train_seconds=round(train_seconds, 2),
+            step_seconds_mean=round(sum(self.step_times) / len(self.step_times), 4) if self.step_times else None,
+            first_loss=losses[0] if losses else None,
+            final_loss=sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+            loss_curve=[round(loss, 6) for loss in losses],
+            trainable_dtypes=dtypes(p for p in model.parameters() if p.requires_grad),
+            optimizer_state_dtypes=dtypes(v for state in self.optimizer.state.values() for v in state.values()
+                                          if torch.is_tensor(v) and v.dim() > 0),
+            compute=placement.compute, batching=self.batching, processes=self.processes,
+            sharding="fsdp2" if self.sharded else "none", weights_held_per_process=round(self.held_share, 4),
+            throughput=summary(useful, computed, train_seconds, matrix_parameters(model), self.method.trains_all_weights,
+                               torch.cuda.get_device_name(0) if placement.device == "cuda" else None, self.processes))
+        for callback in self.callbacks:
+            stats.extra.update(callback.statistics(self))
+        stats = stats.as_dict()
+        for callback in self.callbacks:
+            if isinstance(callback, Tracker):
+                callback.finish(self, stats)
+        model = self.accelerator.unwrap_model(model)
+        if self.sharded:  # the optimizer's sharded moments are freed before the full weights are gathered
+            del self.optimizer, self.scheduler
+            self.accelerator.free_memory()
+            model = sharding.gathered(model, self.skeleton, self.accelerator.device)
+        model.config.use_cache = True
+        return {"model": model, "stats": stats}
+
+
+def train(model, method, data: TrainingData, training: Mapping, run: RunContext) -> dict:
+    """Trains `model` in place with `method`'s hooks on `data` by the `training` recipe; returns the trained
+    model and the training statistics (with the per-step loss curve)."""
+    return Trainer(model, method, data, training, run).setup().loop().finish()
