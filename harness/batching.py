@@ -25,11 +25,16 @@ from harness.errors import ConfigError
 BATCHINGS = ("packed", "padded")
 
 
-def batching_of(training: Mapping) -> str:
-    value = training.get("batching", "padded")
-    if value not in BATCHINGS:
-        raise ConfigError(f"training.batching={value!r}: use one of {list(BATCHINGS)}")
+def choice_of(training: Mapping, key: str, choices: tuple[str, ...], default: str) -> str:
+    """`training.<key>`, one of `choices` (`default` when absent); a one-line error naming the key otherwise."""
+    value = training.get(key, default)
+    if value not in choices:
+        raise ConfigError(f"training.{key}={value!r}: use one of {list(choices)}")
     return value
+
+
+def batching_of(training: Mapping) -> str:
+    return choice_of(training, "batching", BATCHINGS, "padded")
 
 
 def language_model_collator(tokenizer, batching: str):
@@ -91,10 +96,7 @@ LOSS_WEIGHTINGS = ("token", "example")
 
 
 def loss_weighting_of(training: Mapping) -> str:
-    value = training.get("loss_weighting", "token")
-    if value not in LOSS_WEIGHTINGS:
-        raise ConfigError(f"training.loss_weighting={value!r}: use one of {list(LOSS_WEIGHTINGS)}")
-    return value
+    return choice_of(training, "loss_weighting", LOSS_WEIGHTINGS, "token")
 
 
 def example_mean_loss(model, batch: Mapping) -> torch.Tensor:

@@ -17,8 +17,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.utils.data import DataLoader
 
-from harness.batching import (batching_of, check_packing, example_mean_loss, language_model_collator, loss_weighting_of,
-                              token_counts)
+from harness.batching import (batching_of, check_packing, choice_of, example_mean_loss, language_model_collator,
+                              loss_weighting_of, token_counts)
 from harness import distributed, sharding
 from harness.callbacks import Callback, EpochScoring, HeldOutLoss, Progress, Tracker
 from harness.errors import ConfigError, DataError
@@ -124,10 +124,7 @@ def adapter_in_base_dtype(model, training: Mapping) -> set[int]:
     as peft <= 0.10 cast every new adapter (`update_layer`: `self.to(weight.dtype)`), the version LoRA-GA's
     baselines ran on (MiLoRA Table 5); returns their ids, which keep that dtype. `fp32` (the default, absent):
     fp32 master weights."""
-    precision = training.get("adapter_precision", "fp32")
-    if precision not in ADAPTER_PRECISIONS:
-        raise ConfigError(f"training.adapter_precision={precision!r}: use one of {list(ADAPTER_PRECISIONS)}")
-    if precision == "fp32":
+    if choice_of(training, "adapter_precision", ADAPTER_PRECISIONS, "fp32") == "fp32":
         return set()
     frozen = next((p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), None)
     kept = set()
