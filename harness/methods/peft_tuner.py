@@ -177,8 +177,9 @@ class PeftTuner(Method):
             self._lora_ga_init(model, context, int(batches))
         if config.peft_type.value == "ADALORA":
             total = int(context["total_steps"])
+            allocates = (getattr(model, "_harness_method_options", None) or {}).get("update_ranks", True)
             # (the last allocation step prunes by the importance the steps before it measured: at least one)
-            if config.tinit + 1 >= total - config.tfinal:
+            if allocates and config.tinit + 1 >= total - config.tfinal:
                 raise MethodConfigError(f"method=peft type=ADALORA: tinit={config.tinit} + tfinal={config.tfinal} "
                                         f"leave fewer than two steps of rank allocation in this run's {total} steps")
             model.base_model.rankallocator.set_total_step(total)
