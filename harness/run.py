@@ -160,19 +160,11 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     seed_everything(cfg.seed)
     memory_scope = reset_peak_memory()
     load_start = time.perf_counter()
-    placement = decide(cfg.model, cfg.training, methods.get(cfg.method.name).trains_all_weights)  # once
-    # The benchmark decides the head: a causal LM unless it trains a classifier (GLUE, images).
-    model, tokenizer = models.load(cfg.model, benchmark.model_head(cfg.task), placement)
-    # On the accelerator before the method: PiSSA / MiLoRA run an SVD per adapted matrix at init.
-    model.to(placement.device)
+    model, tokenizer, placement = loaded(cfg, benchmark)
 
     phases.enter("method")
     total_params = methods.total_parameters(model)
-    solved, budget = budget_lib.solved_for_model(cfg, model, total_params)
-    if budget:
-        print(f"[harness] budget {budget['target']:,}: {cfg.method.name} {budget['knob']}={budget['value']:.6g} "
-              f"-> {budget['predicted']:,} parameters", flush=True)
-    model = adapt(model, cfg.method.name, benchmark.head_modules, method_options(solved))
+    model, solved, budget = adapted_within_budget(cfg, model, total_params, benchmark.head_modules)
     setup_seconds = time.perf_counter() - load_start
 
     phases.enter("train")
@@ -184,46 +176,77 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
                     RunContext(cfg.seed, rid, progress, cfg.logging, placement, per_epoch,
                                cfg.get("sharding")))
     model = trained["model"]
-    # Counted after training: a method may add parameters before its first step (RoSA's sparse part).
-    # A task's head (GLUE's classifier) trains with every method but is not the adapter's: counted apart.
-    head_params = methods.trainable_parameters(model, within=benchmark.head_modules)
-    trainable = methods.trainable_parameters(model) - head_params
-    print(f"[harness] {cfg.method.name}: {trainable:,} trainable of {total_params:,} parameters"
-          + (f" (+ {head_params:,} in the head)" if head_params else ""), flush=True)
+    params = parameter_counts(model, total_params, benchmark.head_modules, budget)
+    print(f"[harness] {cfg.method.name}: {params['trainable']:,} trainable of {total_params:,} parameters"
+          + (f" (+ {params['head']:,} in the head)" if params["head"] else ""), flush=True)
 
     phases.enter("eval")
     if cfg.run.save_adapter and distributed.is_main():  # before a merge folds the adapter into the weights
         save_adapter(model, Path(cfg.run.results_dir) / "adapters", rid)
     metrics, predictions, merged, eval_seconds = score_model(model, tokenizer, test_sets, cfg)
-    if per_epoch is not None:
-        metrics = best_epoch_metrics(metrics, trained["stats"].get("epochs") or [])
-        predictions = per_epoch.predictions(metrics, predictions)
+    if per_epoch is not None:  # the epoch each set reports, and its predictions
+        metrics, predictions = per_epoch.reported(metrics, predictions, trained["stats"].get("epochs") or [])
 
     phases.enter("write")
     record: Result = {
         "status": "finished",
-        "run": {**run_info(cfg, rid), "config": resolved(solved),
-                # the config as asked for, when a budget solved the knob: what the run id hashes (harness.evaluate)
-                **({"requested_config": resolved(cfg)} if budget else {}),
-                "placement": placement.describe(),
-                "versions": versions(), "git": git_commit(), "environment": environment(),
-                "inputs": describe_sources(sources),
-                "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        "params": {"trainable": trainable, "total": total_params, "trainable_percent": 100.0 * trainable / total_params,
-                   "head": head_params, "budget": budget},
+        "run": {**finished_run_info(cfg, solved, rid, budget), "placement": placement.describe(),
+                "inputs": describe_sources(sources)},
+        "params": params,
         "train": trained["stats"],
         "eval": {"merged": merged, "seconds": round(eval_seconds, 2),
                  "examples": sum(m["n"] for m in metrics.values()), "metrics": metrics},
         "timing": {"setup_seconds": round(setup_seconds, 2)},
         "memory": peak_memory(memory_scope),
     }
-    if not distributed.is_main():  # one run: the main process writes its files
-        return record
+    if distributed.is_main():  # one run: the main process writes its files
+        write_finished(out_path, record, predictions)
+    return record
+
+
+def loaded(cfg: DictConfig, benchmark):
+    """(model, tokenizer or image processor, placement): the placement decided once; the head the benchmark's (a
+    causal LM unless it trains a classifier: GLUE, images); on the accelerator before the method, since PiSSA /
+    MiLoRA run an SVD per adapted matrix at init."""
+    placement = decide(cfg.model, cfg.training, methods.get(cfg.method.name).trains_all_weights)
+    model, tokenizer = models.load(cfg.model, benchmark.model_head(cfg.task), placement)
+    model.to(placement.device)
+    return model, tokenizer, placement
+
+
+def write_finished(out_path: Path, record: Result, predictions: dict) -> None:
+    """The predictions, then the result file: last, as its presence with status finished means the run finished."""
     write_predictions(out_path.with_suffix(".predictions.jsonl"), predictions)
     pause_point("result")
-    write_result(out_path, record)  # last: its presence with status finished means the run finished
+    write_result(out_path, record)
     print(f"[harness] wrote {out_path}", flush=True)
-    return record
+
+
+def adapted_within_budget(cfg: DictConfig, model, total_params: int, head_modules):
+    """(the model with the run's method applied, the config with a budget's knob solved, the budget record)."""
+    solved, budget = budget_lib.solved_for_model(cfg, model, total_params)
+    if budget:
+        print(f"[harness] budget {budget['target']:,}: {cfg.method.name} {budget['knob']}={budget['value']:.6g} "
+              f"-> {budget['predicted']:,} parameters", flush=True)
+    return adapt(model, cfg.method.name, head_modules, method_options(solved)), solved, budget
+
+
+def parameter_counts(model, total_params: int, head_modules, budget: dict | None) -> dict:
+    """The result's `params`: counted after training, as a method may add parameters before its first step (RoSA's
+    sparse part); a task's head (GLUE's classifier) trains with every method but is not the adapter's: apart."""
+    head = methods.trainable_parameters(model, within=head_modules)
+    trainable = methods.trainable_parameters(model) - head
+    return {"trainable": trainable, "total": total_params, "trainable_percent": 100.0 * trainable / total_params,
+            "head": head, "budget": budget}
+
+
+def finished_run_info(cfg: DictConfig, solved: DictConfig, rid: str, budget: dict | None) -> dict:
+    """The result's `run` of a finished run: who it is, its config (with a budget's knob solved) and provenance."""
+    return {**run_info(cfg, rid), "config": resolved(solved),
+            # the config as asked for, when a budget solved the knob: what the run id hashes (harness.evaluate)
+            **({"requested_config": resolved(cfg)} if budget else {}),
+            "versions": versions(), "git": git_commit(), "environment": environment(),
+            "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def score_model(model, processor, test_sets: dict, cfg: DictConfig) -> tuple[dict, dict, bool, float]:
@@ -267,6 +290,11 @@ class EpochScorer:
             if name not in self.best or m["accuracy"] > self.best[name][0]:
                 self.best[name] = (m["accuracy"], epoch, predictions[name])
         return {"epoch": epoch, "metrics": metrics}
+
+    def reported(self, last_metrics: dict, last_predictions: dict, epochs: list[dict]) -> tuple[dict, dict]:
+        """(each set's metrics at its best epoch with the last beside them, the predictions of that epoch)."""
+        metrics = best_epoch_metrics(last_metrics, epochs)
+        return metrics, self.predictions(metrics, last_predictions)
 
     def predictions(self, metrics: dict, last: dict) -> dict:
         """Each set's rows at the epoch `metrics` reports (`best_epoch_metrics`' choice), else the final ones."""
