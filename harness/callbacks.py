@@ -4,7 +4,7 @@ part to the statistics; the loop itself only steps.
 
 Events, in order: `on_step` (after every optimizer step, with the step's mean micro-batch loss), `on_epoch` (after
 every pass over the loader, or the last partial one), `on_train_end` (before the statistics), `statistics` (what the
-callback adds to them).
+callback adds to them), `on_statistics` (the finished statistics).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class Callback:
 
     def statistics(self, trainer) -> dict:
         return {}
+
+    def on_statistics(self, trainer, stats: dict) -> None:
+        pass
 
 
 class Progress(Callback):
@@ -55,7 +58,7 @@ class Tracker(Callback):
         if step % self.log_every == 0:
             trainer.accelerator.log({"train/loss": loss, "train/lr": trainer.scheduler.get_last_lr()[0]}, step=step)
 
-    def finish(self, trainer, stats: dict) -> None:
+    def on_statistics(self, trainer, stats: dict) -> None:
         trainer.accelerator.log({f"final/{k}": v for k, v in stats.items() if isinstance(v, (int, float))},
                                 step=trainer.step)
         trainer.accelerator.end_training()

@@ -3,7 +3,7 @@
 A URL that names a commit cannot change, so the URL itself is the file's content identity (`PinnedUrl` in
 harness.provenance) and the cached copy is never fetched again. Neither the hub libraries nor `datasets` fetch
 plain repository files, hence this small helper (requests, with a short timeout, as harness.offline probes the
-hub). Offline (no network, or HF_HUB_OFFLINE set) a missing file stops the run at once, naming the URL and the
+hub). Offline (no network, or harness.offline's flags set) a missing file stops the run at once, naming the URL and the
 config key that points at a local copy instead.
 """
 
@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from harness.errors import DataError
+from harness.offline import offline_flag
 
 TIMEOUT_S = 10.0
 
@@ -32,8 +33,8 @@ def fetched(url: str, local_key: str) -> Path:
     if path.is_file():
         return path
     hint = f"download it on a connected machine and set {local_key}=/path/to/{url.rsplit('/', 1)[-1]}"
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HARNESS_OFFLINE")):
-        raise DataError(f"{url} is not cached and this run is offline (HF_HUB_OFFLINE / HARNESS_OFFLINE): {hint}")
+    if offline_flag():
+        raise DataError(f"{url} is not cached and this run is offline (HF_HUB_OFFLINE): {hint}")
     import requests
 
     try:

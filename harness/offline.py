@@ -17,7 +17,8 @@ class HubUnavailableError(HarnessError, RuntimeError):
     pass
 
 
-def _offline_flag() -> bool:
+def offline_flag() -> bool:
+    """HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set: nothing is fetched."""
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
@@ -40,7 +41,7 @@ def ensure_hub_available(repo_id: str, repo_type: str = "model", what: str = "mo
         f"and copy the HF cache, or point the config at a local copy: "
         + ("`model.source=local model.path=/path/to/dir`" if repo_type == "model" else f"`{what}=/path/to/file.json`")
     )
-    if _offline_flag():
+    if offline_flag():
         raise HubUnavailableError(
             f"{what}={repo_id!r} is a hub id, it is not in the local cache, and HF_HUB_OFFLINE is set. {hint}"
         )

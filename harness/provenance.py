@@ -154,7 +154,7 @@ def hub_revision(repo: str, repo_type: str = "dataset", local_key: str | None = 
     `ensure_hub_available` runs first, so an unreachable, uncached id fails with its clear message."""
     from huggingface_hub import snapshot_download
 
-    from harness.offline import HUB_PROBE_TIMEOUT_S, _offline_flag, ensure_hub_available
+    from harness.offline import HUB_PROBE_TIMEOUT_S, ensure_hub_available, offline_flag
 
     ensure_hub_available(repo, repo_type, what=local_key or f"{repo_type} {repo}")
     try:
@@ -163,7 +163,7 @@ def hub_revision(repo: str, repo_type: str = "dataset", local_key: str | None = 
             return cached.name
     except Exception:  # not in the hub cache (datasets may keep their own cache): ask the hub
         pass
-    if _offline_flag():
+    if offline_flag():
         return "unresolved"
     from huggingface_hub import HfApi
 

@@ -183,18 +183,6 @@ FRAME_COLUMNS = ["run_id", "status", "experiment", "profile", "task", "protocol"
                  "error"]
 
 
-def _data_note(task_name, task: dict | None) -> str | None:
-    """The benchmark's words on a run that did not read the paper's data ("SQL: not RoSA's data ...")."""
-    from harness import benchmarks
-
-    if not task_name or not task:
-        return None
-    try:
-        return benchmarks.get(task_name).data_note(task)
-    except Exception:  # (a result of a benchmark or config this checkout no longer knows: no note, not a crash)
-        return None
-
-
 def frame(results: list[Result]) -> "pd.DataFrame":
     """Results as one long table: a row per run and test set (a failed run: one row, no dataset), with what
     tables, plots and notebooks compare (label, knob, counts, times, memory). The one flattening of result files."""
@@ -215,7 +203,7 @@ def frame(results: list[Result]) -> "pd.DataFrame":
                 "knob": display.knob(run["method"], options), "rank": options.get("r"), "seed": config.get("seed"),
                 "protocol_description": (config.get("protocol") or {}).get("description") or run.get("protocol"),
                 "recipe_source": (config.get("training") or {}).get("source"),
-                "data_note": _data_note(run.get("task"), config.get("task")),
+                "data_note": run.get("data_note"),  # a finished run's words on data not the paper's
                 "trainable": params.get("trainable"), "total": params.get("total"),
                 "trainable_percent": params.get("trainable_percent"), "head": params.get("head"),
                 "budget_fraction": (config.get("budget") or {}).get("fraction"),

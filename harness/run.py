@@ -242,7 +242,8 @@ def parameter_counts(model, total_params: int, head_modules, budget: dict | None
 
 def finished_run_info(cfg: DictConfig, solved: DictConfig, rid: str, budget: dict | None) -> dict:
     """The result's `run` of a finished run: who it is, its config (with a budget's knob solved) and provenance."""
-    return {**run_info(cfg, rid), "config": resolved(solved),
+    note = benchmarks.get(cfg.task.name).data_note(cfg.task)  # (recorded: tables read it, never recompute it)
+    return {**run_info(cfg, rid), "config": resolved(solved), **({"data_note": note} if note else {}),
             # the config as asked for, when a budget solved the knob: what the run id hashes (harness.evaluate)
             **({"requested_config": resolved(cfg)} if budget else {}),
             "versions": versions(), "git": git_commit(), "environment": environment(),

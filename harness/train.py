@@ -439,8 +439,7 @@ class Trainer:
             stats.extra.update(callback.statistics(self))
         stats = stats.as_dict()
         for callback in self.callbacks:
-            if isinstance(callback, Tracker):
-                callback.finish(self, stats)
+            callback.on_statistics(self, stats)
         model = self.accelerator.unwrap_model(model)
         if self.sharded:  # the optimizer's sharded moments are freed before the full weights are gathered
             del self.optimizer, self.scheduler

@@ -148,8 +148,8 @@ def test_data_that_is_not_rosas_is_labelled_in_the_caption(tmp_path):
     assert "not RoSA's data (b-mc2/sql-create-context, 1000 records held out" in sql.data_note(hub)
     other = compose(["task=sql", "task.source=rosa", f"task.test_file={copy}"]).task  # not RoSA's 1,000 records
     assert "are not RoSA's train.jsonl / valid.jsonl" in sql.data_note(other)
-    from omegaconf import OmegaConf
+    from harness.run import finished_run_info
 
-    result = {"run_id": "sql-x", "task": "sql", "model": "m", "method": "lora", "status": "finished",
-              "config": {"task": OmegaConf.to_container(hub, resolve=True)}, "metrics": {"sql": {"accuracy": 1.0, "n": 2}}}
-    assert data_notes(frame([result])).startswith("SQL: not RoSA's data")
+    run = {**finished_run_info(compose(["task=sql", "protocol=rosa_exact"]), compose(["task=sql"]), "sql-x", None)}
+    result = {"schema": 2, "status": "finished", "run": run, "eval": {"metrics": {"sql": {"accuracy": 1.0, "n": 2}}}}
+    assert data_notes(frame([result])).startswith("SQL: not RoSA's data")  # recorded by the run, read by the table

@@ -91,7 +91,8 @@ def data_sources(task: Mapping) -> list:
     return sources
 
 
-def _records(task: Mapping, which: str) -> list[dict]:
+def _records(task: Mapping, which: str, hub_split: tuple | None = None) -> list[dict]:
+    """The train or test records; `hub_split`: the hub's split already read (training_records reads it once)."""
     key = dict(ROLES)[which]
     if task.get(key):
         return _read_local(Path(str(task[key])), key)
@@ -99,8 +100,12 @@ def _records(task: Mapping, which: str) -> list[dict]:
         from harness.downloads import fetched
 
         return _read_local(fetched(str(task["rosa_files"][which]["url"]), f"task.{key}"), key)
-    train, test = _hub_split(task)
+    train, test = hub_split or _hub_split(task)
     return train if which == "train" else test
+
+
+def _reads_the_hub(task: Mapping) -> bool:
+    return source_of(task) == "hub" and not (task.get("train_file") and task.get("test_file"))
 
 
 def git_blob_sha1(path: Path) -> str:
@@ -153,8 +158,9 @@ def target_of(record: Mapping) -> str:
 
 
 def training_records(task: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
-    tested = {_question_key(r["question"]) for r in _records(task, "test")}
-    train = _records(task, "train")
+    hub_split = _hub_split(task) if _reads_the_hub(task) else None
+    tested = {_question_key(r["question"]) for r in _records(task, "test", hub_split)}
+    train = _records(task, "train", hub_split)
     kept = [r for r in train if _question_key(r["question"]) not in tested]
     if len(kept) < len(train):
         print(f"[harness] sql: dropped {len(train) - len(kept)} of {len(train)} training records whose question is "
