@@ -44,22 +44,22 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from harness import benchmarks, models
     from harness.benchmarks.commonsense.paper_gen import score
     from harness.benchmarks.commonsense.prompts import eval_prompt
     from harness.config import compose
     from harness.generation import generate
-    from harness.placement import decide
+    from harness.recipe import Recipe
 
     torch.set_num_threads(int(os.environ.get("HARNESS_THREADS", torch.get_num_threads())))
     sets = args.sets.split(",")
     cfg = compose(["profile=mini", "task=commonsense", "protocol=paper_gen", f"task.datasets=[{','.join(sets)}]",
                    f"task.test_subset={args.per_set}", *args.overrides])
-    placement = decide(cfg.model, cfg.training)
+    recipe = Recipe(cfg)
+    placement = recipe.placement
     torch.manual_seed(0)
-    model, tokenizer = models.load(cfg.model, None, placement)
-    model.to(placement.device).eval()
-    test_sets = benchmarks.get("commonsense").test_sets(cfg.task)
+    model, tokenizer = recipe.load(seeded=False)
+    model.eval()
+    test_sets = recipe.test_sets()
     beams, new_tokens = int(cfg.protocol.num_beams), int(cfg.protocol.max_new_tokens)
     batch_size = args.batch_size or int(cfg.protocol.batch_size)
 

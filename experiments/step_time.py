@@ -28,32 +28,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def prepare(method: str, overrides: list[str], micro_batch: int):
-    """The adapted model on its device and one micro-batch of commonsense training examples."""
+    """The adapted model on its device and one micro-batch of commonsense training examples (and the placement)."""
     import torch
 
-    from harness import benchmarks, methods, models
-    from harness.budget import solved_for_model
-    from harness.config import compose, method_options
-    from harness.placement import decide
     from harness.batching import batching_of
+    from harness.config import compose
+    from harness.recipe import Recipe
     from harness.train import make_loader, upcast_trainable
 
-    cfg = compose(["profile=mini", f"method={method}", *overrides])
+    recipe = Recipe(compose(["profile=mini", f"method={method}", *overrides]))
     torch.manual_seed(0)
-    placement = decide(cfg.model, cfg.training, methods.get(method).trains_all_weights)
-    model, tokenizer = models.load(cfg.model, placement=placement)
-    device = placement.device
-    model.to(device)
-    cfg, budget = solved_for_model(cfg, model, methods.total_parameters(model))
-    model = methods.apply(model, method, **method_options(cfg))
-    upcast_trainable(model)  # fp32 master weights, as a run keeps them
-    commonsense = benchmarks.get("commonsense")
-    records, _ = commonsense.training_records(cfg.task, cfg.seed)
-    encode = commonsense.encoder({**cfg.task, "train_on_inputs": True}, tokenizer)  # every token supervised
+    model, tokenizer = recipe.load(seeded=False)
+    adapted = recipe.adapt(model)
+    cfg, budget, placement = recipe.solved.cfg, recipe.solved.budget, recipe.placement
+    upcast_trainable(adapted.model)  # fp32 master weights, as a run keeps them
+    records = recipe.data().train
+    encode = recipe.benchmark.encoder({**cfg.task, "train_on_inputs": True}, tokenizer)  # every token supervised
     examples = [encode(r) for r in records[:micro_batch]]
-    model.config.use_cache = False  # as training runs (packed batches need it)
+    adapted.model.config.use_cache = False  # as training runs (packed batches need it)
     loader = make_loader(examples, tokenizer, micro_batch, False, 0, batching=batching_of(cfg.training))
-    return cfg, model, loader, device, budget
+    return cfg, adapted, loader, placement, budget
 
 
 def make_masks(method: str, overrides: list[str], micro_batch: int, directory: str) -> None:
@@ -63,9 +57,10 @@ def make_masks(method: str, overrides: list[str], micro_batch: int, directory: s
 
     from harness import methods
 
-    cfg, model, loader, device, _ = prepare(method, overrides, micro_batch)
-    methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device(device), "training": cfg.training})
-    methods.save(model, directory)
+    cfg, adapted, loader, placement, _ = prepare(method, overrides, micro_batch)
+    adapted.method.before_training(adapted, {"loader": loader, "device": torch.device(placement.device),
+                                             "training": cfg.training})
+    methods.save(adapted, directory)
 
 
 def measure(method: str, overrides: list[str], micro_batch: int, steps: int, warmup: int) -> dict:
@@ -74,14 +69,15 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
     from harness import methods
     from harness.batching import token_counts
     from harness.memory import peak_memory, reset_peak_memory
-    from harness.placement import decide
 
-    cfg, model, loader, device, budget = prepare(method, overrides, micro_batch)
+    cfg, adapted, loader, placement, budget = prepare(method, overrides, micro_batch)
+    device = placement.device
+    model = adapted.model
     batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
     # A no-op for RoSA / SpA here: their masks come from `method.masks` (see make_masks).
-    methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device(device), "training": cfg.training})
-    optimizer = torch.optim.AdamW(methods.method_of(model).param_groups(model, dict(cfg.training)), lr=1e-5)
-    dtype = torch.bfloat16 if decide(cfg.model, cfg.training).compute == "bf16" else None
+    adapted.method.before_training(adapted, {"loader": loader, "device": torch.device(device), "training": cfg.training})
+    optimizer = torch.optim.AdamW(adapted.method.param_groups(adapted, dict(cfg.training)), lr=1e-5)
+    dtype = torch.bfloat16 if placement.compute == "bf16" else None
     model.train()
 
     def step():

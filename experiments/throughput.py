@@ -21,35 +21,32 @@ import time
 def examples_and_model(overrides: list[str], n_examples: int):
     import torch
 
-    from harness import benchmarks, methods, models
-    from harness.config import compose, method_options
-    from harness.placement import decide
+    from harness.config import compose
+    from harness.recipe import Recipe
 
-    cfg = compose(["profile=mini", "method=lora", f"task.train_subset={n_examples}", "task.val_set_size=0", *overrides])
-    benchmark = benchmarks.get(cfg.task.name)
-    records, _ = benchmark.training_records(cfg.task, cfg.seed)
-    placement = decide(cfg.model, cfg.training)
+    recipe = Recipe(compose(["profile=mini", "method=lora", f"task.train_subset={n_examples}", "task.val_set_size=0",
+                             *overrides]))
+    cfg, placement = recipe.cfg, recipe.placement
+    records = recipe.data().train
 
     def fresh():
         torch.manual_seed(0)
-        model, tokenizer = models.load(cfg.model, None, placement)
-        model.to(placement.device)
-        return methods.apply(model, "lora", **method_options(cfg)), tokenizer
+        model, tokenizer = recipe.load(seeded=False)
+        return recipe.adapt(model), tokenizer
 
-    model, tokenizer = fresh()
-    encode = benchmark.encoder(cfg.task, tokenizer)
+    _, tokenizer = fresh()
+    encode = recipe.benchmark.encoder(cfg.task, tokenizer)
     examples = [e for e in (encode(r) for r in records) if any(label != -100 for label in e["labels"])]
     return cfg, placement, fresh, examples
 
 
 def harness_tokens_per_s(cfg, placement, fresh, examples, micro: int, steps: int, batching: str) -> float:
-    from harness import methods
     from harness.train import RunContext, TrainingData, train
 
     training = {**cfg.training, "batch_size": micro, "micro_batch_size": micro, "max_steps": steps,
                 "warmup_steps": 0, "select_best": False, "batching": batching}
-    model, tokenizer = fresh()
-    out = train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), training,
+    adapted, tokenizer = fresh()
+    out = train(adapted, TrainingData(examples, [], tokenizer), training,
                 RunContext(seed=0, progress=False, placement=placement))
     return out["stats"]["throughput"]["useful_tokens_per_s"]
 
@@ -57,7 +54,8 @@ def harness_tokens_per_s(cfg, placement, fresh, examples, micro: int, steps: int
 def trainer_tokens_per_s(cfg, placement, fresh, examples, micro: int, steps: int) -> float:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    model, tokenizer = fresh()
+    adapted, tokenizer = fresh()
+    model = adapted.model
     collator = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True)
     timing = {}
 

@@ -22,12 +22,13 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from harness import benchmarks, distributed, methods, models
+from harness import distributed, methods
+from harness.artifacts import write_predictions
 from harness.config import compose, resolved
 from harness.identity import run_id
 from harness.errors import ConfigError, HarnessError, cli_errors
-from harness.placement import decide
-from harness.results import Result, previous_result, result_path, runs_dir, write_result
+from harness.recipe import Recipe
+from harness.results import Result, predictions_path, previous_result, result_path, runs_dir, write_result
 from harness.runlock import RunLock
 
 
@@ -77,22 +78,15 @@ def evaluate(target: str, overrides: list[str], results_dir: str | None = None) 
     # the id harness.run gives this cell: the config as asked for (before a budget solved the knob)
     requested = evaluation_config(source["run"].get("requested_config") or source["run"]["config"], overrides, results)
     rid = run_id(requested)
-    benchmark = benchmarks.get(cfg.task.name)
-    scorer = benchmark.scorer(cfg.protocol.name)
-
-    placement = decide(cfg.model, cfg.training, methods.get(cfg.method.name).trains_all_weights)
-    distributed.start(cpu=placement.device == "cpu")
+    recipe = Recipe(cfg)
+    distributed.start(cpu=recipe.placement.device == "cpu")
     lock = RunLock(runs_dir(results), rid, stale_after_s=float(cfg.run.lock_stale_seconds))
     if not distributed.on_main(lock.acquire):
         raise EvaluateError(f"run {rid} is running elsewhere ({lock.holder()})", "wait for it, then score again")
     try:
-        from harness.run import score_model, seed_everything, write_predictions
-
-        test_sets = {} if scorer.reads_own_test_data else benchmark.test_sets(cfg.task)
-        seed_everything(cfg.seed)  # random-weight models are rebuilt from the run's seed, as it built them
-        base, processor = models.load(cfg.model, benchmark.model_head(cfg.task), placement)
-        model = methods.load(base.to(placement.device), adapter)
-        metrics, predictions, merged, seconds = score_model(model, processor, test_sets, cfg)
+        test_sets = recipe.test_sets()
+        base, processor = recipe.load()  # (from the run's seed: a random-weight model is rebuilt as the run built it)
+        metrics, predictions, merged, seconds = recipe.evaluate(recipe.saved(base, adapter), processor, test_sets)
         record: Result = copy.deepcopy(source)
         record["run"].update(id=rid, protocol=cfg.protocol.name, config=resolved(cfg),
                              ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -104,7 +98,7 @@ def evaluate(target: str, overrides: list[str], results_dir: str | None = None) 
                                     "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if distributed.is_main():
             out = result_path(results, rid)
-            write_predictions(out.with_suffix(".predictions.jsonl"), predictions)
+            write_predictions(predictions_path(results, rid), predictions)
             write_result(out, record)
             print(f"[harness] wrote {out} (scored {source['run']['id']} with {cfg.protocol.name})", flush=True)
         return record

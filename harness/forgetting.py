@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from harness import benchmarks, methods, models
+from harness import benchmarks
 from harness.errors import ConfigError, cli_errors
 from harness.evaluate import evaluation_config, locate
-from harness.placement import decide
+from harness.recipe import Recipe
 from harness.results import runs_dir, write_json_atomic
 
 TEXTS = {
@@ -113,15 +113,11 @@ def forgetting(target: str, text: str = "wikitext103", tokens: int | None = None
     if benchmarks.get(cfg.task.name).model_head(cfg.task) is not None:
         raise ConfigError(f"run {rid} trained a {cfg.task.name} classifier: forgetting is measured on language models")
     text_body = load_text(text)  # (before minutes of model loading: an unavailable text fails first)
-    placement = decide(cfg.model, cfg.training, methods.get(cfg.method.name).trains_all_weights)
-    from harness.run import seed_everything
-
+    recipe = Recipe(cfg)
+    placement = recipe.placement
     start = time.perf_counter()
-    seed_everything(cfg.seed)  # random-weight models are rebuilt from the run's seed, as it built them
-    base, tokenizer = models.load(cfg.model, None, placement)
-    seed_everything(cfg.seed)
-    tuned_base, _ = models.load(cfg.model, None, placement)
-    tuned = methods.load(tuned_base.to(placement.device), adapter)
+    base, tokenizer = recipe.load()  # (from the run's seed: a random-weight model is rebuilt as the run built it)
+    tuned = recipe.saved(recipe.load()[0], adapter).model
     windows = token_windows(tokenizer, text_body, window, tokens)
     with torch.autocast(placement.device, dtype=torch.bfloat16, enabled=placement.compute == "bf16"):
         numbers = measure(base.to(placement.device), tuned, windows, placement.device)

@@ -8,16 +8,10 @@ failure is a HarnessError, which the CLIs print as one line.
 
 from __future__ import annotations
 
-import functools
-import json
-
 from omegaconf import DictConfig
 
-from harness import benchmarks, methods, models
-from harness import budget as budget_lib
-from harness.config import method_options, resolved
-from harness.identity import run_id
 from harness.errors import ConfigError
+from harness.recipe import Recipe
 
 
 def check_training(training, task=None) -> None:
@@ -34,23 +28,11 @@ def check_training(training, task=None) -> None:
                           "set task.val_set_size (LLM-Adapters: 120) and training.eval_steps (80)")
 
 
-@functools.lru_cache(maxsize=32)
-def _architecture(model_json: str, head_json: str):
-    """The model on the meta device, to read its shapes and count (never adapted): cached, as a grid repeats models."""
-    return models.empty_model(json.loads(model_json), json.loads(head_json) or None)
-
-
 def check(cfg: DictConfig) -> str:
     """Raises a HarnessError naming what cannot work; returns the run id."""
     check_training(cfg.training, cfg.task)
-    benchmark = benchmarks.get(cfg.task.name)
-    benchmark.scorer(cfg.protocol.name).check(cfg.protocol, cfg.task)
-    rid = run_id(cfg)  # every data and weight source exists (their content is part of the id)
-    head = benchmark.model_head(cfg.task)
-    model_json, head_json = json.dumps(resolved(cfg)["model"], sort_keys=True), json.dumps(head or {}, sort_keys=True)
-    architecture = _architecture(model_json, head_json)
-    solved, _ = budget_lib.solved_for_model(cfg, architecture, methods.total_parameters(architecture))
-    # a fresh meta model: applying a method changes the model it is given
-    fresh = models.empty_model(json.loads(model_json), head)
-    methods.validate(fresh, cfg.method.name, head_modules=benchmark.head_modules, **method_options(solved))
+    recipe = Recipe(cfg)
+    recipe.scorer.check(cfg.protocol, cfg.task)
+    rid = recipe.identity()  # every data and weight source exists (their content is part of the id)
+    recipe.validate()  # the budget and the method's options, on the meta device
     return rid

@@ -12,11 +12,8 @@ a process killed at any point leaves nothing that reads as finished.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +21,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from harness import benchmarks, distributed, methods, models
-from harness import budget as budget_lib
-from harness.config import CONFIG_DIR, method_options, resolved, with_profile
+from harness import benchmarks, distributed, methods
+from harness.artifacts import save_adapter, write_predictions
+from harness.config import CONFIG_DIR, resolved, with_profile
 from harness.identity import run_id
 from harness.errors import describe, exit_status, traceback_tail
 from harness.memory import peak_memory, reset_peak_memory
 from harness.placement import decide
 from harness.provenance import describe as describe_sources
+from harness.recipe import Recipe
 from harness.results import (
     Result,
     environment,
@@ -43,7 +41,8 @@ from harness.results import (
     write_result,
 )
 from harness.runlock import RunLock
-from harness.train import DivergedError, RunContext, TrainingData, train
+from harness.selection import EpochScorer
+from harness.train import DivergedError
 
 PHASES = ("data", "load", "method", "train", "eval", "write")
 # HARNESS_PAUSE_AT=<phase> (or "result": after the adapter and predictions, before the result file) stops the
@@ -61,12 +60,6 @@ def pause_point(name: str) -> None:
         deadline = time.time() + 3600
         while time.time() < deadline and (flag is None or os.path.exists(flag)):
             time.sleep(0.5)
-
-
-def seed_everything(seed: int) -> None:
-    from transformers import set_seed
-
-    set_seed(seed)
 
 
 @dataclass
@@ -97,42 +90,6 @@ def run_info(cfg: DictConfig, rid: str) -> dict:
             "method": cfg.method.name}
 
 
-def _move_into_place(tmp: Path, target: Path) -> None:
-    """Replaces `target` (a file or folder) by `tmp` with renames, so a reader never sees half of either."""
-    if target.is_dir():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
-def save_adapter(model, adapters_dir: Path, rid: str) -> Path:
-    adapters_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=adapters_dir, prefix=f".{rid}.tmp-"))
-    try:
-        methods.save(model, tmp)
-        _move_into_place(tmp, adapters_dir / rid)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return adapters_dir / rid
-
-
-def write_predictions(path: Path, predictions: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            for name, rows in predictions.items():
-                for i, row in enumerate(rows):
-                    f.write(json.dumps({"dataset": name, "index": i, **row}) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class _Phases:
     """The phase a run is in (a failure record names it); entering one honours HARNESS_PAUSE_AT."""
 
@@ -145,55 +102,43 @@ class _Phases:
 
 
 def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases) -> dict:
-    benchmark = benchmarks.get(cfg.task.name)
-    scorer = benchmark.scorer(cfg.protocol.name)
-    progress = bool(cfg.run.progress)
+    recipe = Recipe(cfg)
     print(f"[harness] run {rid}", flush=True)
 
     phases.enter("data")  # data first: a bad data file fails before minutes of model loading
-    sources = benchmark.data_sources(cfg.task) + models.weight_sources(cfg.model)
-    train_records, val_records = benchmark.training_records(cfg.task, cfg.seed)
-    # (a scorer that reads its own test data, lm-eval, is given none)
-    test_sets = {} if scorer.reads_own_test_data else benchmark.test_sets(cfg.task)
+    data = recipe.data()
 
     phases.enter("load")
-    seed_everything(cfg.seed)
     memory_scope = reset_peak_memory()
     load_start = time.perf_counter()
-    model, tokenizer, placement = loaded(cfg, benchmark)
+    model, processor = recipe.load()
 
     phases.enter("method")
     total_params = methods.total_parameters(model)
-    model, solved, budget = adapted_within_budget(cfg, model, total_params, benchmark.head_modules)
+    adapted = recipe.adapt(model)
     setup_seconds = time.perf_counter() - load_start
 
     phases.enter("train")
-    # records -> training examples (token ids, or images to process)
-    train_examples, val_examples = benchmark.training_examples(cfg.task, tokenizer, train_records, val_records)
-    data = TrainingData(train_examples, val_examples, tokenizer, benchmark.collator(tokenizer, cfg.task))
-    per_epoch = EpochScorer(scorer, tokenizer, test_sets, cfg) if cfg.protocol.get("report") == "best_epoch" else None
-    trained = train(model, methods.method_of(model), data, cfg.training,
-                    RunContext(cfg.seed, rid, progress, cfg.logging, placement, per_epoch,
-                               cfg.get("sharding")))
-    model = trained["model"]
-    params = parameter_counts(model, total_params, benchmark.head_modules, budget)
+    per_epoch = EpochScorer(recipe.scorer, processor, data.test_sets, cfg) if cfg.protocol.get("report") == "best_epoch" else None
+    stats = recipe.train(adapted, processor, data, rid, per_epoch)
+    params = parameter_counts(adapted.model, total_params, recipe.benchmark.head_modules, recipe.solved.budget)
     print(f"[harness] {cfg.method.name}: {params['trainable']:,} trainable of {total_params:,} parameters"
           + (f" (+ {params['head']:,} in the head)" if params["head"] else ""), flush=True)
 
     phases.enter("eval")
     if cfg.run.save_adapter and distributed.is_main():  # before a merge folds the adapter into the weights
-        save_adapter(model, Path(cfg.run.results_dir) / "adapters", rid)
-    metrics, predictions, merged, eval_seconds = score_model(model, tokenizer, test_sets, cfg)
+        save_adapter(adapted, Path(cfg.run.results_dir) / "adapters", rid)
+    metrics, predictions, merged, eval_seconds = recipe.evaluate(adapted, processor, data.test_sets)
     if per_epoch is not None:  # the epoch each set reports, and its predictions
-        metrics, predictions = per_epoch.reported(metrics, predictions, trained["stats"].get("epochs") or [])
+        metrics, predictions = per_epoch.reported(metrics, predictions, stats.get("epochs") or [])
 
     phases.enter("write")
     record: Result = {
         "status": "finished",
-        "run": {**finished_run_info(cfg, solved, rid, budget), "placement": placement.describe(),
-                "inputs": describe_sources(sources)},
+        "run": {**finished_run_info(cfg, recipe.solved.cfg, rid, recipe.solved.budget),
+                "placement": recipe.placement.describe(), "inputs": describe_sources(data.sources)},
         "params": params,
-        "train": trained["stats"],
+        "train": stats,
         "eval": {"merged": merged, "seconds": round(eval_seconds, 2),
                  "examples": sum(m["n"] for m in metrics.values()), "metrics": metrics},
         "timing": {"setup_seconds": round(setup_seconds, 2)},
@@ -204,31 +149,12 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     return record
 
 
-def loaded(cfg: DictConfig, benchmark):
-    """(model, tokenizer or image processor, placement): the placement decided once; the head the benchmark's (a
-    causal LM unless it trains a classifier: GLUE, images); on the accelerator before the method, since PiSSA /
-    MiLoRA run an SVD per adapted matrix at init."""
-    placement = decide(cfg.model, cfg.training, methods.get(cfg.method.name).trains_all_weights)
-    model, tokenizer = models.load(cfg.model, benchmark.model_head(cfg.task), placement)
-    model.to(placement.device)
-    return model, tokenizer, placement
-
-
 def write_finished(out_path: Path, record: Result, predictions: dict) -> None:
     """The predictions, then the result file: last, as its presence with status finished means the run finished."""
     write_predictions(out_path.with_suffix(".predictions.jsonl"), predictions)
     pause_point("result")
     write_result(out_path, record)
     print(f"[harness] wrote {out_path}", flush=True)
-
-
-def adapted_within_budget(cfg: DictConfig, model, total_params: int, head_modules):
-    """(the model with the run's method applied, the config with a budget's knob solved, the budget record)."""
-    solved, budget = budget_lib.solved_for_model(cfg, model, total_params)
-    if budget:
-        print(f"[harness] budget {budget['target']:,}: {cfg.method.name} {budget['knob']}={budget['value']:.6g} "
-              f"-> {budget['predicted']:,} parameters", flush=True)
-    return adapt(model, cfg.method.name, head_modules, method_options(solved)), solved, budget
 
 
 def parameter_counts(model, total_params: int, head_modules, budget: dict | None) -> dict:
@@ -248,74 +174,6 @@ def finished_run_info(cfg: DictConfig, solved: DictConfig, rid: str, budget: dic
             **({"requested_config": resolved(cfg)} if budget else {}),
             "versions": versions(), "git": git_commit(), "environment": environment(),
             "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def score_model(model, processor, test_sets: dict, cfg: DictConfig) -> tuple[dict, dict, bool, float]:
-    """(metrics, predictions, merged, seconds): the protocol's scores of a trained model, on merged weights when
-    the protocol asks and the method merges."""
-    scorer = benchmarks.get(cfg.task.name).scorer(cfg.protocol.name)
-    merged = bool(cfg.protocol.merge_before_eval and methods.method_of(model).can_merge(model))
-    eval_model = methods.merge(model) if merged else model
-    eval_model.eval()
-    start = time.perf_counter()
-    metrics, predictions = scorer.evaluate(eval_model, processor, test_sets, cfg.protocol, cfg.task, bool(cfg.run.progress))
-    return metrics, predictions, merged, time.perf_counter() - start
-
-
-def adapt(model, method: str, head_modules, options: dict):
-    """The model with the method applied (a task's new head, a classifier, trains with every method, each in its
-    own way). With several processes an initialisation that reads the weights (an SVD) runs on the main process
-    only; the others build the same structure and receive its values."""
-    shared_init = distributed.active() and methods.get(method).init_reads_weights
-    model = methods.apply(model, method, head_modules=head_modules,
-                          structure_only=shared_init and not distributed.is_main(), **options)
-    if shared_init:
-        distributed.broadcast_model(model)
-    return model
-
-
-class EpochScorer:
-    """Scores the test sets after every epoch (`protocol.report=best_epoch`: Neat's glue.py evaluates the dev set
-    after each epoch and reports the best); returns {"epoch", "metrics"} for the training statistics, and keeps
-    each set's prediction rows of its best epoch so far (the first of equals, as `best_epoch_metrics` picks), so
-    that the predictions file, and the interval and Δ a table computes from it, are the epoch the cell reports."""
-
-    def __init__(self, scorer, processor, test_sets, cfg: DictConfig):
-        self.scorer, self.processor, self.test_sets, self.cfg = scorer, processor, test_sets, cfg
-        self.best: dict[str, tuple[float, int, list[dict]]] = {}  # set -> (headline, epoch, rows)
-
-    def __call__(self, model, epoch: int) -> dict:
-        metrics, predictions = self.scorer.evaluate(model, self.processor, self.test_sets, self.cfg.protocol,
-                                                    self.cfg.task, progress=False)
-        for name, m in metrics.items():
-            if name not in self.best or m["accuracy"] > self.best[name][0]:
-                self.best[name] = (m["accuracy"], epoch, predictions[name])
-        return {"epoch": epoch, "metrics": metrics}
-
-    def reported(self, last_metrics: dict, last_predictions: dict, epochs: list[dict]) -> tuple[dict, dict]:
-        """(each set's metrics at its best epoch with the last beside them, the predictions of that epoch)."""
-        metrics = best_epoch_metrics(last_metrics, epochs)
-        return metrics, self.predictions(metrics, last_predictions)
-
-    def predictions(self, metrics: dict, last: dict) -> dict:
-        """Each set's rows at the epoch `metrics` reports (`best_epoch_metrics`' choice), else the final ones."""
-        out = {}
-        for name, rows in last.items():
-            kept = self.best.get(name)
-            out[name] = kept[2] if kept and kept[1] == metrics.get(name, {}).get("epoch") else rows
-        return out
-
-
-def best_epoch_metrics(last: dict, epochs: list[dict]) -> dict:
-    """Each set's metrics at the epoch with its best headline number, with the last epoch's beside them
-    (`last_*`, `epoch`): what the table shows is the best, as Neat reports, and the result keeps both."""
-    out = {}
-    for name, final in last.items():
-        best = max((e for e in epochs if name in e["metrics"]), key=lambda e: e["metrics"][name]["accuracy"], default=None)
-        chosen = best["metrics"][name] if best else final
-        out[name] = {**chosen, "epoch": best["epoch"] if best else None, "last_accuracy": final["accuracy"],
-                     "last": {k: v for k, v in final.items() if k != "seconds"}, "seconds": final.get("seconds")}
-    return out
 
 
 def failure_record(cfg: DictConfig, rid: str, phase: str, exc: BaseException) -> Result:

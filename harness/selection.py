@@ -1,4 +1,6 @@
-"""Checkpoint selection on validation loss (LLM-Adapters' `load_best_model_at_end`; the DoRA / MiLoRA scripts'
+"""Checkpoint selection: on the held-out loss (`BestCheckpoint`) or on the test sets' best epoch (`EpochScorer`).
+
+Held-out loss (LLM-Adapters' `load_best_model_at_end`; the DoRA / MiLoRA scripts'
 `--val_set_size 120 --eval_step 80 --save_step 80`; MiLoRA section 4.1: "best checkpoint chosen by the
 validation set loss").
 
@@ -18,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
 
 class BestCheckpoint:
@@ -68,3 +71,47 @@ def _local(parameter: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return parameter.to_local() if isinstance(parameter, DTensor) else parameter
+
+
+class EpochScorer:
+    """Scores the test sets after every epoch (`protocol.report=best_epoch`: Neat's glue.py evaluates the dev set
+    after each epoch and reports the best); returns {"epoch", "metrics"} for the training statistics, and keeps
+    each set's prediction rows of its best epoch so far (the first of equals, as `best_epoch_metrics` picks), so
+    that the predictions file, and the interval and Δ a table computes from it, are the epoch the cell reports."""
+
+    def __init__(self, scorer, processor, test_sets, cfg: DictConfig):
+        self.scorer, self.processor, self.test_sets, self.cfg = scorer, processor, test_sets, cfg
+        self.best: dict[str, tuple[float, int, list[dict]]] = {}  # set -> (headline, epoch, rows)
+
+    def __call__(self, model, epoch: int) -> dict:
+        metrics, predictions = self.scorer.evaluate(model, self.processor, self.test_sets, self.cfg.protocol,
+                                                    self.cfg.task, progress=False)
+        for name, m in metrics.items():
+            if name not in self.best or m["accuracy"] > self.best[name][0]:
+                self.best[name] = (m["accuracy"], epoch, predictions[name])
+        return {"epoch": epoch, "metrics": metrics}
+
+    def reported(self, last_metrics: dict, last_predictions: dict, epochs: list[dict]) -> tuple[dict, dict]:
+        """(each set's metrics at its best epoch with the last beside them, the predictions of that epoch)."""
+        metrics = best_epoch_metrics(last_metrics, epochs)
+        return metrics, self.predictions(metrics, last_predictions)
+
+    def predictions(self, metrics: dict, last: dict) -> dict:
+        """Each set's rows at the epoch `metrics` reports (`best_epoch_metrics`' choice), else the final ones."""
+        out = {}
+        for name, rows in last.items():
+            kept = self.best.get(name)
+            out[name] = kept[2] if kept and kept[1] == metrics.get(name, {}).get("epoch") else rows
+        return out
+
+
+def best_epoch_metrics(last: dict, epochs: list[dict]) -> dict:
+    """Each set's metrics at the epoch with its best headline number, with the last epoch's beside them
+    (`last_*`, `epoch`): what the table shows is the best, as Neat reports, and the result keeps both."""
+    out = {}
+    for name, final in last.items():
+        best = max((e for e in epochs if name in e["metrics"]), key=lambda e: e["metrics"][name]["accuracy"], default=None)
+        chosen = best["metrics"][name] if best else final
+        out[name] = {**chosen, "epoch": best["epoch"] if best else None, "last_accuracy": final["accuracy"],
+                     "last": {k: v for k, v in final.items() if k != "seconds"}, "seconds": final.get("seconds")}
+    return out

@@ -240,12 +240,14 @@ def reset_accelerate_state() -> None:
 
 
 class Trainer:
-    """Trains `model` in place with `method`'s hooks on `data` by the `training` recipe: `setup` (examples,
-    processes, accelerator, loaders, the method's pre-training phase, precision, optimizer), `loop` (the optimizer
-    steps, the callbacks at their events), `finish` (the statistics, the model unwrapped and gathered)."""
+    """Trains a run's adapted model (`harness.methods.Adapted`) in place with its method's hooks on `data` by the
+    `training` recipe: `setup` (examples, processes, accelerator, loaders, the method's pre-training phase,
+    precision, optimizer), `loop` (the optimizer steps, the callbacks at their events), `finish` (the statistics,
+    the model unwrapped and gathered, and put back in the handle)."""
 
-    def __init__(self, model, method, data: TrainingData, training: Mapping, run: RunContext):
-        self.model, self.method, self.data, self.training, self.run = model, method, data, training, run
+    def __init__(self, adapted, data: TrainingData, training: Mapping, run: RunContext):
+        self.adapted, self.data, self.training, self.run = adapted, data, training, run
+        self.model, self.method = adapted.model, adapted.method
         self.placement = run.placement or decide(None, training)
         self.callbacks: list[Callback] = []
         self.step, self.losses, self.step_times = 0, [], []
@@ -311,7 +313,7 @@ class Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         batching = batching_of(training)
-        if batching == "packed" and self.data.collator is None and not method.can_pack(model):
+        if batching == "packed" and self.data.collator is None and not method.can_pack(self.adapted):
             print(f"[harness] method={method.name} adds to every row of a batch: padded batches, not packed", flush=True)
             batching = "padded"
         self.loader = make_loader(self.examples, self.data.tokenizer, self.micro, shuffle=True, seed=self.run.seed,
@@ -328,11 +330,11 @@ class Trainer:
         # Before the optimizer exists: a method may add parameters here (RoSA's sparse part, from gradients).
         model.to(self.accelerator.device)
         # (the whole loader, not a process's shard; `on_main`: what the main process computes for all, RoSA's masks)
-        method.before_training(model, {"loader": self.loader, "device": self.accelerator.device, "training": training,
+        method.before_training(self.adapted, {"loader": self.loader, "device": self.accelerator.device, "training": training,
                                        "accumulation": self.accumulation * self.processes,
                                        "total_steps": self.total_steps, "on_main": distributed.on_main})
-        upcast_trainable(model, keep=method.set_trainable_precision(model) | adapter_in_base_dtype(model, training))
-        groups = with_module_lrs(model, method.param_groups(model, dict(training)), training.get("module_lrs"))
+        upcast_trainable(model, keep=method.set_trainable_precision(self.adapted) | adapter_in_base_dtype(model, training))
+        groups = with_module_lrs(model, method.param_groups(self.adapted, dict(training)), training.get("module_lrs"))
         self.optimizer, self.scheduler = optimizer_and_schedule(groups, training, self.total_steps)
         self.skeleton = meta_copy(model) if self.sharded else None  # what the trained weights are gathered into
         # The schedule is stepped here once per optimizer step: accelerate's wrapper would step it once per process
@@ -392,7 +394,7 @@ class Trainer:
                     optimizer.step()  # (accelerate's optimizer steps only at the end of an accumulation)
                     if accelerator.sync_gradients:
                         self.scheduler.step()
-                        self.method.after_optimizer_step(accelerator.unwrap_model(model), self.step + 1)
+                        self.method.after_optimizer_step(self.adapted, self.step + 1)
                     optimizer.zero_grad(set_to_none=True)
                 if not accelerator.sync_gradients:
                     continue
@@ -415,7 +417,8 @@ class Trainer:
 
     # -- finish --------------------------------------------------------------------------------------------------
     def finish(self) -> dict:
-        """{"model": the trained model (unwrapped; gathered when sharded), "stats": the result's `train` section}."""
+        """{"model": the trained model (unwrapped; gathered when sharded; also the handle's model now), "stats":
+        the result's `train` section}."""
         for callback in self.callbacks:
             callback.on_train_end(self)
         train_seconds = time.perf_counter() - self.start
@@ -446,10 +449,11 @@ class Trainer:
             self.accelerator.free_memory()
             model = sharding.gathered(model, self.skeleton, self.accelerator.device)
         model.config.use_cache = True
+        self.adapted.model = model
         return {"model": model, "stats": stats}
 
 
-def train(model, method, data: TrainingData, training: Mapping, run: RunContext) -> dict:
-    """Trains `model` in place with `method`'s hooks on `data` by the `training` recipe; returns the trained
-    model and the training statistics (with the per-step loss curve)."""
-    return Trainer(model, method, data, training, run).setup().loop().finish()
+def train(adapted, data: TrainingData, training: Mapping, run: RunContext) -> dict:
+    """Trains the run's adapted model (`harness.methods.Adapted`) in place with its method's hooks on `data` by
+    the `training` recipe; returns the trained model and the training statistics (with the per-step loss curve)."""
+    return Trainer(adapted, data, training, run).setup().loop().finish()

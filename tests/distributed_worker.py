@@ -12,7 +12,7 @@ from harness import distributed, methods
 from harness.config import compose
 from harness.methods import rosa
 from harness.models import load_model, load_tokenizer
-from harness.run import adapt
+from harness.recipe import apply_method
 from harness.train import make_loader
 
 
@@ -50,21 +50,21 @@ def main() -> None:
     targets = ["q_proj", "v_proj"]
     for method, options in (("pissa", dict(r=2, alpha=4)), ("milora", dict(r=2, alpha=4))):
         torch.manual_seed(100 + distributed.rank())  # different random states: only the shared values can agree
-        model = adapt(load_model(cfg.model, tokenizer), method, (), dict(options, target_modules=targets))
-        report[method] = {"digest": digest(model), "svd_calls": svd_calls["n"]}
+        adapted = apply_method(load_model(cfg.model, tokenizer), method, (), dict(options, target_modules=targets))
+        report[method] = {"digest": digest(adapted.model), "svd_calls": svd_calls["n"]}
         svd_calls["n"] = 0
 
     torch.manual_seed(0)
-    model = methods.apply(load_model(cfg.model, tokenizer), "rosa", r=2, density=0.05, target_modules=targets,
-                          mask_warmup_steps=2)
-    model.config.use_cache = False
+    adapted = methods.apply(load_model(cfg.model, tokenizer), "rosa", r=2, density=0.05, target_modules=targets,
+                            mask_warmup_steps=2)
+    adapted.model.config.use_cache = False
     examples = [{"input_ids": list(range(5 + i, 15 + 2 * i)), "labels": list(range(5 + i, 15 + 2 * i))} for i in range(8)]
     loader = make_loader(examples, tokenizer, 2, shuffle=True, seed=distributed.rank(), batching="packed")
     training = compose(["training.warmup_steps=1"]).training
-    methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device("cpu"),
+    adapted.method.before_training(adapted, {"loader": loader, "device": torch.device("cpu"),
                                                      "training": training, "accumulation": 1, "total_steps": 4,
                                                      "on_main": distributed.on_main})
-    masks = {name: m.rosa_sparse.indices() for name, m in rosa.state(model).targets.items()}
+    masks = {name: m.rosa_sparse.indices() for name, m in rosa.state(adapted).targets.items()}
     h = hashlib.sha256()
     for name in sorted(masks):
         h.update(torch.stack(masks[name]).numpy().tobytes())

@@ -40,7 +40,8 @@ def loss_and_grads(model, batch):
 
 
 def test_a_packed_micro_batch_has_the_padded_ones_loss_and_gradients(tiny_model, tokenizer, examples):
-    model = methods.apply(tiny_model, "lora", r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
+    adapted = methods.apply(tiny_model, "lora", r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
+    model = adapted.model
     padded = language_model_collator(tokenizer, "padded")(examples)
     packed = language_model_collator(tokenizer, "packed")(examples)
     assert packed["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in examples)) and "attention_mask" not in packed
@@ -65,10 +66,11 @@ def test_training_packed_follows_the_padded_loss_curve(tiny_model, tokenizer, ex
     curves, stats = {}, {}
     for batching in ("padded", "packed"):
         torch.manual_seed(0)
-        model = methods.apply(copy.deepcopy(tiny_model), "lora", r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
+        adapted = methods.apply(copy.deepcopy(tiny_model), "lora", r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
+        model = adapted.model
         training = compose(["training.batch_size=4", "training.micro_batch_size=2", "training.max_steps=4",
                             "training.warmup_steps=1", "training.lr=5e-3", f"training.batching={batching}"]).training
-        out = train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), training,
+        out = train(adapted, TrainingData(examples, [], tokenizer), training,
                     RunContext(seed=0, progress=False))
         curves[batching], stats[batching] = out["stats"]["loss_curve"], out["stats"]
     assert curves["packed"] == pytest.approx(curves["padded"], rel=1e-4)
@@ -79,8 +81,9 @@ def test_training_packed_follows_the_padded_loss_curve(tiny_model, tokenizer, ex
 def test_rosa_fisher_scores_are_the_same_packed(tiny_model, tokenizer, examples):
     """The per-example Fisher splits a packed row into its examples: the same score as padded rows."""
     tiny_model.config.use_cache = False  # as the training loop sets it before the mask generation
-    model = methods.apply(tiny_model, "rosa", r=2, density=0.05, target_modules=TARGETS)
-    targets = rosa.state(model).targets
+    adapted = methods.apply(tiny_model, "rosa", r=2, density=0.05, target_modules=TARGETS)
+    model = adapted.model
+    targets = rosa.state(adapted).targets
     padded = list(make_loader(examples, tokenizer, 4, shuffle=False, seed=0, batching="padded"))
     packed = list(make_loader(examples, tokenizer, 4, shuffle=False, seed=0, batching="packed"))
     for score in ("fisher", "mean"):
@@ -117,7 +120,8 @@ def test_example_weighting_is_the_mean_of_each_examples_own_loss(tiny_model, tok
     of the examples' losses computed one by one, not the model's token mean over the micro-batch."""
     from harness.batching import example_mean_loss
 
-    model = methods.apply(tiny_model, "lora", r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
+    adapted = methods.apply(tiny_model, "lora", r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
+    model = adapted.model
     model.config.use_cache = False
     collate = language_model_collator(tokenizer, batching)
     with torch.no_grad():
@@ -134,8 +138,9 @@ def test_example_weighting_is_the_mean_of_each_examples_own_loss(tiny_model, tok
 def test_training_with_example_weighting_follows_its_loss(tiny_model, tokenizer, examples):
     cfg = compose(["model=tiny-llama", "training.max_steps=2", "training.batch_size=4", "training.micro_batch_size=4",
                    "training.warmup_steps=0", "+training.loss_weighting=example", "training.lr=0"])
-    model = methods.apply(tiny_model, "lora", r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
-    stats = train(model, methods.method_of(model), TrainingData(examples[:4], [], tokenizer), cfg.training,
+    adapted = methods.apply(tiny_model, "lora", r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
+    model = adapted.model
+    stats = train(adapted, TrainingData(examples[:4], [], tokenizer), cfg.training,
                   RunContext(seed=0, progress=False))["stats"]
     with torch.no_grad():
         model.eval()

@@ -39,14 +39,15 @@ def test_solved_knob_lands_closest_and_real_count_agrees(tiny_model, name, extra
                 assert abs(method.count(shapes, {**options, "r": neighbour}) - target) >= abs(record["predicted"] - target)
     else:
         assert abs(record["relative_error"]) < 0.01
-    model = methods.apply(copy.deepcopy(tiny_model), name, **solved)
+    adapted = methods.apply(copy.deepcopy(tiny_model), name, **solved)
+    model = adapted.model
     if name in ("rosa", "spa"):
         # masks from random scores: the count depends on the density alone, not on which entries are kept
         from harness.methods.rosa import _weight_shape, attach_masks
         from harness.methods.sparse import topk_mask
 
-        attach_masks(model, {n: topk_mask(torch.rand(_weight_shape(m)), solved["density"])
-                             for n, m in rosa.state(model).targets.items()})
+        attach_masks(rosa.state(adapted), {n: topk_mask(torch.rand(_weight_shape(m)), solved["density"])
+                             for n, m in rosa.state(adapted).targets.items()})
     assert methods.trainable_parameters(model) == record["predicted"]
 
 

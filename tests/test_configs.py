@@ -109,7 +109,7 @@ def test_paper_models_have_the_published_sizes():
     cfg = compose(["model=llama2-7b", "method=lora"])  # MiLoRA Table 1's LoRA: r=32 on q,k,v,up,down
     model = models.empty_model(cfg.model, None, declared_shapes=True)
     assert methods.total_parameters(model) == 6_738_415_616
-    assert methods.trainable_parameters(methods.apply(model, "lora", **method_options(cfg))) == 56_098_816
+    assert methods.trainable_parameters(methods.apply(model, "lora", **method_options(cfg)).model) == 56_098_816
 
 
 METHOD_MODELS = {"linear_probe": "vit-mini", "neat_s": "tiny-bert", "neat_l": "tiny-bert", "bitfit": "tiny-bert",
@@ -189,8 +189,9 @@ def test_every_training_recipe_trains_a_step(name, tiny_model, tokenizer, data_d
     commonsense = benchmarks.get("commonsense")
     records, _ = commonsense.training_records(cfg.task, seed=0)
     encode = commonsense.encoder(cfg.task, tokenizer)
-    model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
-    out = train(model, methods.method_of(model), TrainingData([encode(r) for r in records], [], tokenizer), cfg.training,
+    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    model = adapted.model
+    out = train(adapted, TrainingData([encode(r) for r in records], [], tokenizer), cfg.training,
                 RunContext(seed=0, progress=False))
     assert out["stats"]["steps"] == 1 and len(out["stats"]["loss_curve"]) == 1
 

@@ -61,15 +61,16 @@ def test_head_trains_apart_from_the_adapter_at_its_own_rate():
 
     cfg = compose(["model=minilm-l6", "task=glue", "task.dataset=rte"])
     model, tokenizer = load(cfg.model, glue.model_head(cfg.task))
-    model = methods.apply(model, "lora", r=4, alpha=8, target_modules=["query", "value"])
+    adapted = methods.apply(model, "lora", r=4, alpha=8, target_modules=["query", "value"])
+    model = adapted.model
     head = methods.trainable_parameters(model, within=benchmarks.get("glue").head_modules)
     assert head == 384 * 2 + 2  # the new classifier, trained with the adapter (peft's modules_to_save)
     assert methods.trainable_parameters(model) - head == 6 * 2 * 4 * (384 + 384)
-    groups = with_module_lrs(model, methods.method_of(model).param_groups(model, {}), {"classifier": 5e-3})
+    groups = with_module_lrs(model, adapted.method.param_groups(adapted, {}), {"classifier": 5e-3})
     by_lr = {g.get("lr"): sum(p.numel() for p in g["params"]) for g in groups}
     assert by_lr == {None: 6 * 2 * 4 * 768, 5e-3: head}
     with pytest.raises(ValueError, match=r"module_lrs: no trainable parameter under module\(s\) \['pooler'\]"):
-        with_module_lrs(model, methods.method_of(model).param_groups(model, {}), {"classifier": 5e-3, "pooler": 1e-3})
+        with_module_lrs(model, adapted.method.param_groups(adapted, {}), {"classifier": 5e-3, "pooler": 1e-3})
     batch = glue.collator(tokenizer)([glue.tokenize({"text_a": "a b", "text_b": "c", "label": 1}, tokenizer, 32),
                                       glue.tokenize({"text_a": "a", "text_b": None, "label": 0}, tokenizer, 32)])
     assert batch["token_type_ids"][0].tolist()[:6] == [0, 0, 0, 0, 1, 1]  # [CLS] a b [SEP] | c [SEP]
@@ -106,7 +107,8 @@ def test_neat_s_preset_adapts_only_the_listed_layers():
     shapes = linear_shapes(model, cfg.method.target_modules, cfg.method.layers_to_transform)
     options = {k: v for k, v in dict(cfg.method).items() if k not in ("name", "label")}
     adapted = methods.apply(model, "neat", **options)
-    adapter = methods.trainable_parameters(adapted) - methods.trainable_parameters(adapted, within=benchmarks.get("glue").head_modules)
+    adapter = (methods.trainable_parameters(adapted.model)
+               - methods.trainable_parameters(adapted.model, within=benchmarks.get("glue").head_modules))
     assert len(shapes) == 8 and adapter == methods.get("neat").count(shapes, options) == 8 * 2 * 1 * 384
 
 
@@ -130,7 +132,7 @@ def test_glue_reports_the_best_dev_epoch_and_keeps_the_last(tmp_path):
 def test_the_predictions_kept_are_the_best_epochs_so_the_cell_lies_in_its_own_interval():
     """The audit's 5C: a cell of 95.0 with the interval [91.3, 94.6], from the last epoch's predictions."""
     from harness.models import load
-    from harness.run import EpochScorer, best_epoch_metrics
+    from harness.selection import EpochScorer, best_epoch_metrics
     from harness.statistics import SetRuns, interval
 
     cfg = compose(["task=glue", "protocol=glue_dev", "model=tiny-bert", "task.dataset=sst2", "task.test_subset=48"])
@@ -156,7 +158,7 @@ def test_the_predictions_kept_are_the_best_epochs_so_the_cell_lies_in_its_own_in
 
 
 def test_best_epoch_metrics_pick_each_sets_best():
-    from harness.run import best_epoch_metrics
+    from harness.selection import best_epoch_metrics
 
     last = {"cola": {"accuracy": 40.0, "n": 4, "seconds": 1.0}}
     epochs = [{"epoch": 1, "metrics": {"cola": {"accuracy": 30.0, "n": 4}}},

@@ -187,16 +187,18 @@ def _logits(model, pixels):
 
 
 def test_linear_probe_trains_only_the_head_and_reloads(tmp_path):
-    model = methods.apply(vit(), "linear_probe", head_modules=benchmarks.get("image").head_modules)
+    adapted = methods.apply(vit(), "linear_probe", head_modules=benchmarks.get("image").head_modules)
+    model = adapted.model
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"classifier.weight", "classifier.bias"}
     assert methods.trainable_parameters(model, within=benchmarks.get("image").head_modules) == 192 * 10 + 10
     with torch.no_grad():
         model.classifier.weight.add_(1.0)
     pixels = torch.randn(2, 3, 28, 28)
-    methods.save(model, tmp_path / "lp")
+    methods.save(adapted, tmp_path / "lp")
     assert {p.name for p in (tmp_path / "lp").iterdir()} == {"head.safetensors", "harness_method.json"}
-    reloaded = methods.load(vit(), tmp_path / "lp")
+    reloaded_adapted = methods.load(vit(), tmp_path / "lp")
+    reloaded = reloaded_adapted.model
     assert torch.allclose(_logits(model, pixels), _logits(reloaded, pixels))
     with pytest.raises(methods.MethodConfigError, match="has none"):
         methods.apply(vit(), "linear_probe")  # no head: nothing to probe
@@ -204,7 +206,8 @@ def test_linear_probe_trains_only_the_head_and_reloads(tmp_path):
 
 @pytest.mark.parametrize("name,options", [("lora", {"r": 4}), ("neat", {"r": 4}), ("spa", {"density": 0.05})])
 def test_adapters_train_the_new_head_and_save_it(tmp_path, processor, name, options):
-    model = methods.apply(vit(), name, head_modules=benchmarks.get("image").head_modules, target_modules=["q_proj", "v_proj"], **options)
+    adapted = methods.apply(vit(), name, head_modules=benchmarks.get("image").head_modules, target_modules=["q_proj", "v_proj"], **options)
+    model = adapted.model
     head = {n for n, p in model.named_parameters() if p.requires_grad and "classifier" in n.split(".")}
     assert head, f"{name}: the new head does not train"
     assert methods.trainable_parameters(model, within=benchmarks.get("image").head_modules) == 1930
@@ -215,16 +218,17 @@ def test_adapters_train_the_new_head_and_save_it(tmp_path, processor, name, opti
         loader = make_loader([{"image": r["image"], "labels": r["label"]} for r in train], None, 8, False, 0,
                              collator=image.collator(processor))
         training = compose(["training.lr=1e-3", "training.batch_size=8", "training.micro_batch_size=8"]).training
-        methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device("cpu"),
+        adapted.method.before_training(adapted, {"loader": loader, "device": torch.device("cpu"),
                                                          "training": training, "accumulation": 1, "total_steps": 4})
-        assert all(m.rosa_sparse.nnz > 0 for m in rosa.state(model).targets.values())
+        assert all(m.rosa_sparse.nnz > 0 for m in rosa.state(adapted).targets.values())
     with torch.no_grad():  # as if trained: the head moves
         for n, p in model.named_parameters():
             if n in head:
                 p.add_(0.5)
     pixels = torch.randn(2, 3, 28, 28)
-    methods.save(model, tmp_path / name)
-    reloaded = methods.load(vit(), tmp_path / name)
+    methods.save(adapted, tmp_path / name)
+    reloaded_adapted = methods.load(vit(), tmp_path / name)
+    reloaded = reloaded_adapted.model
     assert torch.allclose(_logits(model, pixels), _logits(reloaded, pixels), atol=1e-5)
     assert not torch.allclose(_logits(vit(), pixels), _logits(reloaded, pixels), atol=1e-3)
 

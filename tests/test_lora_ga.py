@@ -61,7 +61,8 @@ def test_the_adapter_scaling_and_residual_are_the_official_ones(tokenizer):
     options = method_options(cfg)
     assert (options["alpha"], options["dropout"], options["use_rslora"], options["stable_gamma"],
             options["init_examples"]) == (16, 0.0, True, 16, 8)
-    model = methods.apply(fresh(tokenizer), "lora_ga", **options)
+    adapted = methods.apply(fresh(tokenizer), "lora_ga", **options)
+    model = adapted.model
     ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
     with torch.no_grad():
         reference = model(input_ids=ids).logits
@@ -69,7 +70,7 @@ def test_the_adapter_scaling_and_residual_are_the_official_ones(tokenizer):
     originals = {name: layer.base_layer.weight.detach().clone() for name, layer in layers.items()}
     gradients = {name: known_gradient(*layer.base_layer.weight.shape, 8, seed=i)[0]
                  for i, (name, layer) in enumerate(layers.items())}
-    methods.method_of(model).initialise(model, gradients, stable_gamma=16)
+    adapted.method.initialise(model, gradients, stable_gamma=16)
     for name, layer in layers.items():
         scaling = layer.scaling["default"]
         assert scaling == pytest.approx(16 / math.sqrt(2))  # rsLoRA: alpha / sqrt(r)
@@ -89,10 +90,11 @@ def test_the_gradient_is_the_mean_over_the_first_examples_in_file_order(tokenize
     generator = torch.Generator().manual_seed(0)
     examples = [{"input_ids": (x := torch.randint(3, 500, (10 + i % 3,), generator=generator).tolist()), "labels": x}
                 for i in range(12)]
-    model = methods.apply(fresh(tokenizer), "lora_ga", **method_options(compose(["model=tiny-llama", "method=lora_ga",
+    adapted = methods.apply(fresh(tokenizer), "lora_ga", **method_options(compose(["model=tiny-llama", "method=lora_ga",
                                                                                    "method.r=2"])))
+    model = adapted.model
     loader = make_loader(examples, tokenizer, 4, shuffle=True, seed=3)  # (the training loader is shuffled)
-    gradients = methods.method_of(model).gradients(model, loader, torch.device("cpu"), 8)
+    gradients = adapted.method.gradients(model, loader, torch.device("cpu"), 8)
     # independently: the plain model, each of the first 8 examples on its own, averaged
     plain = fresh(tokenizer).train()
     total = torch.zeros_like(plain.model.layers[1].mlp.down_proj.weight)
@@ -108,21 +110,22 @@ def test_the_gradient_is_the_mean_over_the_first_examples_in_file_order(tokenize
 
 def test_lora_ga_trains_from_its_init_and_saves_on_the_original_weights(tokenizer, tmp_path):
     cfg = compose(["model=tiny-llama", "method=lora_ga", "method.r=2", "method.init_examples=3"])
-    model = methods.apply(fresh(tokenizer), "lora_ga", **method_options(cfg))
+    adapted = methods.apply(fresh(tokenizer), "lora_ga", **method_options(cfg))
+    model = adapted.model
     ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
     with torch.no_grad():
         reference = fresh(tokenizer)(input_ids=ids).logits
     generator = torch.Generator().manual_seed(0)
     examples = [{"input_ids": (x := torch.randint(3, 500, (12,), generator=generator).tolist()), "labels": x}
                 for _ in range(6)]
-    methods.method_of(model).before_training(model, {"loader": make_loader(examples, tokenizer, 2, True, 0),
+    adapted.method.before_training(adapted, {"loader": make_loader(examples, tokenizer, 2, True, 0),
                                                      "device": torch.device("cpu")})
     layer = model.get_base_model().model.layers[0].self_attn.q_proj
     assert layer.lora_B["default"].weight.abs().sum() > 0
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, reference, atol=1e-4, rtol=1e-4)
     perturbed(model)
-    methods.save(model, tmp_path / "lora_ga")
+    methods.save(adapted, tmp_path / "lora_ga")
     plain = PeftModel.from_pretrained(fresh(tokenizer), str(tmp_path / "lora_ga")).eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-4,

@@ -38,16 +38,17 @@ def perturb(model):
 @pytest.mark.parametrize("name,opts", ALL)
 def test_init_leaves_outputs_unchanged(tiny_model, inputs, name, opts):
     before = logits(tiny_model, inputs)
-    after = logits(adapt(tiny_model, name, opts), inputs)
+    after = logits(adapt(tiny_model, name, opts).model, inputs)
     torch.testing.assert_close(after, before, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name,opts", [c for c in ALL if c[0] != "full"])
 def test_merge_equals_unmerged_forward(tiny_model, inputs, name, opts):
-    model = adapt(tiny_model, name, opts).eval()
+    adapted = adapt(tiny_model, name, opts)
+    model = adapted.model.eval()
     perturb(model)
     unmerged = logits(model, inputs)
-    merged = methods.merge(model)
+    merged = methods.merge(adapted)
     assert not any("lora_" in n or "peanut_" in n for n, _ in merged.named_parameters())
     torch.testing.assert_close(logits(merged, inputs), unmerged, atol=1e-4, rtol=1e-4)
 
@@ -63,7 +64,8 @@ def test_svd_init_picks_components_and_reconstructs_weight(tiny_model, name, pic
     r = 4
     original = {n: m.weight.detach().clone() for n, m in tiny_model.named_modules() if n.endswith(tuple(TARGETS))}
     init = {"components": pick, "components_seed": 3} if pick in ("principal", "random") else {}
-    model = methods.apply(tiny_model, name, r=r, alpha=alpha, target_modules=TARGETS, **init)
+    adapted = methods.apply(tiny_model, name, r=r, alpha=alpha, target_modules=TARGETS, **init)
+    model = adapted.model
     draw = torch.Generator().manual_seed(3)  # MiLoRA's random components: one draw per matrix, in module order
     layers = _layers(model)
     assert layers
@@ -99,13 +101,17 @@ def test_parameter_counts_equal_spec_formulas(tiny_model):
     }
     import copy
     for name, count in expected.items():
-        model = methods.apply(copy.deepcopy(tiny_model), name, r=r, target_modules=TARGETS)
+        adapted = methods.apply(copy.deepcopy(tiny_model), name, r=r, target_modules=TARGETS)
+        model = adapted.model
         assert methods.trainable_parameters(model) == count, name
-    deep = methods.apply(copy.deepcopy(tiny_model), "neat", r=r, depth=2, target_modules=TARGETS)
+    deep_adapted = methods.apply(copy.deepcopy(tiny_model), "neat", r=r, depth=2, target_modules=TARGETS)
+    deep = deep_adapted.model
     assert methods.trainable_parameters(deep) == expected["neat"] + layers * len(shapes) * 2 * 2 * r * r
-    din = methods.apply(copy.deepcopy(tiny_model), "neat", r=r, convention="d_in", target_modules=TARGETS)
+    din_adapted = methods.apply(copy.deepcopy(tiny_model), "neat", r=r, convention="d_in", target_modules=TARGETS)
+    din = din_adapted.model
     assert methods.trainable_parameters(din) == layers * sum(2 * r * i for _, i in shapes)
-    full = methods.apply(copy.deepcopy(tiny_model), "full")
+    full_adapted = methods.apply(copy.deepcopy(tiny_model), "full")
+    full = full_adapted.model
     assert methods.trainable_parameters(full) == total
     # tied embeddings count once
     assert total == sum(p.numel() for n, p in tiny_model.named_parameters())
@@ -118,13 +124,15 @@ def test_save_and_reload_on_the_original_weights(tiny_cfg, tokenizer, inputs, tm
     from harness.models import load_model
 
     torch.manual_seed(0)
-    model = adapt(load_model(tiny_cfg.model, tokenizer), name, opts).eval()
+    adapted = adapt(load_model(tiny_cfg.model, tokenizer), name, opts)
+    model = adapted.model.eval()
     perturb(model)
     expected = logits(model, inputs)
-    methods.save(model, tmp_path / "adapter")
+    methods.save(adapted, tmp_path / "adapter")
     torch.manual_seed(0)
     fresh = load_model(tiny_cfg.model, tokenizer)  # the untouched pretrained weights
-    reloaded = methods.load(fresh, tmp_path / "adapter").eval()
+    reloaded_adapted = methods.load(fresh, tmp_path / "adapter")
+    reloaded = reloaded_adapted.model.eval()
     torch.testing.assert_close(logits(reloaded, inputs), expected, atol=1e-4, rtol=1e-4)
     if name in ("milora", "pissa"):
         # converted to a plain rank-2r LoRA that peft loads without the harness
@@ -154,7 +162,7 @@ def test_neat_factored_forward_equals_the_dense_delta_weight(tiny_model, inputs,
     from peft.tuners.peanut.layer import Linear as PeanutLinear
     from transformers.activations import ACT2FN
 
-    model = adapt(tiny_model, "neat", opts)
+    model = adapt(tiny_model, "neat", opts).model
     perturb(model)  # B away from zero: a delta to compare
     layers = [m for m in model.modules() if isinstance(m, PeanutLinear)]
     assert layers and all(type(m) is not PeanutLinear for m in layers)

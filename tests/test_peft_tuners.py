@@ -64,7 +64,8 @@ def perturbed(model) -> None:
 def test_a_peft_tuner_keeps_its_promises(setup, tmp_path, kind, config, identity, merges, formula):
     ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
     reference = logits(base_model(setup), ids)
-    model = methods.apply(base_model(setup), "peft", type=kind, config=config).eval()
+    adapted = methods.apply(base_model(setup), "peft", type=kind, config=config)
+    model = adapted.model.eval()
     if identity:
         assert torch.allclose(logits(model, ids), reference, atol=1e-5)
     if formula is not None:
@@ -72,21 +73,23 @@ def test_a_peft_tuner_keeps_its_promises(setup, tmp_path, kind, config, identity
     perturbed(model)
     trained = logits(model, ids)
     assert not torch.allclose(trained, reference, atol=1e-4)  # the tuner changes the output once it trains
-    methods.save(model, tmp_path / "adapter")
+    methods.save(adapted, tmp_path / "adapter")
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"] == kind
-    reloaded = methods.load(base_model(setup), tmp_path / "adapter").eval()
+    reloaded_adapted = methods.load(base_model(setup), tmp_path / "adapter")
+    reloaded = reloaded_adapted.model.eval()
     assert torch.allclose(logits(reloaded, ids), trained, atol=1e-5)
-    method = methods.method_of(model)
-    assert method.can_merge(model) == merges
+    method = adapted.method
+    assert method.can_merge(adapted) == merges
     if merges:
-        assert torch.allclose(logits(methods.merge(model), ids), trained, atol=1e-4)
+        assert torch.allclose(logits(methods.merge(adapted), ids), trained, atol=1e-4)
 
 
 def test_a_tuner_from_an_adapter_config_file_and_the_errors_name_what_is_wrong(setup, tmp_path):
     path = tmp_path / "adapter_config.json"
     path.write_text(json.dumps({"peft_type": "IA3", "target_modules": ["k_proj", "v_proj"], "feedforward_modules": [],
                                 "base_model_name_or_path": "somewhere/else"}))
-    model = methods.apply(base_model(setup), "peft", config_file=str(path))
+    adapted = methods.apply(base_model(setup), "peft", config_file=str(path))
+    model = adapted.model
     assert methods.trainable_parameters(model) == LAYERS * (KV + KV)
     with pytest.raises(MethodConfigError, match="'NOPE' is not a peft tuner"):
         methods.apply(base_model(setup), "peft", type="nope")
@@ -98,8 +101,9 @@ def test_a_tuner_from_an_adapter_config_file_and_the_errors_name_what_is_wrong(s
 
 def test_the_model_target_modules_fill_in_where_the_config_names_none(setup):
     cfg, _ = setup
-    model = methods.apply(base_model(setup), "peft", type="LORA", config={"r": 2},
-                          target_modules=list(cfg.model.target_modules))
+    adapted = methods.apply(base_model(setup), "peft", type="LORA", config={"r": 2},
+                            target_modules=list(cfg.model.target_modules))
+    model = adapted.model
     adapted = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
     assert adapted == set(cfg.model.target_modules)
 
@@ -115,8 +119,9 @@ def test_the_budget_solver_counts_the_tuner_built_on_the_meta_device(setup, kind
     assert record["knob"] == f"config.{knob}" and abs(record["relative_error"]) < 0.01
     assert cfg.method.config is None  # the caller's config (its run id) is untouched
     # the solved knob, applied to the real model, trains exactly the predicted count
-    real = methods.apply(base_model(setup), "peft", type=kind, config=dict(solved.method.config),
-                         target_modules=list(cfg.model.target_modules))
+    real_adapted = methods.apply(base_model(setup), "peft", type=kind, config=dict(solved.method.config),
+                                 target_modules=list(cfg.model.target_modules))
+    real = real_adapted.model
     assert methods.trainable_parameters(real) == record["predicted"]
 
 

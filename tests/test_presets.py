@@ -63,8 +63,9 @@ def keeps_its_promises(name, base, inputs, identity, merges, formula, tmp_path, 
                        tokenizer=None, head=None):
     cfg = compose([f"model={model_name}", f"method={name}", *overrides])
     reference = logits(base(), **inputs)
-    model = methods.apply(base(), cfg.method.name, head_modules=("classifier",) if head else (),
-                          **method_options(cfg)).eval()
+    adapted = methods.apply(base(), cfg.method.name, head_modules=("classifier",) if head else (),
+                            **method_options(cfg))
+    model = adapted.model.eval()
     if identity:
         assert torch.allclose(logits(model, **inputs), reference, atol=1e-5)
     if formula is not None:
@@ -72,13 +73,14 @@ def keeps_its_promises(name, base, inputs, identity, merges, formula, tmp_path, 
     perturbed(model)
     trained = logits(model, **inputs)
     assert not torch.allclose(trained, reference, atol=1e-4)
-    methods.save(model, tmp_path / "saved")
-    reloaded = methods.load(base(), tmp_path / "saved").eval()
+    methods.save(adapted, tmp_path / "saved")
+    reloaded_adapted = methods.load(base(), tmp_path / "saved")
+    reloaded = reloaded_adapted.model.eval()
     assert torch.allclose(logits(reloaded, **inputs), trained, atol=1e-5)
-    method = methods.method_of(model)
-    assert method.can_merge(model) == merges
+    method = adapted.method
+    assert method.can_merge(adapted) == merges
     if merges:
-        assert torch.allclose(logits(methods.merge(model), **inputs), trained, atol=1e-4)
+        assert torch.allclose(logits(methods.merge(adapted), **inputs), trained, atol=1e-4)
     return cfg, model
 
 
@@ -98,11 +100,12 @@ def test_olora_saves_a_lora_on_the_original_weights(tokenizer, tmp_path):
     from peft import PeftModel
 
     cfg = compose(["model=tiny-llama", "method=olora", "method.config.r=4"])
-    model = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    adapted = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    model = adapted.model
     assert not torch.equal(model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight,
                            fresh(tokenizer=tokenizer).model.layers[0].self_attn.q_proj.weight)  # the residual
     perturbed(model)
-    methods.save(model, tmp_path / "olora")
+    methods.save(adapted, tmp_path / "olora")
     assert json.loads((tmp_path / "olora" / "adapter_config.json").read_text())["r"] == 8  # rank 2r on W0
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     plain = PeftModel.from_pretrained(fresh(tokenizer=tokenizer), str(tmp_path / "olora")).eval()
@@ -147,9 +150,10 @@ def test_adalora_learns_the_run_length_and_prunes_its_ranks_while_training(token
     cfg = compose(["model=tiny-llama", "method=adalora", "method.config.init_r=4", "method.config.target_r=1",
                    "training.max_steps=4", "training.batch_size=2", "training.micro_batch_size=2",
                    "training.warmup_steps=0"])
-    model = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    adapted = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    model = adapted.model
     examples = [{"input_ids": list(range(3 + i, 11 + i)), "labels": list(range(3 + i, 11 + i))} for i in range(8)]
-    train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), cfg.training,
+    train(adapted, TrainingData(examples, [], tokenizer), cfg.training,
           RunContext(seed=0, progress=False))
     config = model.peft_config["default"]
     assert config.total_step == 4
@@ -162,12 +166,13 @@ def test_eva_initialises_from_the_training_batches(tokenizer):
 
     cfg = compose(["model=tiny-llama", "method=eva", "method.config.r=2", "training.max_steps=1",
                    "training.batch_size=4", "training.micro_batch_size=4", "training.warmup_steps=0"])
-    model = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    adapted = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    model = adapted.model
     before = model.get_base_model().model.layers[0].self_attn.q_proj.lora_A["default"].weight.detach().clone()
     generator = torch.Generator().manual_seed(0)
     examples = [{"input_ids": (ids := torch.randint(3, 500, (12,), generator=generator).tolist()), "labels": ids}
                 for _ in range(16)]
-    train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), cfg.training,
+    train(adapted, TrainingData(examples, [], tokenizer), cfg.training,
           RunContext(seed=0, progress=False))
     after = model.get_base_model().model.layers[0].self_attn.q_proj.lora_A["default"].weight.detach()
     assert after.shape[1] == HIDDEN and (after.shape != before.shape or not torch.allclose(after, before, atol=1e-3))
@@ -204,7 +209,8 @@ def test_a_data_driven_init_runs_on_the_batches_and_saves_on_the_original_weight
     from harness.train import make_loader
 
     cfg = compose(["model=tiny-llama", f"method={name}", "method.init_batches=2"])
-    model = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    adapted = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    model = adapted.model
     ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
     reference = logits(fresh(tokenizer=tokenizer), input_ids=ids)
     generator = torch.Generator().manual_seed(0)
@@ -213,21 +219,22 @@ def test_a_data_driven_init_runs_on_the_batches_and_saves_on_the_original_weight
     loader = make_loader(examples, tokenizer, 4, shuffle=False, seed=0)
     layer = model.get_base_model().model.layers[0].self_attn.q_proj
     original = layer.base_layer.weight.detach().clone()
-    methods.method_of(model).before_training(model, {"loader": loader, "device": torch.device("cpu")})
+    adapted.method.before_training(adapted, {"loader": loader, "device": torch.device("cpu")})
     assert layer.lora_B["default"].weight.abs().sum() > 0  # B from singular vectors, not zero
     assert not torch.allclose(layer.base_layer.weight, original)  # the residual W - s B A
     assert all(p.requires_grad == (".lora_" in n) for n, p in model.named_parameters())  # restored
     torch.testing.assert_close(logits(model.eval(), input_ids=ids), reference, atol=1e-4, rtol=1e-4)
     perturbed(model)
-    methods.save(model, tmp_path / name)
+    methods.save(adapted, tmp_path / name)
     plain = PeftModel.from_pretrained(fresh(tokenizer=tokenizer), str(tmp_path / name)).eval()
     torch.testing.assert_close(logits(plain, input_ids=ids), logits(model, input_ids=ids), atol=1e-4, rtol=1e-4)
 
 
 def test_loraplus_trains_b_at_its_ratio_of_the_rate(tokenizer):
     cfg = compose(["model=tiny-llama", "method=loraplus", "training.lr=1e-4"])
-    model = methods.apply(fresh(tokenizer=tokenizer), "lora", **method_options(cfg))
-    groups = methods.method_of(model).param_groups(model, dict(cfg.training))
+    adapted = methods.apply(fresh(tokenizer=tokenizer), "lora", **method_options(cfg))
+    model = adapted.model
+    groups = adapted.method.param_groups(adapted, dict(cfg.training))
     names = {id(p): n for n, p in model.named_parameters()}
     rest, b = groups
     assert b["lr"] == pytest.approx(16e-4) and "lr" not in rest
@@ -242,11 +249,12 @@ def test_adalora_as_lora_gas_baseline_keeps_its_ranks_and_draws_e(tokenizer):
     cfg = compose(["model=tiny-llama", "method=adalora", "method.config.init_r=4", "method.config.target_r=1",
                    "+method.update_ranks=false", "+method.e_init_std=0.02", "training.max_steps=4",
                    "training.batch_size=2", "training.micro_batch_size=2", "training.warmup_steps=0"])
-    model = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    adapted = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+    model = adapted.model
     E = model.get_base_model().model.layers[0].self_attn.q_proj.lora_E["default"]
     assert E.abs().sum() > 0 and 0.005 < E.std().item() < 0.05
     examples = [{"input_ids": list(range(3 + i, 11 + i)), "labels": list(range(3 + i, 11 + i))} for i in range(8)]
-    train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), cfg.training,
+    train(adapted, TrainingData(examples, [], tokenizer), cfg.training,
           RunContext(seed=0, progress=False))
     assert not model.peft_config["default"].rank_pattern  # never pruned: every layer at init_r
 
@@ -263,8 +271,9 @@ def test_adapter_precision_base_trains_the_adapter_in_the_weights_dtype(tokenize
                        "method.r=2", "training.max_steps=2", "training.batch_size=2", "training.micro_batch_size=2",
                        "training.warmup_steps=0", f"+training.adapter_precision={precision}"])
         torch.manual_seed(0)
-        model = methods.apply(load_model(cfg.model, tokenizer).eval(), "dora", **method_options(cfg))
-        stats = train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), cfg.training,
+        adapted = methods.apply(load_model(cfg.model, tokenizer).eval(), "dora", **method_options(cfg))
+        model = adapted.model
+        stats = train(adapted, TrainingData(examples, [], tokenizer), cfg.training,
                       RunContext(seed=0, progress=False))["stats"]
         dtypes[precision] = stats["trainable_dtypes"]
     assert dtypes == {"fp32": ["float32"], "base": ["bfloat16"]}
@@ -284,11 +293,13 @@ def test_every_registered_method_applies_trains_saves_and_reloads(tokenizer, tmp
     applies to a tiny Llama, trains something, and what it saves reloads to the same outputs."""
     cfg = compose(["model=tiny-llama", f"method={name}"])
     ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
-    model = methods.apply(fresh(tokenizer=tokenizer), cfg.method.name, **method_options(cfg)).eval()
+    adapted = methods.apply(fresh(tokenizer=tokenizer), cfg.method.name, **method_options(cfg))
+    model = adapted.model.eval()
     assert methods.trainable_parameters(model) > 0
     perturbed(model)
-    methods.save(model, tmp_path / name)
-    reloaded = methods.load(fresh(tokenizer=tokenizer), tmp_path / name).eval()
+    methods.save(adapted, tmp_path / name)
+    reloaded_adapted = methods.load(fresh(tokenizer=tokenizer), tmp_path / name)
+    reloaded = reloaded_adapted.model.eval()
     torch.testing.assert_close(logits(reloaded, input_ids=ids), logits(model, input_ids=ids), atol=1e-4, rtol=1e-4)
 
 

@@ -37,7 +37,8 @@ def test_reft_counts_intervenes_and_round_trips(tmp_path, batch, name, positions
     cfg = compose(["model=tiny-bert", f"method={name}", "method.r=2", f"method.positions={positions}",
                    f"method.share_weights={share}"])
     reference = logits(fresh(), batch)
-    model = methods.apply(fresh(), name, head_modules=("classifier",), **method_options(cfg)).eval()
+    adapted = methods.apply(fresh(), name, head_modules=("classifier",), **method_options(cfg))
+    model = adapted.model.eval()
     head = methods.trainable_parameters(model, within=("classifier",))
     assert head == HIDDEN * 2 + 2
     assert methods.trainable_parameters(model) - head == BLOCKS * groups * (2 * 2 * HIDDEN + 2)
@@ -48,10 +49,11 @@ def test_reft_counts_intervenes_and_round_trips(tmp_path, batch, name, positions
                 p.add_(0.5 * torch.randn(p.shape, generator=generator))
     intervened = logits(model, batch)
     assert not torch.allclose(intervened, reference, atol=1e-4)
-    methods.save(model, tmp_path / "saved")
-    reloaded = methods.load(fresh(), tmp_path / "saved").eval()
+    methods.save(adapted, tmp_path / "saved")
+    reloaded_adapted = methods.load(fresh(), tmp_path / "saved")
+    reloaded = reloaded_adapted.model.eval()
     torch.testing.assert_close(logits(reloaded, batch), intervened, atol=1e-5, rtol=1e-5)
-    assert not methods.method_of(model).can_merge(model)
+    assert not adapted.method.can_merge(adapted)
 
 
 def test_reft_budget_and_refusals():
@@ -61,7 +63,8 @@ def test_reft_budget_and_refusals():
     cfg = compose(["model=tiny-bert", "method=loreft", "budget.params=1000"])
     architecture = empty_model(cfg.model, HEAD)
     solved, record = budget.solved_for_model(cfg, architecture, methods.total_parameters(architecture))
-    real = methods.apply(fresh(), "loreft", **method_options(solved))
+    real_adapted = methods.apply(fresh(), "loreft", **method_options(solved))
+    real = real_adapted.model
     assert methods.trainable_parameters(real) == record["predicted"] and record["value"] == solved.method.r
     llama = load_model(compose(["model=tiny-llama"]).model)
     with pytest.raises(methods.MethodConfigError, match="classification tasks here"):

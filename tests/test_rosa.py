@@ -55,9 +55,10 @@ def test_sparse_delta_matches_the_dense_masked_reference():
 def test_init_is_a_no_op_and_counts_add_up(tiny_model, inputs, loader):
     with torch.no_grad():
         before = tiny_model(**inputs).logits
-    lora_count = methods.trainable_parameters(methods.apply(copy.deepcopy(tiny_model), "lora", r=4, target_modules=TARGETS))
-    model = methods.apply(tiny_model, "rosa", r=4, density=0.05, mask_warmup_steps=2, mask_grad_batches=2, target_modules=TARGETS)
-    methods.method_of(model).before_training(model, context(loader))
+    lora_count = methods.trainable_parameters(methods.apply(copy.deepcopy(tiny_model), "lora", r=4, target_modules=TARGETS).model)
+    adapted = methods.apply(tiny_model, "rosa", r=4, density=0.05, mask_warmup_steps=2, mask_grad_batches=2, target_modules=TARGETS)
+    model = adapted.model
+    adapted.method.before_training(adapted, context(loader))
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, before, atol=1e-5, rtol=1e-4)
     cfg = tiny_model.config
@@ -70,9 +71,10 @@ def test_init_is_a_no_op_and_counts_add_up(tiny_model, inputs, loader):
 def test_mask_is_the_topk_of_the_per_example_fisher(tiny_model, loader):
     density = 0.03
     reference_model = copy.deepcopy(tiny_model)
-    model = methods.apply(tiny_model, "rosa", r=2, density=density, mask_warmup_steps=0, mask_grad_batches=3,
-                          target_modules=TARGETS)
-    methods.method_of(model).before_training(model, context(loader))
+    adapted = methods.apply(tiny_model, "rosa", r=2, density=density, mask_warmup_steps=0, mask_grad_batches=3,
+                            target_modules=TARGETS)
+    model = adapted.model
+    adapted.method.before_training(adapted, context(loader))
     # Independently: autograd's dense weight gradient of each target matrix for each example alone (micro-batch 1,
     # as the official hook sees it), squared, summed over the examples of the batches.
     for p in reference_model.parameters():
@@ -89,7 +91,7 @@ def test_mask_is_the_topk_of_the_per_example_fisher(tiny_model, loader):
             reference_model(**{k: v[i:i + 1] for k, v in batch.items()}).loss.backward()
             for n, p in weights.items():
                 acc[n] += p.grad.square()
-    state = rosa.state(model)
+    state = rosa.state(adapted)
     assert set(state.masks) == set(acc)
     for name, score in acc.items():
         k = math.floor(density * score.numel())
@@ -114,8 +116,9 @@ def test_the_fisher_score_does_not_depend_on_the_micro_batch_size(tiny_model, to
     whole = next(iter(make_loader(examples, tokenizer, 4, shuffle=False, seed=0)))
     halves = list(make_loader(examples, tokenizer, 2, shuffle=False, seed=0))
     singles = list(make_loader(examples, tokenizer, 1, shuffle=False, seed=0))
-    model = methods.apply(tiny_model, "rosa", r=2, density=0.05, target_modules=TARGETS)
-    targets = rosa.state(model).targets
+    adapted = methods.apply(tiny_model, "rosa", r=2, density=0.05, target_modules=TARGETS)
+    model = adapted.model
+    targets = rosa.state(adapted).targets
     one = accumulate_gradient_scores(model, [[whole]], targets, "fisher")
     split = accumulate_gradient_scores(model, [halves], targets, "fisher")
     official = accumulate_gradient_scores(model, [singles], targets, "fisher")
@@ -128,13 +131,14 @@ def test_the_fisher_score_does_not_depend_on_the_micro_batch_size(tiny_model, to
 
 
 def test_the_mask_warm_up_runs_on_the_runs_optimizer_and_schedule(tiny_model, loader):
-    model = methods.apply(tiny_model, "rosa", r=2, density=0.02, mask_warmup_steps=3, lr_lowrank=7e-4,
-                          target_modules=TARGETS)
+    adapted = methods.apply(tiny_model, "rosa", r=2, density=0.02, mask_warmup_steps=3, lr_lowrank=7e-4,
+                            target_modules=TARGETS)
+    model = adapted.model
     ctx = context(loader)
     ctx["training"] = compose(["training.lr=2e-4", "training.warmup_steps=4", "training.weight_decay=0.0",
                                "training.batch_size=4", "training.micro_batch_size=4"]).training
-    methods.method_of(model).before_training(model, ctx)
-    state = rosa.state(model)
+    adapted.method.before_training(adapted, ctx)
+    state = rosa.state(adapted)
     # the low-rank group at its own rate, ramping over the run's 4 warm-up steps (not a constant rate)
     assert [lrs[0] for lrs in state.warmup_lrs] == pytest.approx([0.0, 7e-4 / 4, 7e-4 / 2])
     assert state.warmup_weight_decay == [0.0]  # the run's, not AdamW's default 0.01
@@ -146,8 +150,9 @@ def test_rosa_with_zero_density_is_lora(tiny_model, tokenizer, loader):
     outputs = []
     for name, opts in (("lora", {}), ("rosa", {"density": 0.0})):
         torch.manual_seed(0)
-        model = methods.apply(copy.deepcopy(tiny_model), name, r=4, alpha=8, dropout=0.0, target_modules=TARGETS, **opts)
-        out = train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), cfg, QUIET)
+        adapted = methods.apply(copy.deepcopy(tiny_model), name, r=4, alpha=8, dropout=0.0, target_modules=TARGETS, **opts)
+        model = adapted.model
+        out = train(adapted, TrainingData(examples, [], tokenizer), cfg, QUIET)
         batch = next(iter(loader))
         with torch.no_grad():
             outputs.append(out["model"].eval()(**batch).logits)
@@ -156,12 +161,13 @@ def test_rosa_with_zero_density_is_lora(tiny_model, tokenizer, loader):
 
 def test_spa_trains_only_masked_entries(tiny_model, tokenizer, loader):
     original = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
-    model = methods.apply(tiny_model, "spa", density=0.02, mask_grad_batches=2, target_modules=TARGETS)
+    adapted = methods.apply(tiny_model, "spa", density=0.02, mask_grad_batches=2, target_modules=TARGETS)
+    model = adapted.model
     cfg = compose(["training.batch_size=4", "training.micro_batch_size=4", "training.max_steps=3", "training.warmup_steps=1",
                    "training.lr=1e-2"]).training
-    out = train(model, methods.method_of(model), TrainingData(list(loader.dataset), [], tokenizer), cfg, QUIET)
-    masks = {n: m for n, m in rosa.state(out["model"]).masks.items()}
-    merged = methods.merge(out["model"])
+    out = train(adapted, TrainingData(list(loader.dataset), [], tokenizer), cfg, QUIET)
+    masks = {n: m for n, m in rosa.state(adapted).masks.items()}
+    merged = methods.merge(adapted)
     for name, p in merged.named_parameters():
         changed = (p.detach() != original[name])
         module = name.removesuffix(".weight")
@@ -178,27 +184,30 @@ def test_save_reload_merge_and_mask_reuse(tiny_cfg, tokenizer, inputs, loader, t
     from harness.models import load_model
 
     torch.manual_seed(0)
-    model = methods.apply(load_model(tiny_cfg.model, tokenizer), "rosa", r=4, density=0.05, mask_warmup_steps=1,
-                          mask_grad_batches=1, target_modules=TARGETS)
-    methods.method_of(model).before_training(model, context(loader))
+    adapted = methods.apply(load_model(tiny_cfg.model, tokenizer), "rosa", r=4, density=0.05, mask_warmup_steps=1,
+                            mask_grad_batches=1, target_modules=TARGETS)
+    model = adapted.model
+    adapted.method.before_training(adapted, context(loader))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
         expected = model.eval()(**inputs).logits
-    methods.save(model, tmp_path / "rosa")
+    methods.save(adapted, tmp_path / "rosa")
     assert (tmp_path / "rosa" / SPARSE_FILE).is_file()
     torch.manual_seed(0)
-    reloaded = methods.load(load_model(tiny_cfg.model, tokenizer), tmp_path / "rosa").eval()
+    reloaded_adapted = methods.load(load_model(tiny_cfg.model, tokenizer), tmp_path / "rosa")
+    reloaded = reloaded_adapted.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(methods.merge(reloaded)(**inputs).logits, expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(methods.merge(reloaded_adapted)(**inputs).logits, expected, atol=1e-4, rtol=1e-4)
     # another run reuses the saved masks instead of generating them
-    reuse = methods.apply(load_model(tiny_cfg.model, tokenizer), "rosa", r=4, density=0.05, target_modules=TARGETS,
-                          masks=str(tmp_path / "rosa"))
-    for name, (rows, cols) in rosa.state(model).masks.items():
-        r2, c2 = rosa.state(reuse).masks[name]
+    reuse_adapted = methods.apply(load_model(tiny_cfg.model, tokenizer), "rosa", r=4, density=0.05, target_modules=TARGETS,
+                                  masks=str(tmp_path / "rosa"))
+    reuse = reuse_adapted.model
+    for name, (rows, cols) in rosa.state(adapted).masks.items():
+        r2, c2 = rosa.state(reuse_adapted).masks[name]
         assert torch.equal(rows, r2) and torch.equal(cols, c2)
 
 
@@ -241,11 +250,12 @@ def test_rosa_trains_a_b_and_s_in_bf16_when_asked_and_fp32_by_default(tiny_model
     cfg = compose(["training.batch_size=4", "training.micro_batch_size=4", "training.max_steps=2", "training.warmup_steps=0"]).training
     dtypes = {}
     for choice in ("fp32", "bf16"):
-        model = methods.apply(copy.deepcopy(tiny_model), "rosa", r=2, density=0.02, mask_warmup_steps=1,
-                              target_modules=TARGETS, adapter_dtype=choice)
-        out = train(model, methods.method_of(model), TrainingData(examples, [], tokenizer), cfg, QUIET)
+        adapted = methods.apply(copy.deepcopy(tiny_model), "rosa", r=2, density=0.02, mask_warmup_steps=1,
+                                target_modules=TARGETS, adapter_dtype=choice)
+        model = adapted.model
+        out = train(adapted, TrainingData(examples, [], tokenizer), cfg, QUIET)
         dtypes[choice] = out["stats"]["trainable_dtypes"]
-        values = next(m.rosa_sparse.values for m in rosa.state(out["model"]).targets.values())
+        values = next(m.rosa_sparse.values for m in rosa.state(adapted).targets.values())
         assert values.dtype == (torch.bfloat16 if choice == "bf16" else torch.float32) and values.abs().sum() > 0
     assert dtypes == {"fp32": ["float32"], "bf16": ["bfloat16"]}
     with pytest.raises(methods.MethodConfigError, match="adapter_dtype must be one of"):

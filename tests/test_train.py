@@ -30,9 +30,10 @@ def training(**overrides):
 def test_training_learns_and_only_trainable_weights_move(tiny_model, tokenizer, examples):
     # peft wraps the original modules, so these Parameter objects are the base weights being trained around
     frozen_before = [(n, p, p.detach().clone()) for n, p in tiny_model.named_parameters()]
-    model = methods.apply(tiny_model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    adapted = methods.apply(tiny_model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    model = adapted.model
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    out = train(model, methods.method_of(model), TrainingData(examples[0], examples[1], tokenizer), training(), QUIET)
+    out = train(adapted, TrainingData(examples[0], examples[1], tokenizer), training(), QUIET)
     stats = out["stats"]
     assert stats["steps"] == 6 and stats["final_loss"] < stats["first_loss"] and "val_loss" in stats
     trained = dict(out["model"].named_parameters())
@@ -46,8 +47,9 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_model, tokenizer, e
     losses = []
     for checkpointing in (False, True):
         torch.manual_seed(0)  # the same LoRA A init both times
-        model = methods.apply(copy.deepcopy(tiny_model), "lora", r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
-        out = train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer),
+        adapted = methods.apply(copy.deepcopy(tiny_model), "lora", r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+        model = adapted.model
+        out = train(adapted, TrainingData(examples[0], [], tokenizer),
                     training(gradient_checkpointing=checkpointing), QUIET)
         losses.append((out["stats"]["first_loss"], out["stats"]["final_loss"]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
@@ -58,28 +60,31 @@ def test_wandb_logs_offline_without_an_account(tiny_model, tokenizer, examples, 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
-    train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer), training(max_steps=2),
+    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    model = adapted.model
+    train(adapted, TrainingData(examples[0], [], tokenizer), training(max_steps=2),
           RunContext(seed=0, progress=False,
                      logging={"wandb": True, "wandb_mode": "offline", "wandb_project": "test", "log_every": 1}))
     assert list(tmp_path.glob("wandb/offline-run-*"))
 
 
 def test_batch_size_must_be_a_multiple_of_micro_batch(tiny_model, tokenizer, examples):
-    model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    model = adapted.model
     with pytest.raises(ValueError, match="batch_size=5 is not a multiple of training.micro_batch_size=2"):
-        train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer), training(batch_size=5), QUIET)
+        train(adapted, TrainingData(examples[0], [], tokenizer), training(batch_size=5), QUIET)
 
 
 def test_examples_without_answer_tokens_are_dropped(tiny_model, tokenizer, data_dir):
     task = compose(["task.train_subset=8", "task.val_set_size=0"]).task
     records, _ = commonsense.training_records(task, seed=0)
     cut = [commonsense.tokenize(r, tokenizer, 16, train_on_inputs=False) for r in records]
-    model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    model = adapted.model
     with pytest.raises(ValueError, match="none of the 8 training examples has a supervised token"):
-        train(model, methods.method_of(model), TrainingData(cut, [], tokenizer), training(), QUIET)
+        train(adapted, TrainingData(cut, [], tokenizer), training(), QUIET)
     kept = [commonsense.tokenize(r, tokenizer, 256, train_on_inputs=False) for r in records[:4]]
-    out = train(model, methods.method_of(model), TrainingData(cut + kept, [], tokenizer), training(max_steps=2), QUIET)
+    out = train(adapted, TrainingData(cut + kept, [], tokenizer), training(max_steps=2), QUIET)
     assert out["stats"]["dropped_examples"] == 8 and out["stats"]["examples"] == 4
     assert out["stats"]["final_loss"] == out["stats"]["final_loss"]  # not NaN
 
@@ -104,9 +109,10 @@ def test_full_ft_keeps_fp32_master_weights_when_bf16_is_asked_and_small_updates_
     assert placement.weights == torch.float32 and placement.compute == "bf16"
     assert decide(cfg.model, cfg.training).weights == torch.bfloat16  # an adapter's frozen base stays bf16
     torch.manual_seed(0)
-    model = methods.apply(models.load_model(cfg.model, tokenizer, None, placement), "full")
+    adapted = methods.apply(models.load_model(cfg.model, tokenizer, None, placement), "full")
+    model = adapted.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    out = train(model, methods.method_of(model), TrainingData(examples[0][:8], [], tokenizer),
+    out = train(adapted, TrainingData(examples[0][:8], [], tokenizer),
                 training(max_steps=3, lr=2e-5, batch_size=4, micro_batch_size=4, warmup_steps=0, precision="bf16"),
                 RunContext(seed=0, progress=False, placement=placement))
     stats = out["stats"]
@@ -128,8 +134,9 @@ def test_a_new_head_on_a_bf16_base_trains_in_fp32(tokenizer):
 def test_checkpoint_selection_restores_the_lowest_validation_loss(tiny_model, tokenizer, examples):
     from harness.train import make_loader, mean_loss
 
-    model = methods.apply(tiny_model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
-    out = train(model, methods.method_of(model), TrainingData(examples[0], examples[1], tokenizer),
+    adapted = methods.apply(tiny_model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    model = adapted.model
+    out = train(adapted, TrainingData(examples[0], examples[1], tokenizer),
                 training(select_best=True, eval_steps=2, lr=5e-2), QUIET)
     stats = out["stats"]
     curve = [point["loss"] for point in stats["val_curve"]]
@@ -165,12 +172,13 @@ def test_a_full_models_best_state_goes_to_disk_and_comes_back(tmp_path, monkeypa
 def test_the_schedule_is_chosen_by_name(tiny_model, tokenizer, examples):
     from harness.errors import ConfigError
 
-    model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
-    out = train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer),
+    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    model = adapted.model
+    out = train(adapted, TrainingData(examples[0], [], tokenizer),
                 training(schedule="cosine", warmup_steps="null", warmup_ratio=0.03), QUIET)
     assert out["stats"]["steps"] == 6
     with pytest.raises(ConfigError, match="training.schedule='step'"):
-        train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer), training(schedule="step"), QUIET)
+        train(adapted, TrainingData(examples[0], [], tokenizer), training(schedule="step"), QUIET)
 
 
 def test_throughput_counts_useful_tokens_and_padding(tiny_model, tokenizer, examples):
@@ -179,15 +187,16 @@ def test_throughput_counts_useful_tokens_and_padding(tiny_model, tokenizer, exam
     from harness.throughput import flops_per_token, peak_flops, summary
 
     supervised = [e for e in examples[0] if any(label != -100 for label in e["labels"])]
-    model = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    model = adapted.model
     steps = math.ceil(len(supervised) / 4)  # one epoch: every example once, in whatever order
-    out = train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer),
+    out = train(adapted, TrainingData(examples[0], [], tokenizer),
                 training(max_steps=steps, batch_size=4, micro_batch_size=4, batching="padded"), QUIET)
     t = out["stats"]["throughput"]
     assert t["useful_tokens"] == sum(len(e["input_ids"]) for e in supervised)
     assert t["computed_tokens"] > t["useful_tokens"] and t["padding_share"] == pytest.approx(
         1 - t["useful_tokens"] / t["computed_tokens"])
-    packed = train(model, methods.method_of(model), TrainingData(examples[0], [], tokenizer),
+    packed = train(adapted, TrainingData(examples[0], [], tokenizer),
                    training(max_steps=steps, batch_size=4, micro_batch_size=4), QUIET)["stats"]["throughput"]
     assert packed["useful_tokens"] == packed["computed_tokens"] == t["useful_tokens"] and packed["padding_share"] == 0
     assert t["useful_tokens_per_s"] > 0 and t["mfu"] is None  # no MFU off CUDA

@@ -1,10 +1,11 @@
 """Public method API, usable on any transformers model.
 
-    model = harness.methods.apply(model, "milora", r=16, alpha=16, target_modules=["q_proj", "v_proj"])
-    harness.methods.trainable_parameters(model)   # one counting function for every method
-    plain = harness.methods.merge(model)           # adapters folded into plain weights
+    adapted = harness.methods.apply(model, "milora", r=16, alpha=16, target_modules=["q_proj", "v_proj"])
+    harness.methods.trainable_parameters(adapted.model)   # one counting function for every method
+    plain = harness.methods.merge(adapted)                 # adapters folded into plain weights
 
-Each method is one module registering a `Method` (see `base.py` for the hooks); every module here is imported.
+`apply` returns the run's handle (`Adapted`: the model, its method, options and the method's state for this run);
+each method is one module registering a `Method` (see `base.py` for the hooks); every module here is imported.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 import importlib
 import pkgutil
 
-from harness.methods.base import METHOD_ATTR, Method, MethodConfigError
+from harness.methods.base import Adapted, Method, MethodConfigError
 from harness.methods.registry import get, names
 
 # Every module of this package registers its methods on import: a new method is a new module (and its config).
@@ -28,7 +29,7 @@ for _module in pkgutil.iter_modules(__path__):
 SAVED_METHOD_FILE = "harness_method.json"
 
 __all__ = ["apply", "validate", "trainable_parameters", "total_parameters", "merge", "save", "load", "get", "names",
-           "method_of", "Method", "MethodConfigError"]
+           "Adapted", "Method", "MethodConfigError"]
 
 
 def present_modules(model: nn.Module, names) -> list[str]:
@@ -37,18 +38,18 @@ def present_modules(model: nn.Module, names) -> list[str]:
     return [n for n in names or () if n in last_parts]
 
 
-def apply(model: nn.Module, name: str, head_modules=(), structure_only: bool = False, **options: Any) -> nn.Module:
-    """Adds method `name` to `model` (options as in `conf/method/<name>.yaml`); returns the model to train.
+def apply(model: nn.Module, name: str, head_modules=(), structure_only: bool = False, **options: Any) -> Adapted:
+    """Adds method `name` to `model` (options as in `conf/method/<name>.yaml`); returns the run's handle, whose
+    `model` is the model to train.
 
     `head_modules`: the task's new head (e.g. `classifier`), trained with every method; how is the method's
     business (`Method.with_head`). `structure_only`: the same parameters without a costly initialisation
     (`Method.apply_structure`), for a process that receives the values from another."""
     method = get(name)
     options = method.with_head(dict(options), present_modules(model, head_modules))
-    adapted = (method.apply_structure if structure_only else method.apply)(model, **options)
-    setattr(adapted, METHOD_ATTR, name)
-    setattr(adapted, "_harness_method_options", dict(options))
-    return adapted
+    state: dict = {}
+    model = (method.apply_structure if structure_only else method.apply)(model, state, **options)
+    return Adapted(model, method, dict(options), state)
 
 
 def validate(model: nn.Module, name: str, head_modules=(), **options: Any) -> None:
@@ -56,13 +57,6 @@ def validate(model: nn.Module, name: str, head_modules=(), **options: Any) -> No
     `apply` would set it up; raises MethodConfigError."""
     method = get(name)
     method.validate(model, **method.with_head(dict(options), present_modules(model, head_modules)))
-
-
-def method_of(model: nn.Module) -> Method:
-    name = getattr(model, METHOD_ATTR, None)
-    if name is None:
-        raise MethodConfigError("this model has no method applied by harness.methods.apply")
-    return get(name)
 
 
 def _unique_parameters(model: nn.Module, trainable_only: bool):
@@ -91,31 +85,27 @@ def total_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in _unique_parameters(model, trainable_only=False))
 
 
-def merge(model: nn.Module) -> nn.Module:
+def merge(adapted: Adapted) -> nn.Module:
     """The model with its method folded into plain weights (unchanged for methods that add nothing)."""
-    return method_of(model).merge(model)
+    return adapted.method.merge(adapted)
 
 
-def save(model: nn.Module, directory: str | Path) -> Path:
+def save(adapted: Adapted, directory: str | Path) -> Path:
     """Saves what the method trained (adapter, or the whole model for full fine-tuning) and its name."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    method_of(model).save(model, directory)
+    adapted.method.save(adapted, directory)
     (directory / SAVED_METHOD_FILE).write_text(
-        json.dumps({"method": getattr(model, METHOD_ATTR), "options": getattr(model, "_harness_method_options", {})},
-                   default=list)
-    )
+        json.dumps({"method": adapted.name, "options": adapted.options}, default=list))
     return directory
 
 
-def load(base_model: nn.Module, directory: str | Path) -> nn.Module:
+def load(base_model: nn.Module, directory: str | Path) -> Adapted:
     """Loads a directory written by `save` onto the (original, untouched) base model."""
     directory = Path(directory)
     meta_file = directory / SAVED_METHOD_FILE
     if not meta_file.is_file():
         raise MethodConfigError(f"{directory} has no {SAVED_METHOD_FILE}; it was not written by harness.methods.save")
     meta = json.loads(meta_file.read_text())
-    model = get(meta["method"]).load(base_model, directory, meta.get("options", {}))
-    setattr(model, METHOD_ATTR, meta["method"])
-    setattr(model, "_harness_method_options", meta.get("options", {}))
-    return model
+    method, options, state = get(meta["method"]), meta.get("options", {}), {}
+    return Adapted(method.load(base_model, directory, options, state), method, options, state)

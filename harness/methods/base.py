@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,27 @@ from torch import nn
 
 from harness.errors import HarnessError
 
-METHOD_ATTR = "_harness_method"  # set on a model by `harness.methods.apply`
-
-
 class MethodConfigError(HarnessError, ValueError):
     default_hint = "see conf/method/<name>.yaml for the method's options"
+
+
+@dataclass(eq=False)
+class Adapted:
+    """One run's adapted model, the handle `harness.methods.apply` (and `load`) return and every later hook takes.
+
+    `state` is what the method keeps for this run between its hooks (RoSA's targets and masks, the adapter as
+    initialised that PiSSA saves against, CorDA's pending preprocessing): it lives here, never as attributes on
+    the model, and methods are singletons with no per-run fields. `model` is the plain (unwrapped) model; the
+    trainer puts the trained one back (gathered, when sharded)."""
+
+    model: nn.Module
+    method: "Method"
+    options: dict
+    state: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.method.name
 
 
 class Method:
@@ -40,17 +57,18 @@ class Method:
     #: before the change are not reused as if made after it
     behaviour_version: int = 1
 
-    def apply(self, model: nn.Module, **options: Any) -> nn.Module:
+    def apply(self, model: nn.Module, state: dict, **options: Any) -> nn.Module:
+        """The model with the method added. `state`: this run's dict (`Adapted.state`) for what later hooks need."""
         raise NotImplementedError
 
     #: its initialisation reads the weights (an SVD): with several processes only the main process computes it,
     #: the others build the same structure with `apply_structure` and receive the values (harness.distributed)
     init_reads_weights: bool = False
 
-    def apply_structure(self, model: nn.Module, **options: Any) -> nn.Module:
+    def apply_structure(self, model: nn.Module, state: dict, **options: Any) -> nn.Module:
         """The model `apply` would give, with the same parameters and buffers but any values in them: for a
         process that receives the values from the main one. Overridden where `apply` computes something costly."""
-        return self.apply(model, **options)
+        return self.apply(model, state, **options)
 
     def knob_label(self, options: dict) -> str:
         """The knobs a table shows beside the label ("r=16", "r=12 d=0.15%"); "" for none."""
@@ -68,7 +86,7 @@ class Method:
         `model` is the architecture on the meta device (`harness.models.empty_model`); by default the method is
         applied to it, which checks every option at no memory cost. A method whose set-up reads the weights
         (an SVD) overrides this with the checks that need only the shapes."""
-        self.apply(model, **options)
+        self.apply(model, {}, **options)
 
     def count(self, shapes: list[tuple[int, int]], options: dict) -> int:
         """Trainable parameters this method would add on linear layers of these (d_out, d_in) shapes.
@@ -94,46 +112,48 @@ class Method:
             return options
         return {**options, "modules_to_save": sorted(set(options.get("modules_to_save") or []) | set(head_modules))}
 
-    def param_groups(self, model: nn.Module, training: dict) -> list[dict]:
+    # -- the hooks after `apply`: each takes the run's handle ----------------------------------------------------
+    def param_groups(self, adapted: Adapted, training: dict) -> list[dict]:
         """Optimizer parameter groups; methods with several learning rates override this."""
-        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        return [{"params": [p for p in adapted.model.parameters() if p.requires_grad]}]
 
-    def before_training(self, model: nn.Module, context: dict) -> None:
+    def before_training(self, adapted: Adapted, context: dict) -> None:
         """Called once before the optimizer is built (e.g. to add parameters built from gradients).
 
         `context`: `loader` (training batches), `device`, `training` (the training config)."""
 
-    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+    def after_optimizer_step(self, adapted: Adapted, step: int) -> None:
         """Called after each optimizer step (`step` counts from 1), with the step's gradients still in place and
         before they are cleared: for a method that adapts itself while it trains (AdaLoRA's rank allocation).
-        `model` is the unwrapped model. Default: nothing."""
+        Default: nothing."""
 
-    def set_trainable_precision(self, model: nn.Module) -> set[int]:
+    def set_trainable_precision(self, adapted: Adapted) -> set[int]:
         """Casts the parameters this method deliberately trains in a lower precision (RoSA's bf16 option) and
         returns their ids; the training loop keeps fp32 master weights for every other trained parameter. Called
         after `before_training`. Default: none."""
         return set()
 
-    def can_pack(self, model: nn.Module) -> bool:
+    def can_pack(self, adapted: Adapted) -> bool:
         """Whether several examples may share one packed row (training.batching=packed) with this method; a
         method that adds to every row (a prompt tuner's virtual tokens) trains on padded batches instead."""
         return True
 
-    def can_merge(self, model: nn.Module) -> bool:
+    def can_merge(self, adapted: Adapted) -> bool:
         """Whether `merge` folds this adapted model into plain weights (a tuner of peft's may not: prompts)."""
         return self.mergeable
 
-    def merge(self, model: nn.Module) -> nn.Module:
+    def merge(self, adapted: Adapted) -> nn.Module:
         from peft import PeftModel
 
-        if isinstance(model, PeftModel):
-            return model.merge_and_unload()
-        return model
+        if isinstance(adapted.model, PeftModel):
+            return adapted.model.merge_and_unload()
+        return adapted.model
 
-    def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory)
+    def save(self, adapted: Adapted, directory: Path) -> None:
+        adapted.model.save_pretrained(directory)
 
-    def load(self, base_model: nn.Module, directory: Path, options: dict) -> nn.Module:
+    def load(self, base_model: nn.Module, directory: Path, options: dict, state: dict) -> nn.Module:
+        """The model `save` wrote, on the untouched base model; `state` as in `apply`."""
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base_model, str(directory))

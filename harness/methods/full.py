@@ -13,12 +13,12 @@ class FullFineTuning(Method):
     def with_head(self, options, head_modules):
         return options  # the head trains with everything else
 
-    def apply(self, model, **options):
+    def apply(self, model, state, **options):
         check_options(self.name, options, set())
         for p in model.parameters():
             p.requires_grad_(True)
         return model
 
-    def load(self, base_model, directory, options):
+    def load(self, base_model, directory, options, state):
         # the saved model is the whole model with the base model's class (a causal LM, or a classifier)
         return type(base_model).from_pretrained(str(directory))

@@ -58,20 +58,18 @@ class LowRankBudget:
 class LoRA(LowRankBudget, Method):
     label, display_order = "LoRA", 1
 
-    def apply(self, model, **options):
+    def apply(self, model, state, **options):
         check_options(self.name, options, LORA_OPTIONS)
-        adapted = wrap(model, lora_config(self.name, options))
-        adapted._harness_loraplus_ratio = options.get("loraplus_lr_ratio")
-        return adapted
+        return wrap(model, lora_config(self.name, options))
 
-    def param_groups(self, model, training):
+    def param_groups(self, adapted, training):
         """LoRA+ (Hayou et al. 2024; `method.loraplus_lr_ratio`, conf/method/loraplus.yaml): B trains at ratio x
         the rate of A. peft's `create_loraplus_optimizer` builds its own optimizer, and the harness builds one
         optimizer for every method from groups (its schedule, weight decay and module rates), hence these groups."""
-        ratio = getattr(model, "_harness_loraplus_ratio", None)
+        ratio = adapted.options.get("loraplus_lr_ratio")
         if not ratio:
-            return super().param_groups(model, training)
-        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            return super().param_groups(adapted, training)
+        trained = [(n, p) for n, p in adapted.model.named_parameters() if p.requires_grad]
         b = [p for n, p in trained if ".lora_B." in n]
         return [{"params": [p for n, p in trained if ".lora_B." not in n]},
                 {"params": b, "lr": float(training["lr"]) * float(ratio)}]
@@ -84,31 +82,31 @@ class DoRA(LowRankBudget, Method):
     def count(self, shapes, options):
         return lora_count(shapes, options) + sum(d_out for d_out, _ in shapes)  # + the magnitude vector
 
-    def apply(self, model, **options):
+    def apply(self, model, state, **options):
         check_options(self.name, options, LORA_OPTIONS)
         return wrap(model, lora_config(self.name, options, use_dora=True))
 
 
-INITIAL_ATTR = "_harness_initial_adapter_dir"
+INITIAL_ADAPTER = "initial_adapter_dir"  # the run state's key: the folder of the adapter as initialised
 
 
-def remember_initial_adapter(model, name: str) -> None:
-    """Keeps the adapter as initialised (in a temporary folder), for `save_on_original_weights`."""
+def remember_initial_adapter(model, state: dict, name: str) -> None:
+    """Keeps the adapter as initialised (in a temporary folder) in the run's state, for `save_on_original_weights`."""
     initial_parent = Path(tempfile.mkdtemp(prefix=f"harness-{name}-initial-"))
     atexit.register(shutil.rmtree, initial_parent, ignore_errors=True)
     model.save_pretrained(initial_parent / "initial")
-    setattr(model, INITIAL_ATTR, initial_parent / "initial")
+    state[INITIAL_ADAPTER] = initial_parent / "initial"
 
 
-def save_on_original_weights(model, directory: Path) -> None:
+def save_on_original_weights(adapted, directory: Path) -> None:
     """Saves an adapter whose initialisation rewrote the base weights (PiSSA, MiLoRA, OLoRA) as a rank-2r LoRA
     on the untouched base weights (peft's `path_initial_model_for_weight_conversion`), so that it loads with
     plain peft on the original model; an adapter without a remembered initial state saves as it is."""
-    initial = getattr(model, INITIAL_ATTR, None)
+    initial = adapted.state.get(INITIAL_ADAPTER)
     if initial is None:
-        model.save_pretrained(directory)
+        adapted.model.save_pretrained(directory)
         return
-    model.save_pretrained(directory, path_initial_model_for_weight_conversion=str(initial))
+    adapted.model.save_pretrained(directory, path_initial_model_for_weight_conversion=str(initial))
 
 
 class ResidualInitLoRA(LowRankBudget, Method):
@@ -126,14 +124,14 @@ class ResidualInitLoRA(LowRankBudget, Method):
     def check_init_options(self, options: dict) -> None:
         """Raises MethodConfigError for an initialisation option that cannot work (checked before any weights)."""
 
-    def apply_structure(self, model, **options):
+    def apply_structure(self, model, state, **options):
         # the same peft LoRA layers, randomly initialised: no SVD (the values come from the main process)
         options = {k: v for k, v in options.items() if k not in self.init_options}
         check_options(self.name, options, LORA_OPTIONS)
         return wrap(model, lora_config(self.name, options, init_lora_weights=True))
 
-    def remember_initial_adapter(self, model) -> None:
-        remember_initial_adapter(model, self.name)
+    def remember_initial_adapter(self, model, state: dict) -> None:
+        remember_initial_adapter(model, state, self.name)
 
     def validate(self, model, **options):
         """The SVD needs real weights: check the options and that r fits every adapted matrix (a rank above
@@ -151,8 +149,8 @@ class ResidualInitLoRA(LowRankBudget, Method):
                                     f"shape {too_small}", f"use method.r <= {min(min(s) for s in shapes)}")
         wrap(model, lora_config(self.name, options))
 
-    def save(self, model, directory: Path) -> None:
-        save_on_original_weights(model, directory)
+    def save(self, adapted, directory: Path) -> None:
+        save_on_original_weights(adapted, directory)
 
 
 @register("pissa")
@@ -160,11 +158,11 @@ class PiSSA(ResidualInitLoRA):
     label, display_order = "PiSSA", 3
     init_options = frozenset({"svd_niter"})
 
-    def apply(self, model, **options):
+    def apply(self, model, state, **options):
         options = dict(options)
         niter = options.pop("svd_niter", None)
         check_options(self.name, options, LORA_OPTIONS)
         init = "pissa" if niter is None else f"pissa_niter_{require_positive_int(self.name, 'svd_niter', niter)}"
         peft_model = wrap(model, lora_config(self.name, options, init_lora_weights=init))
-        self.remember_initial_adapter(peft_model)
+        self.remember_initial_adapter(peft_model, state)
         return peft_model

@@ -68,15 +68,15 @@ class LoRAGA(ResidualInitLoRA):
     def _lora_options(self, options):
         return {k: v for k, v in options.items() if k not in self.init_options}
 
-    def apply(self, model, **options):
+    def apply(self, model, state, **options):
         self.check_init_options(options)
         lora = self._lora_options(options)
         check_options(self.name, lora, LORA_OPTIONS)
         return wrap(model, lora_config(self.name, lora, init_lora_weights=True,
                                        use_rslora=bool(options.get("use_rslora", True))))
 
-    def apply_structure(self, model, **options):
-        return self.apply(model, **options)
+    def apply_structure(self, model, state, **options):
+        return self.apply(model, state, **options)
 
     def validate(self, model, **options):
         """ArB2r takes the singular components r..2r: 2r must fit every adapted matrix."""
@@ -92,14 +92,14 @@ class LoRAGA(ResidualInitLoRA):
             raise MethodConfigError(f"method={self.name}: 2r={2 * r} (components r..2r of the gradient) exceeds "
                                     f"min(d_out, d_in) of the adapted matrices of shape {too_small}",
                                     f"use method.r <= {min(min(s) for s in shapes) // 2}")
-        self.apply(model, **options)
+        self.apply(model, {}, **options)
 
-    def before_training(self, model, context):
-        options = getattr(model, "_harness_method_options", None) or {}
+    def before_training(self, adapted, context):
+        model, options = adapted.model, adapted.options
         examples = int(options.get("init_examples", 8))
         gradients = self.gradients(model, context["loader"], context["device"], examples)
         self.initialise(model, gradients, float(options.get("stable_gamma", 16)), int(options.get("svd_seed", 0)))
-        self.remember_initial_adapter(model)
+        self.remember_initial_adapter(model, adapted.state)
 
     @staticmethod
     def gradients(model, loader, device, examples: int) -> dict:

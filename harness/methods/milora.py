@@ -70,7 +70,7 @@ class MiLoRA(ResidualInitLoRA):
         components = options.get("components", "minor")
         return label if components == "minor" else f"{label} {components}"
 
-    def apply(self, model, **options):
+    def apply(self, model, state, **options):
         from peft.tuners.lora import LoraLayer
 
         self.check_init_options(options)
@@ -83,5 +83,5 @@ class MiLoRA(ResidualInitLoRA):
             if isinstance(module, LoraLayer):
                 for adapter_name in module.lora_A:
                     milora_init_layer(module, adapter_name, components, generator)
-        self.remember_initial_adapter(peft_model)
+        self.remember_initial_adapter(peft_model, state)
         return peft_model

@@ -4,11 +4,12 @@ Two conventions exist. peft's PEANuT: dW^T = B(act(W0^T A^T)), A: d_out -> r, 2*
 The Neat paper's LLM code: dW = act(W0 Th1) Th2 with Th1 [d_in, r] and Th2 [r, d_in], 2*r*d_in parameters.
 peft ships only the first; the second is the same peft layer with the projections on the input side
 (`InputSidePeanutLinear`). Both compute the forward from two thin factors instead of peft's dense delta weight
-(`_factored_linear_classes`); merging and saving stay peft's.
+(`_output_side_class`, `_input_side_class`); merging and saving stay peft's.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -41,7 +42,8 @@ NEAT_OPTIONS = {"r", "scaling", "depth", "act_fn", "convention", "target_modules
 CONVENTION_FILE = "harness_neat.json"
 
 
-def _factored_linear_classes():
+@functools.lru_cache(maxsize=None)
+def _output_side_class():
     """peft's PEANuT layer with a forward that never forms the dense delta weight (peft's does: a d_out x d_in
     matrix per layer and step, 2.01x LoRA's memory at LLaMA-2-7B r=32), as Neat's own ViT / NLU code computes
     it: x @ dW^T = (x @ left) @ right with two thin factors, for both conventions. Merging, saving and the
@@ -86,6 +88,16 @@ def _factored_linear_classes():
                 result = result + ((self._cast_input_dtype(x, left.dtype) @ left) @ right).to(result_dtype)
             return result
 
+    return FactoredPeanutLinear
+
+
+@functools.lru_cache(maxsize=None)
+def _input_side_class():
+    """The factored layer for the paper's input-side convention (built, as its parent, once peft is imported)."""
+    from transformers.activations import ACT2FN
+
+    FactoredPeanutLinear = _output_side_class()
+
     class InputSidePeanutLinear(FactoredPeanutLinear):
         """The Neat paper's LLM convention: dW = s * net(act(W0 A^T)) B^T, A / B over d_in; left = s * B
         [d_in, r], right = net(act(W0 A^T))^T [r, d_out]."""
@@ -104,7 +116,7 @@ def _factored_linear_classes():
             nn.init.kaiming_uniform_(self.peanut_A[adapter].weight, a=math.sqrt(5))
             nn.init.zeros_(self.peanut_B[adapter].weight)
 
-    return FactoredPeanutLinear, InputSidePeanutLinear
+    return InputSidePeanutLinear
 
 
 def _factored(peft_model, convention: str):
@@ -112,7 +124,7 @@ def _factored(peft_model, convention: str):
     paper's convention, freshly initialised: `apply` only)."""
     from peft.tuners.peanut.layer import Linear as PeanutLinear
 
-    output_side, input_side = _factored_linear_classes()
+    output_side, input_side = _output_side_class(), _input_side_class()
     for module in peft_model.modules():
         if type(module) is PeanutLinear:
             module.__class__ = input_side if convention == "d_in" else output_side
@@ -157,7 +169,7 @@ class Neat(Method):
         side = 1 if options.get("convention", "d_out") == "d_out" else 0
         return sum(2 * r * shape[1 - side] + 2 * depth * r * r for shape in shapes)
 
-    def apply(self, model, **options):
+    def apply(self, model, state, **options):
         from peft import get_peft_model
 
         check_options(self.name, options, NEAT_OPTIONS)
@@ -170,15 +182,14 @@ class Neat(Method):
         peft_model = _factored(get_peft_model(model, config), convention)
         if convention == "d_in":
             peft_model.set_adapter(peft_model.active_adapter)  # marks the new projections trainable
-        peft_model._harness_neat_convention = convention
         return peft_model
 
-    def save(self, model, directory: Path) -> None:
-        model.save_pretrained(directory)
-        convention = getattr(model, "_harness_neat_convention", "d_out")
+    def save(self, adapted, directory: Path) -> None:
+        adapted.model.save_pretrained(directory)
+        convention = adapted.options.get("convention", "d_out")
         (Path(directory) / CONVENTION_FILE).write_text(json.dumps({"convention": convention}))
 
-    def load(self, base_model, directory, options):
+    def load(self, base_model, directory, options, state):
         from peft import PeftModel
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -190,6 +201,6 @@ class Neat(Method):
         if convention == "d_out":
             return _factored(PeftModel.from_pretrained(base_model, str(directory)), "d_out")
         # peft's loader would build d_out-shaped projections; build the d_in layers, then load the weights.
-        model = self.apply(base_model, **{**options, "convention": "d_in"})
+        model = self.apply(base_model, state, **{**options, "convention": "d_in"})
         set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
         return model

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type
-from harness.methods.lora import INITIAL_ATTR, remember_initial_adapter, save_on_original_weights
+from harness.methods.lora import INITIAL_ADAPTER, remember_initial_adapter, save_on_original_weights
 from harness.methods.registry import register
 
 OPTIONS = {"type", "config", "config_file", "target_modules", "modules_to_save", "knob", "init_batches",
@@ -52,6 +52,7 @@ KNOBS = {"LORA": "r", "LOKR": "r", "LOHA": "r", "VERA": "r", "HRA": "r", "ADALOR
 REWRITES_BASE_WEIGHTS = ("olora", "pissa", "corda", "lora_ga")
 # LoRA inits computed from the training data (before the optimizer exists), and their configs' own fields
 DATA_INITS = {"eva": "eva_config", "lora_ga": "lora_ga_config", "corda": "corda_config"}
+CORDA_PENDING = "corda_config"  # the run state's key: CorDA's config, until `before_training` has the data
 
 
 def tuner_config(model: nn.Module, options: dict):
@@ -114,7 +115,7 @@ class OnDevice:
 class PeftTuner(Method):
     label, display_order = "peft", 50
 
-    def apply(self, model, **options):
+    def apply(self, model, state, **options):
         from peft import get_peft_model
 
         check_options(self.name, options, OPTIONS)
@@ -129,7 +130,7 @@ class PeftTuner(Method):
         except (ValueError, TypeError, KeyError) as exc:
             raise MethodConfigError(f"method=peft type={config.peft_type.value}: {exc}") from None
         if corda is not None:
-            adapted._harness_corda = corda
+            state[CORDA_PENDING] = corda
         if config.peft_type.value == "ADALORA":
             # AdaLoRA's `ranknum` is a constant (the rank) that peft leaves trainable when the model is on the meta
             # device: frozen here, so that the budget solver counts what the real model trains
@@ -144,10 +145,10 @@ class PeftTuner(Method):
                         if ".lora_E." in name:
                             parameter.normal_(0.0, float(options["e_init_std"]))
         if str(getattr(config, "init_lora_weights", "")).startswith(REWRITES_BASE_WEIGHTS) and corda is None:
-            remember_initial_adapter(adapted, f"peft-{config.init_lora_weights}")
+            remember_initial_adapter(adapted, state, f"peft-{config.init_lora_weights}")
         return adapted
 
-    def apply_structure(self, model, **options):
+    def apply_structure(self, model, state, **options):
         """The same tuner with peft's plain initialisation: what validation and the budget solver build on the meta
         device (a QR, SVD or data-driven init cannot run there, and changes no shape)."""
         config = dict(options.get("config") or {})
@@ -155,14 +156,15 @@ class PeftTuner(Method):
             config.pop(DATA_INITS.get(config["init_lora_weights"], ""), None)
             config["init_lora_weights"] = True
             options = {**options, "config": config}
-        adapted = self.apply(model, **options)
-        adapted.__dict__.pop(INITIAL_ATTR, None)
+        adapted = self.apply(model, state, **options)
+        state.pop(INITIAL_ADAPTER, None)
         return adapted
 
     def validate(self, model, **options):
-        self.apply_structure(model, **options)
+        self.apply_structure(model, {}, **options)
 
-    def before_training(self, model, context):
+    def before_training(self, adapted, context):
+        model, options = adapted.model, adapted.options
         config = model.peft_config[model.active_adapter]
         if getattr(config, "init_lora_weights", None) == "eva":
             from peft import initialize_lora_eva_weights
@@ -170,28 +172,28 @@ class PeftTuner(Method):
             with torch.no_grad():
                 initialize_lora_eva_weights(model, dataloader=OnDevice(context["loader"], context["device"]),
                                             show_progress_bar=False)
-        if getattr(model, "_harness_corda", None) is not None:
-            self._corda_init(model, context)
+        if adapted.state.get(CORDA_PENDING) is not None:
+            self._corda_init(adapted, context)
         if getattr(config, "init_lora_weights", None) == "lora_ga":
-            batches = (getattr(model, "_harness_method_options", None) or {}).get("init_batches") or 8
-            self._lora_ga_init(model, context, int(batches))
+            self._lora_ga_init(adapted, context, int(options.get("init_batches") or 8))
         if config.peft_type.value == "ADALORA":
             total = int(context["total_steps"])
-            allocates = (getattr(model, "_harness_method_options", None) or {}).get("update_ranks", True)
+            allocates = options.get("update_ranks", True)
             # (the last allocation step prunes by the importance the steps before it measured: at least one)
             if allocates and config.tinit + 1 >= total - config.tfinal:
                 raise MethodConfigError(f"method=peft type=ADALORA: tinit={config.tinit} + tfinal={config.tfinal} "
                                         f"leave fewer than two steps of rank allocation in this run's {total} steps")
             model.base_model.rankallocator.set_total_step(total)
 
-    def can_pack(self, model) -> bool:
+    def can_pack(self, adapted) -> bool:
         # a prompt-learning tuner prepends its virtual tokens to every row: packed examples would share them
         from peft import PeftModel
 
+        model = adapted.model
         return not (isinstance(model, PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning)
 
     @staticmethod
-    def _lora_ga_init(model, context, batches: int) -> None:
+    def _lora_ga_init(adapted, context, batches: int) -> None:
         """LoRA-GA (Wang et al. 2024): each adapter from the SVD of its weight's gradient on the first
         `method.init_batches` training micro-batches (8 by default). The gradients are estimated on the frozen base
         model with the adapters off, as peft's `preprocess_loraga` does before the adapter exists (it cannot run on
@@ -199,6 +201,7 @@ class PeftTuner(Method):
         the residual weight of every layer; the adapter as initialised is kept for the save on original weights."""
         from peft.tuners.lora import LoraLayer
 
+        model = adapted.model
         layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
         trainable = {id(p): p.requires_grad for p in model.parameters()}
         for p in model.parameters():
@@ -225,10 +228,10 @@ class PeftTuner(Method):
         with torch.no_grad():
             for layer in layers:
                 layer.lora_ga_init(model.active_adapter, config.lora_ga_config)
-        remember_initial_adapter(model, "peft-lora_ga")
+        remember_initial_adapter(model, adapted.state, "peft-lora_ga")
 
     @staticmethod
-    def _corda_init(model, context) -> None:
+    def _corda_init(adapted, context) -> None:
         """CorDA (Yang et al. 2024): each adapter from the SVD of W C, C the covariance of the layer's inputs on the
         first `method.init_batches` training micro-batches (ipm: the components the data uses most; kpm: the least,
         keeping the rest of the model's knowledge). peft's `preprocess_corda` runs before the adapter exists and looks
@@ -238,7 +241,8 @@ class PeftTuner(Method):
         from peft.tuners.lora import LoraLayer
         from peft.tuners.lora.corda import preprocess_corda
 
-        corda, options = model._harness_corda, getattr(model, "_harness_method_options", None) or {}
+        model, options = adapted.model, adapted.options
+        corda = adapted.state.pop(CORDA_PENDING)
         config = copy.copy(model.peft_config[model.active_adapter])
         config.init_lora_weights, config.corda_config = "corda", corda
         view = nn.Module()  # the base layers, under the names the unadapted model gives them
@@ -273,18 +277,17 @@ class PeftTuner(Method):
         with torch.no_grad():
             for _, layer in layers:
                 layer.corda_init(model.active_adapter, "corda")
-        del model._harness_corda
-        remember_initial_adapter(model, "peft-corda")
+        remember_initial_adapter(model, adapted.state, "peft-corda")
 
-    def after_optimizer_step(self, model, step):
+    def after_optimizer_step(self, adapted, step):
         # `update_ranks=false`: AdaLoRA at its initial ranks throughout, as LoRA-GA's Trainer ran it (no file of
         # its reproduce/ calls update_and_allocate)
-        allocate = (getattr(model, "_harness_method_options", None) or {}).get("update_ranks", True)
+        model, allocate = adapted.model, adapted.options.get("update_ranks", True)
         if model.peft_config[model.active_adapter].peft_type.value == "ADALORA" and allocate:
             model.base_model.update_and_allocate(step)
 
-    def save(self, model, directory: Path) -> None:
-        save_on_original_weights(model, directory)
+    def save(self, adapted, directory: Path) -> None:
+        save_on_original_weights(adapted, directory)
 
     def solve_budget(self, model, options, target, total_params, options_at=None):
         """The tuner's knob (`method.knob`, else its usual one: r, n_frequency, num_virtual_tokens) searched by
@@ -306,7 +309,7 @@ class PeftTuner(Method):
                 at = {k: v for k, v in options_at(f"config.{knob}", int(value)).items() if k != "knob"}
             else:
                 at = {**options, "config": {**dict(options.get("config") or {}), knob: int(value)}}
-            return methods.trainable_parameters(self.apply_structure(copy.deepcopy(skeleton), **at))
+            return methods.trainable_parameters(self.apply_structure(copy.deepcopy(skeleton), {}, **at))
         return solve_by_counting(f"peft type={kind}", f"config.{knob}", count, target, total_params)
 
     def knob_label(self, options):
@@ -316,13 +319,14 @@ class PeftTuner(Method):
                 return f"{knob}={config[knob]}"
         return ""
 
-    def can_merge(self, model) -> bool:
+    def can_merge(self, adapted) -> bool:
         from peft import PeftModel
 
+        model = adapted.model
         if not isinstance(model, PeftModel):
             return False
         config = model.peft_config[model.active_adapter]
         return not config.is_prompt_learning and hasattr(model.base_model, "merge_and_unload")
 
-    def merge(self, model):
-        return model.merge_and_unload() if self.can_merge(model) else model
+    def merge(self, adapted):
+        return adapted.model.merge_and_unload() if self.can_merge(adapted) else adapted.model

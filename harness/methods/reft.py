@@ -108,7 +108,7 @@ class ReFT(Method):
         parse_positions(options.get("positions", "f1+l1"))
         self._layers(options, len(blocks(model)[1]))
 
-    def apply(self, model, **options):
+    def apply(self, model, state, **options):
         self.validate(model, **options)
         pyreft = _pyreft()
         r = int(options.get("r", 1))
@@ -128,9 +128,10 @@ class ReFT(Method):
             p.requires_grad_(under(name, heads))
         return ReftClassifier(reft, first, last, share)
 
-    def save(self, model, directory: Path) -> None:
+    def save(self, adapted, directory: Path) -> None:
         from safetensors.torch import save_file
 
+        model = adapted.model
         tensors = {f"interventions.{key}.{name}": value.detach().contiguous().cpu()
                    for key, intervention in model.reft.interventions.items()
                    for name, value in intervention.state_dict().items()}
@@ -138,13 +139,13 @@ class ReFT(Method):
                         if p.requires_grad})
         save_file(tensors, str(Path(directory) / WEIGHTS_FILE))
 
-    def load(self, base_model, directory, options):
+    def load(self, base_model, directory, options, state):
         from safetensors.torch import load_file
 
         path = Path(directory) / WEIGHTS_FILE
         if not path.is_file():
             raise MethodConfigError(f"{path}: missing; this directory holds no weights saved by method={self.name}")
-        model = self.apply(base_model, **options)
+        model = self.apply(base_model, state, **options)
         tensors = load_file(str(path))
         for key, intervention in model.reft.interventions.items():
             prefix = f"interventions.{key}."

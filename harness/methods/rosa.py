@@ -47,12 +47,15 @@ class RosaState:
         return {n: m.rosa_sparse.indices() for n, m in self.targets.items() if hasattr(m, "rosa_sparse")}
 
 
-def state(model) -> RosaState:
-    """The RoSA / SpA state of an adapted model: its target modules (each with its `rosa_sparse` part once the
-    masks are attached), the masks, the options. The public way to inspect them."""
-    if not hasattr(model, "_harness_rosa"):
-        raise MethodConfigError("this model has no RoSA / SpA adapter (harness.methods.apply(model, 'rosa', ...))")
-    return model._harness_rosa
+STATE_KEY = "rosa"  # where a run's handle keeps its RosaState (`Adapted.state`)
+
+
+def state(adapted) -> RosaState:
+    """The RoSA / SpA state of an adapted run (`harness.methods.Adapted`): its target modules (each with its
+    `rosa_sparse` part once the masks are attached), the masks, the options. The public way to inspect them."""
+    if STATE_KEY not in adapted.state:
+        raise MethodConfigError("this run has no RoSA / SpA adapter (harness.methods.apply(model, 'rosa', ...))")
+    return adapted.state[STATE_KEY]
 
 
 _state = state
@@ -83,9 +86,8 @@ def _weight_shape(module) -> tuple[int, int]:
     return base.out_features, base.in_features
 
 
-def attach_masks(model, masks: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+def attach_masks(state: RosaState, masks: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Adds a zero-initialised S with the given mask to every target module."""
-    state = _state(model)
     missing = sorted(set(state.targets) - set(masks))
     if missing:
         raise MethodConfigError(f"method=rosa/spa: the masks have no entry for {missing[:3]}{'...' if len(missing) > 3 else ''}")
@@ -112,9 +114,9 @@ def load_masks(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 @torch.no_grad()
-def _reset_lora(model) -> None:
+def _reset_lora(model, state: RosaState) -> None:
     params = dict(model.named_parameters())
-    for name, value in _state(model).initial_lora.items():
+    for name, value in state.initial_lora.items():
         params[name].copy_(value)
 
 
@@ -258,7 +260,7 @@ class _RoSABase(Method):
             raise MethodConfigError(f"method={self.name}: r=0 and density=0 train nothing")
         return o
 
-    def apply(self, model, **options):
+    def apply(self, model, state, **options):
         o = self._options(options)
         names = list(o["target_modules"] or [])
         if o["r"] > 0:
@@ -272,25 +274,25 @@ class _RoSABase(Method):
             for name, p in model.named_parameters():
                 p.requires_grad_(any(m in name.split(".") for m in heads))
             initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        model._harness_rosa = RosaState(options=o, targets=_target_modules(model, names, wrapped=o["r"] > 0),
-                                        initial_lora=initial)
+        rosa = state[STATE_KEY] = RosaState(options=o, targets=_target_modules(model, names, wrapped=o["r"] > 0),
+                                            initial_lora=initial)
         if o["masks"] is not None:
-            attach_masks(model, load_masks(o["masks"]))
+            attach_masks(rosa, load_masks(o["masks"]))
         elif float(o["density"]) == 0.0:
-            _state(model).ready = True  # no sparse part: exactly LoRA
+            rosa.ready = True  # no sparse part: exactly LoRA
         return model
 
-    def before_training(self, model, context: dict) -> None:
+    def before_training(self, adapted, context: dict) -> None:
         """Generates the masks (warm-up, gradient accumulation, top-k), then restarts from the initial L. With
         several processes the main one generates them (`context["on_main"]`) and every process attaches them."""
-        state = _state(model)
+        state = _state(adapted)
         if state.ready:
             return
-        masks = context.get("on_main", lambda compute: compute())(lambda: self._generate_masks(model, context))
-        attach_masks(model, masks)
+        masks = context.get("on_main", lambda compute: compute())(lambda: self._generate_masks(adapted, context))
+        attach_masks(state, masks)
 
-    def _generate_masks(self, model, context: dict) -> dict:
-        state = _state(model)
+    def _generate_masks(self, adapted, context: dict) -> dict:
+        model, state = adapted.model, _state(adapted)
         o = state.options
         device = context["device"]
         # Warm-up steps and gradient batches are optimizer batches (training.batch_size), as in the paper's
@@ -305,7 +307,7 @@ class _RoSABase(Method):
             from harness.train import clip_norm, optimizer_and_schedule
 
             training = context["training"]
-            optimizer, scheduler = optimizer_and_schedule(self.param_groups(model, dict(training)), training,
+            optimizer, scheduler = optimizer_and_schedule(self.param_groups(adapted, dict(training)), training,
                                                           int(context.get("total_steps") or o["mask_warmup_steps"]))
             model.train()
             state.warmup_lrs = []
@@ -327,29 +329,29 @@ class _RoSABase(Method):
                                             state.targets, o["mask_score"], str(o["mask_buffer_device"]))
         if frozen_model and hasattr(model, "disable_input_require_grads"):
             model.disable_input_require_grads()
-        _reset_lora(model)
+        _reset_lora(model, state)
         # on the CPU: sent to the other processes as they are
         return {name: tuple(t.cpu() for t in topk_mask(score, float(o["density"]))) for name, score in scores.items()}
 
-    def set_trainable_precision(self, model) -> set[int]:
+    def set_trainable_precision(self, adapted) -> set[int]:
         """`adapter_dtype=bf16`: A, B and S train in bf16, as the official scripts keep them (`rosa_dtype: bf16`);
         the default fp32 keeps master weights, as every method's adapter."""
-        dtype = ADAPTER_DTYPES[_state(model).options["adapter_dtype"]]
+        dtype = ADAPTER_DTYPES[_state(adapted).options["adapter_dtype"]]
         if dtype == torch.float32:
             return set()
-        sparse = {id(m.rosa_sparse.values) for m in _state(model).targets.values() if hasattr(m, "rosa_sparse")}
+        sparse = {id(m.rosa_sparse.values) for m in _state(adapted).targets.values() if hasattr(m, "rosa_sparse")}
         kept = set()
-        for name, p in model.named_parameters():  # A, B and S only: a task's head keeps fp32 master weights
+        for name, p in adapted.model.named_parameters():  # A, B and S only: a task's head keeps fp32 master weights
             if p.requires_grad and (id(p) in sparse or "lora_" in name):
                 p.data = p.data.to(dtype)
                 kept.add(id(p))
         return kept
 
-    def param_groups(self, model, training: dict) -> list[dict]:
-        o = _state(model).options
-        sparse = [m.rosa_sparse.values for m in _state(model).targets.values() if hasattr(m, "rosa_sparse")]
+    def param_groups(self, adapted, training: dict) -> list[dict]:
+        o = _state(adapted).options
+        sparse = [m.rosa_sparse.values for m in _state(adapted).targets.values() if hasattr(m, "rosa_sparse")]
         sparse_ids = {id(p) for p in sparse}
-        lowrank = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
+        lowrank = [p for p in adapted.model.parameters() if p.requires_grad and id(p) not in sparse_ids]
         groups = []
         if lowrank:
             groups.append({"params": lowrank, **({"lr": float(o["lr_lowrank"])} if o["lr_lowrank"] else {})})
@@ -358,8 +360,8 @@ class _RoSABase(Method):
         return groups
 
     @torch.no_grad()
-    def merge(self, model):
-        state = _state(model)
+    def merge(self, adapted):
+        state = _state(adapted)
         for h in state.hooks:
             h.remove()
         state.hooks.clear()
@@ -368,12 +370,12 @@ class _RoSABase(Method):
                 base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
                 base.weight.add_(module.rosa_sparse.to_dense().to(base.weight.dtype))
                 del module.rosa_sparse
-        return super().merge(model)
+        return super().merge(adapted)
 
-    def save(self, model, directory: Path) -> None:
+    def save(self, adapted, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        state = _state(model)
+        model, state = adapted.model, _state(adapted)
         if state.options["r"] > 0:
             model.save_pretrained(directory)
         # SpA: a task's head trained in place (with r > 0 it is in the peft adapter as modules_to_save)
@@ -389,18 +391,18 @@ class _RoSABase(Method):
         if tensors:
             save_file(tensors, str(Path(directory) / SPARSE_FILE))
 
-    def load(self, base_model, directory, options):
+    def load(self, base_model, directory, options, state):
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         directory = Path(directory)
         has_sparse = (directory / SPARSE_FILE).is_file()
-        model = self.apply(base_model, **{**options, "masks": str(directory / SPARSE_FILE) if has_sparse else None})
-        if _state(model).options["r"] > 0:
+        model = self.apply(base_model, state, **{**options, "masks": str(directory / SPARSE_FILE) if has_sparse else None})
+        if state[STATE_KEY].options["r"] > 0:
             set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
         tensors = load_file(str(directory / SPARSE_FILE)) if has_sparse else {}
         with torch.no_grad():
-            for name, module in _state(model).targets.items():
+            for name, module in state[STATE_KEY].targets.items():
                 if f"{name}.values" in tensors:
                     module.rosa_sparse.values.copy_(tensors[f"{name}.values"])
             parameters = dict(model.named_parameters())

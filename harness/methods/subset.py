@@ -33,7 +33,7 @@ class OwnWeightsSubset(Method):
         """Names of the backbone parameters this method trains."""
         raise NotImplementedError
 
-    def apply(self, model, **options):
+    def apply(self, model, state, **options):
         check_options(self.name, options, self.options)
         heads = list(options.get("modules_to_save") or [])
         backbone = self.chosen(model, options)
@@ -41,13 +41,13 @@ class OwnWeightsSubset(Method):
             p.requires_grad_(name in backbone or under(name, heads))
         return model
 
-    def save(self, model, directory: Path) -> None:
+    def save(self, adapted, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        trained = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        trained = {n: p.detach().contiguous().cpu() for n, p in adapted.model.named_parameters() if p.requires_grad}
         save_file(trained, str(Path(directory) / self.weights_file))
 
-    def load(self, base_model, directory, options):
+    def load(self, base_model, directory, options, state):
         from safetensors.torch import load_file
 
         path = Path(directory) / self.weights_file
@@ -59,7 +59,7 @@ class OwnWeightsSubset(Method):
             raise MethodConfigError(f"{path}: parameters {unknown[:3]} do not exist in this model "
                                     "(was it saved from another architecture or head size?)")
         base_model.load_state_dict(weights, strict=False)
-        return self.apply(base_model, **options)
+        return self.apply(base_model, state, **options)
 
 
 @register("linear_probe")

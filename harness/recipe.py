@@ -1,0 +1,180 @@
+"""A run's recipe in named phases: identity -> data -> load -> adapt -> train -> evaluate (the writes are
+`harness.artifacts` and `harness.results`). Every entry point builds its run from these phases, so that a run, a
+re-scoring (`harness.evaluate`), a forgetting measurement, the meta-device preflight and the `experiments/`
+scripts set a model up the same way:
+
+    recipe = Recipe(cfg)
+    data = recipe.data()
+    model, processor = recipe.load()
+    adapted = recipe.adapt(model)
+    stats = recipe.train(adapted, processor, data, rid)
+    metrics, predictions, merged, seconds = recipe.evaluate(adapted, processor, data.test_sets)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from functools import cached_property
+
+from omegaconf import DictConfig
+
+from harness import benchmarks, distributed, methods, models
+from harness import budget as budget_lib
+from harness.config import method_options, resolved
+from harness.identity import run_id
+from harness.placement import decide
+from harness.train import RunContext, TrainingData, train
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+@dataclass
+class RunData:
+    """The records a run reads, before any model loads (a bad data file fails first)."""
+
+    train: list
+    validation: list
+    test_sets: dict
+    sources: list  # every data and weight source, for the result's provenance
+
+
+@dataclass
+class Solved:
+    """The method's options with a budget's knob solved: the config as run, and the budget record (or None)."""
+
+    cfg: DictConfig
+    budget: dict | None
+
+
+class Recipe:
+    """One run's set-up, phase by phase, from its composed config."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.benchmark = benchmarks.get(cfg.task.name)
+        self.scorer = self.benchmark.scorer(cfg.protocol.name)
+        self.method = methods.get(cfg.method.name)
+        self.solved = Solved(cfg, None)  # (until `adapt` solves a budget)
+
+    # -- identity ------------------------------------------------------------------------------------------------
+    def identity(self) -> str:
+        return run_id(self.cfg)
+
+    @cached_property
+    def placement(self):
+        """Where and in what precision the run computes (decided once)."""
+        return decide(self.cfg.model, self.cfg.training, self.method.trains_all_weights)
+
+    # -- data ----------------------------------------------------------------------------------------------------
+    def data(self) -> RunData:
+        """The training and held-out records and the test sets."""
+        cfg, benchmark = self.cfg, self.benchmark
+        sources = benchmark.data_sources(cfg.task) + models.weight_sources(cfg.model)
+        records, held_out = benchmark.training_records(cfg.task, cfg.seed)
+        return RunData(records, held_out, self.test_sets(), sources)
+
+    def test_sets(self) -> dict:
+        """The test sets the scorer is given (none for a scorer that reads its own: lm-eval)."""
+        return {} if self.scorer.reads_own_test_data else self.benchmark.test_sets(self.cfg.task)
+
+    # -- load ----------------------------------------------------------------------------------------------------
+    @property
+    def head(self):
+        """The benchmark's model head (None: a causal LM; a classifier for GLUE, images)."""
+        return self.benchmark.model_head(self.cfg.task)
+
+    def load(self, seeded: bool = True):
+        """(model, tokenizer or image processor) on the run's device: before the method, as PiSSA / MiLoRA run an
+        SVD per adapted matrix at init. `seeded`: from the run's seed (a random-weight model is rebuilt as the
+        run built it)."""
+        if seeded:
+            seed_everything(self.cfg.seed)
+        model, processor = models.load(self.cfg.model, self.head, self.placement)
+        return model.to(self.placement.device), processor
+
+    def architecture(self):
+        """The model on the meta device (no weights, no memory): what the preflight checks against."""
+        return models.empty_model(resolved(self.cfg)["model"], self.head)
+
+    # -- adapt ---------------------------------------------------------------------------------------------------
+    def solve_budget(self, model) -> Solved:
+        """The config with the budget's knob solved on `model` (the real one or its architecture)."""
+        solved, budget = budget_lib.solved_for_model(self.cfg, model, methods.total_parameters(model))
+        self.solved = Solved(solved, budget)
+        return self.solved
+
+    def adapt(self, model) -> methods.Adapted:
+        """The run's method on `model`, within its budget (a task's new head, a classifier, trains with every
+        method, each in its own way)."""
+        solved = self.solve_budget(model)
+        if solved.budget:
+            b = solved.budget
+            print(f"[harness] budget {b['target']:,}: {self.method.name} {b['knob']}={b['value']:.6g} "
+                  f"-> {b['predicted']:,} parameters", flush=True)
+        return apply_method(model, self.method.name, self.benchmark.head_modules, method_options(solved.cfg))
+
+    def validate(self) -> None:
+        """The method's options checked against the architecture, as `adapt` would set them up (a fresh meta
+        model: applying a method changes the model it is given)."""
+        solved = self.solve_budget(_cached_architecture(self))
+        methods.validate(self.architecture(), self.method.name, head_modules=self.benchmark.head_modules,
+                         **method_options(solved.cfg))
+
+    def saved(self, model, directory) -> methods.Adapted:
+        """The run's saved method (`harness.methods.save`) on the untouched base `model`."""
+        return methods.load(model, directory)
+
+    # -- train ---------------------------------------------------------------------------------------------------
+    def training_data(self, processor, data: RunData) -> TrainingData:
+        examples, held_out = self.benchmark.training_examples(self.cfg.task, processor, data.train, data.validation)
+        return TrainingData(examples, held_out, processor, self.benchmark.collator(processor, self.cfg.task))
+
+    def train(self, adapted, processor, data: RunData, rid: str, on_epoch_end=None) -> dict:
+        """Trains `adapted` in place (its model is the trained one after); returns the result's `train`."""
+        cfg = self.cfg
+        run = RunContext(cfg.seed, rid, bool(cfg.run.progress), cfg.logging, self.placement, on_epoch_end,
+                         cfg.get("sharding"))
+        return train(adapted, self.training_data(processor, data), cfg.training, run)["stats"]
+
+    # -- evaluate ------------------------------------------------------------------------------------------------
+    def evaluate(self, adapted, processor, test_sets: dict) -> tuple[dict, dict, bool, float]:
+        """(metrics, predictions, merged, seconds): the protocol's scores of a trained run, on merged weights when
+        the protocol asks and the method merges."""
+        cfg = self.cfg
+        merged = bool(cfg.protocol.merge_before_eval and adapted.method.can_merge(adapted))
+        eval_model = methods.merge(adapted) if merged else adapted.model
+        eval_model.eval()
+        start = time.perf_counter()
+        metrics, predictions = self.scorer.evaluate(eval_model, processor, test_sets, cfg.protocol, cfg.task,
+                                                    bool(cfg.run.progress))
+        return metrics, predictions, merged, time.perf_counter() - start
+
+
+def apply_method(model, name: str, head_modules, options: dict) -> methods.Adapted:
+    """`harness.methods.apply` across processes: with several, an initialisation that reads the weights (an SVD)
+    runs on the main process only; the others build the same structure and receive its values."""
+    shared_init = distributed.active() and methods.get(name).init_reads_weights
+    adapted = methods.apply(model, name, head_modules=head_modules,
+                            structure_only=shared_init and not distributed.is_main(), **options)
+    if shared_init:
+        distributed.broadcast_model(adapted.model)
+    return adapted
+
+
+_ARCHITECTURES: dict[str, object] = {}
+
+
+def _cached_architecture(recipe: Recipe):
+    """The architecture to read shapes and count from (never adapted): cached, as a grid repeats models."""
+    key = json.dumps([resolved(recipe.cfg)["model"], recipe.head or {}], sort_keys=True, default=str)
+    if key not in _ARCHITECTURES:
+        if len(_ARCHITECTURES) >= 32:
+            _ARCHITECTURES.pop(next(iter(_ARCHITECTURES)))
+        _ARCHITECTURES[key] = recipe.architecture()
+    return _ARCHITECTURES[key]
