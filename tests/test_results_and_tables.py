@@ -141,7 +141,7 @@ def test_a_budget_row_is_the_mean_of_its_seeds_with_their_interval_and_the_paper
     """Paper profile, three seeds of one RoSA cell: the row was its first seed only; now their mean, a t interval
     over the seeds from their predictions, and the verdict against the paper's number."""
     from harness.results import predictions_path
-    from harness.run import write_predictions
+    from harness.artifacts import write_predictions
     from harness.tables import budget
     from harness.tables.evidence import Evidence
 

@@ -11,7 +11,7 @@ from scipy import stats
 
 from harness import benchmarks
 from harness.results import frame, predictions_path
-from harness.run import write_predictions
+from harness.artifacts import write_predictions
 from harness.statistics import (DIFFERS, INCONCLUSIVE, NOT_JUDGED, REPRODUCED, SetRuns, compare, holm, interval,
                                 pooled_spread, reproduction)
 from harness.tables.common import published, short_namer

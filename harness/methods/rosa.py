@@ -40,6 +40,21 @@ class RosaState:
     ready: bool = False                              # masks attached (or none needed: density 0)
     warmup_lrs: list = field(default_factory=list)   # the learning rates of each warm-up step (per group)
     warmup_weight_decay: list = field(default_factory=list)
+    model: nn.Module | None = None                   # the model `targets` are modules of
+
+    def rebind(self, model: nn.Module) -> None:
+        """The same targets, by name, in another copy of the model: sharded training hands back a gathered copy
+        (`harness.sharding.gathered`), whose modules carry the sparse parts and their forward hooks as copies."""
+        by_name = {name.removeprefix(PEFT_PREFIX): module for name, module in model.named_modules()}
+        self.targets = {name: by_name[name] for name in self.targets}
+        self.hooks.clear()
+        for module in self.targets.values():
+            for key, hook in list(module._forward_hooks.items()):
+                if hook is _add_sparse_output:  # the copied registration, replaced by one this state can remove
+                    del module._forward_hooks[key]
+            if hasattr(module, "rosa_sparse"):
+                self.hooks.append(module.register_forward_hook(_add_sparse_output))
+        self.model = model
 
     @property
     def masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -55,7 +70,10 @@ def state(adapted) -> RosaState:
     `rosa_sparse` part once the masks are attached), the masks, the options. The public way to inspect them."""
     if STATE_KEY not in adapted.state:
         raise MethodConfigError("this run has no RoSA / SpA adapter (harness.methods.apply(model, 'rosa', ...))")
-    return adapted.state[STATE_KEY]
+    rosa = adapted.state[STATE_KEY]
+    if rosa.model is not adapted.model:
+        rosa.rebind(adapted.model)
+    return rosa
 
 
 _state = state
@@ -275,7 +293,7 @@ class _RoSABase(Method):
                 p.requires_grad_(any(m in name.split(".") for m in heads))
             initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         rosa = state[STATE_KEY] = RosaState(options=o, targets=_target_modules(model, names, wrapped=o["r"] > 0),
-                                            initial_lora=initial)
+                                            initial_lora=initial, model=model)
         if o["masks"] is not None:
             attach_masks(rosa, load_masks(o["masks"]))
         elif float(o["density"]) == 0.0:
