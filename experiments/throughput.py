@@ -44,7 +44,7 @@ def harness_tokens_per_s(cfg, placement, fresh, examples, micro: int, steps: int
     from harness.train import RunContext, TrainingData, train
 
     training = {**cfg.training, "batch_size": micro, "micro_batch_size": micro, "max_steps": steps,
-                "warmup_steps": 0, "select_best": False, "batching": batching}
+                "warmup_steps": 0, "batching": batching}
     adapted, tokenizer = fresh()
     out = train(adapted, TrainingData(examples, [], tokenizer), training,
                 RunContext(seed=0, progress=False, placement=placement))

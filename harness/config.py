@@ -4,7 +4,9 @@ What identifies a run (its hash) is `harness.identity`; the cells of an experime
 
 from __future__ import annotations
 
+import copy
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
 
@@ -53,15 +55,41 @@ def with_profile(overrides: Iterable[str], announce: bool = True) -> list[str]:
     return overrides + [f"profile={chosen}"]
 
 
-def compose(overrides: Iterable[str] = ()) -> DictConfig:
-    """Composes `conf/config.yaml` with Hydra overrides (the same tree the CLI uses)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+# Hydra reads and merges every YAML file again on each call (0.2-0.3 s a cell here), and a grid, its status, its
+# tables and a sweep's preflight compose the same cells again and again: a composition is kept by its overrides
+# while no file under conf/ changed, and each caller gets its own copy. (Interpolations stay unresolved in the
+# kept config, so an environment variable or resolver read at access time is read afresh.)
+_COMPOSED: "OrderedDict[tuple, DictConfig]" = OrderedDict()
+_COMPOSED_KEPT = 1024
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+
+def _config_files_signature() -> tuple[int, int]:
+    """(number of YAML files under conf/, newest modification time): changes when a config file does."""
+    count = newest = 0
+    for root, _, files in os.walk(CONFIG_DIR):
+        for name in files:
+            if name.endswith(".yaml"):
+                count += 1
+                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime_ns)
+    return count, newest
+
+
+def compose(overrides: Iterable[str] = ()) -> DictConfig:
+    """Composes `conf/config.yaml` with Hydra overrides (the same tree the CLI uses); a fresh copy each call."""
+    overrides = list(overrides)
+    key = (tuple(overrides), _config_files_signature())
+    if key not in _COMPOSED:
+        from hydra import compose as hydra_compose
+        from hydra import initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            _COMPOSED[key] = hydra_compose(config_name="config", overrides=overrides)
+        while len(_COMPOSED) > _COMPOSED_KEPT:
+            _COMPOSED.popitem(last=False)
+    _COMPOSED.move_to_end(key)
+    return copy.deepcopy(_COMPOSED[key])
 
 
 def resolved(cfg: DictConfig) -> dict:

@@ -52,6 +52,24 @@ def behaviour_versions(cfg: DictConfig) -> dict[str, int]:
             "protocol": benchmark.scorer(cfg.protocol.name).behaviour_version, "training": train.BEHAVIOUR_VERSION}
 
 
+# Protocols that carried the best-epoch choice as `protocol.report` before `selection` was a config group
+REPORTED_BY_PROTOCOL = ("glue_dev",)
+
+
+def _selection_as_hashed_before(data: dict) -> None:
+    """The `selection` group hashed as the keys it replaced (training.select_best / eval_steps, glue_dev's
+    protocol.report), so that a run keeps the id it had before the group existed and its results are reused. A
+    config written before (a result's own) has those keys already and no `selection`: left as it is."""
+    if "selection" not in data:
+        return
+    selection = data.pop("selection") or {}
+    on_loss = selection.get("monitor") == "held_out_loss"
+    data.setdefault("training", {}).update(select_best=on_loss, eval_steps=selection.get("steps") if on_loss else None)
+    protocol = data.setdefault("protocol", {})
+    if selection.get("every") == "epoch" or protocol.get("name") in REPORTED_BY_PROTOCOL:
+        protocol["report"] = "best_epoch" if selection.get("every") == "epoch" else "last"
+
+
 def semantic_config(cfg: DictConfig, with_inputs: bool = True) -> dict:
     """The part of the resolved config that determines the result (what the run id hashes): the config less
     where things are and how they are shown, plus the content of what the run reads and the code's behaviour
@@ -59,6 +77,7 @@ def semantic_config(cfg: DictConfig, with_inputs: bool = True) -> dict:
     from harness import benchmarks
 
     data = resolved(cfg)
+    _selection_as_hashed_before(data)
     data["task"] = benchmarks.get(cfg.task.name).semantic_task(data["task"])
     for key in NON_SEMANTIC_KEYS:
         data.pop(key, None)

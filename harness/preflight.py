@@ -14,7 +14,7 @@ from harness.errors import ConfigError
 from harness.recipe import Recipe
 
 
-def check_training(training, task=None) -> None:
+def check_training(training) -> None:
     for key in ("batch_size", "micro_batch_size"):
         value = training.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -23,15 +23,13 @@ def check_training(training, task=None) -> None:
         raise ConfigError(f"training.batch_size={training.batch_size} is not a multiple of "
                           f"training.micro_batch_size={training.micro_batch_size}",
                           "choose a micro-batch that divides the batch; the rest is gradient accumulation")
-    if training.get("select_best") and (not training.get("eval_steps") or not (task or {}).get("val_set_size")):
-        raise ConfigError("training.select_best needs held-out records and training.eval_steps",
-                          "set task.val_set_size (LLM-Adapters: 120) and training.eval_steps (80)")
 
 
 def check(cfg: DictConfig) -> str:
     """Raises a HarnessError naming what cannot work; returns the run id."""
-    check_training(cfg.training, cfg.task)
+    check_training(cfg.training)
     recipe = Recipe(cfg)
+    recipe.selection.check(cfg.task.get("val_set_size"))
     recipe.scorer.check(cfg.protocol, cfg.task)
     rid = recipe.identity()  # every data and weight source exists (their content is part of the id)
     recipe.validate()  # the budget and the method's options, on the meta device

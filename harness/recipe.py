@@ -25,6 +25,7 @@ from harness import budget as budget_lib
 from harness.config import method_options, resolved
 from harness.identity import run_id
 from harness.placement import decide
+from harness.selection import Selection
 from harness.train import RunContext, TrainingData, train
 
 
@@ -61,6 +62,7 @@ class Recipe:
         self.scorer = self.benchmark.scorer(cfg.protocol.name)
         self.method = methods.get(cfg.method.name)
         self.solved = Solved(cfg, None)  # (until `adapt` solves a budget)
+        self.selection = Selection.of(cfg.get("selection"))
 
     # -- identity ------------------------------------------------------------------------------------------------
     def identity(self) -> str:
@@ -139,7 +141,7 @@ class Recipe:
         """Trains `adapted` in place (its model is the trained one after); returns the result's `train`."""
         cfg = self.cfg
         run = RunContext(cfg.seed, rid, bool(cfg.run.progress), cfg.logging, self.placement, on_epoch_end,
-                         cfg.get("sharding"))
+                         cfg.get("sharding"), self.selection)
         return train(adapted, self.training_data(processor, data), cfg.training, run)["stats"]
 
     # -- evaluate ------------------------------------------------------------------------------------------------

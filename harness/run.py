@@ -119,7 +119,7 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     setup_seconds = time.perf_counter() - load_start
 
     phases.enter("train")
-    per_epoch = EpochScorer(recipe.scorer, processor, data.test_sets, cfg) if cfg.protocol.get("report") == "best_epoch" else None
+    per_epoch = EpochScorer(recipe.scorer, processor, data.test_sets, cfg) if recipe.selection.per_epoch else None
     stats = recipe.train(adapted, processor, data, rid, per_epoch)
     params = parameter_counts(adapted.model, total_params, recipe.benchmark.head_modules, recipe.solved.budget)
     print(f"[harness] {cfg.method.name}: {params['trainable']:,} trainable of {total_params:,} parameters"

@@ -1,4 +1,5 @@
-"""Checkpoint selection: on the held-out loss (`BestCheckpoint`) or on the test sets' best epoch (`EpochScorer`).
+"""Checkpoint selection, one component configured in one place (`conf/selection/`, `Selection`): the last step's
+weights, the held-out loss every N steps (`BestCheckpoint`) or each test set's best epoch (`EpochScorer`).
 
 Held-out loss (LLM-Adapters' `load_best_model_at_end`; the DoRA / MiLoRA scripts'
 `--val_set_size 120 --eval_step 80 --save_step 80`; MiLoRA section 4.1: "best checkpoint chosen by the
@@ -17,10 +18,67 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+
+from harness.errors import ConfigError
+
+# monitor -> (mode, every): the settings the component has (conf/selection/val_loss.yaml, best_epoch.yaml)
+MONITORS = {"held_out_loss": ("min", "steps"), "headline": ("max", "epoch")}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which weights (or epoch) a run reports: `monitor` null is the last step's; `held_out_loss` the lowest
+    held-out loss every `steps` optimizer steps; `headline` each test set's best epoch by its headline metric."""
+
+    monitor: str | None = None
+    mode: str | None = None
+    every: str | None = None
+    steps: int | None = None
+
+    @classmethod
+    def of(cls, node) -> "Selection":
+        """From the run config's `selection` node (a config written before the group existed has none: last)."""
+        values = dict(node or {})
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"selection: unknown key(s) {unknown}", "see conf/selection/*.yaml")
+        selection = cls(**values)
+        selection.validate()
+        return selection
+
+    def validate(self) -> None:
+        if self.monitor is None:
+            return
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"selection.monitor={self.monitor!r} is not one of {sorted(MONITORS)} (or null: the last "
+                              "step's weights)", "choose selection=last, val_loss or best_epoch")
+        mode, every = MONITORS[self.monitor]
+        if (self.mode, self.every) != (mode, every):
+            raise ConfigError(f"selection.monitor={self.monitor} is selected with mode={mode} every={every}, got "
+                              f"mode={self.mode} every={self.every}", "choose selection=val_loss or best_epoch")
+        if every == "steps" and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1):
+            raise ConfigError(f"selection.steps={self.steps!r} must be a positive integer (the held-out loss every N "
+                              "optimizer steps)")
+
+    @property
+    def on_held_out_loss(self) -> bool:
+        return self.monitor == "held_out_loss"
+
+    @property
+    def per_epoch(self) -> bool:
+        return self.every == "epoch"
+
+    def check(self, held_out) -> None:
+        """What the selection needs of the run (before anything loads, and again when training starts):
+        `held_out`, the held-out records (or `task.val_set_size`)."""
+        if self.on_held_out_loss and not held_out:
+            raise ConfigError("selection=val_loss needs held-out records",
+                              "set task.val_set_size (LLM-Adapters: 120), or selection=last")
 
 
 class BestCheckpoint:

@@ -24,6 +24,7 @@ from harness.callbacks import Callback, EpochScoring, HeldOutLoss, Progress, Tra
 from harness.errors import ConfigError, DataError
 from harness.models import meta_copy
 from harness.placement import Placement, decide
+from harness.selection import Selection
 from harness.throughput import summary
 
 SCHEDULES = ("linear", "cosine", "constant_with_warmup")  # transformers' get_scheduler names
@@ -68,6 +69,7 @@ class RunContext:
     # returns is kept in the statistics' `epochs`
     on_epoch_end: Callable[[Any, int], Any] | None = None
     sharding: Mapping | None = None      # conf/sharding: none, or fsdp2 (harness.sharding) on several processes
+    selection: Selection = field(default_factory=Selection)  # which weights the run reports (conf/selection)
 
 
 def make_loader(examples: list[dict], tokenizer, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
@@ -287,7 +289,7 @@ class Trainer:
         self.accumulation = batch_size // (self.micro * self.processes)
         self.sharded = sharding.active(run.sharding)
         if self.sharded and run.on_epoch_end is not None:
-            raise ConfigError("sharding=fsdp2 with protocol.report=best_epoch: the per-epoch scoring would run on "
+            raise ConfigError("sharding=fsdp2 with selection=best_epoch: the per-epoch scoring would run on "
                               "sharded weights, whose forwards are collective", "use sharding=none (DDP) for this task")
         if self.sharded and self.data.validation and len(self.data.validation) < self.processes:
             raise ConfigError(f"sharding=fsdp2 on {self.processes} processes needs at least as many held-out records "
@@ -344,11 +346,10 @@ class Trainer:
 
     def _callbacks(self) -> None:
         training, run, data = self.training, self.run, self.data
-        eval_steps = int(training.get("eval_steps") or 0)
-        select = bool(training.get("select_best"))
-        if select and (not data.validation or not eval_steps):
-            raise ConfigError("training.select_best needs held-out records and training.eval_steps",
-                              "set task.val_set_size (LLM-Adapters: 120) and training.eval_steps (80)")
+        selection = run.selection
+        selection.check(len(data.validation))
+        select = selection.on_held_out_loss
+        eval_steps = int(selection.steps) if select else 0
         self.callbacks.append(Progress(self.total_steps, run.name, run.progress and distributed.is_main()))
         if self.tracked:
             self.callbacks.append(Tracker(int(dict(run.logging or {}).get("log_every", 10))))

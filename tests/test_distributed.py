@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 # draws are per process
 CELL = ["model=tiny-llama", "method=pissa", "method.r=4", "method.dropout=0.0", "task.train_subset=24", "task.val_set_size=8",
         "task.test_subset=4", "training.batch_size=8", "training.micro_batch_size=2", "training.max_steps=3",
-        "training.warmup_steps=1", "training.lr=5e-3", "training.select_best=true", "training.eval_steps=1",
+        "training.warmup_steps=1", "training.lr=5e-3", "selection=val_loss", "selection.steps=1",
         "protocol.max_new_tokens=6", "run.progress=false"]
 
 

@@ -39,7 +39,7 @@ def written_data(experiment, directory):
             f"task.test_files.alpaca_eval={write_json(directory / 'alpaca_eval.json', ALPACA_EVAL)}"]
 
 
-SHRINK = ["task.train_subset=8", "task.val_set_size=2", "training.eval_steps=1", "task.test_subset=2", "training.max_steps=1", "training.batch_size=4",
+SHRINK = ["task.train_subset=8", "task.val_set_size=2", "selection.steps=1", "task.test_subset=2", "training.max_steps=1", "training.batch_size=4",
           "training.micro_batch_size=4", "training.warmup_steps=0", "run.progress=false", "run.save_adapter=false"]
 
 

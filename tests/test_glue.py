@@ -126,7 +126,7 @@ def test_glue_reports_the_best_dev_epoch_and_keeps_the_last(tmp_path):
     per_epoch = [e["metrics"]["sst2"]["accuracy"] for e in epochs]
     assert sst2["accuracy"] == max(per_epoch) and sst2["epoch"] == per_epoch.index(max(per_epoch)) + 1
     assert sst2["last_accuracy"] == pytest.approx(per_epoch[-1])  # the final (merged) model scores as epoch 3
-    assert compose(["task=glue", "protocol=glue_dev"]).protocol.report == "best_epoch"
+    assert compose(["task=glue", "protocol=glue_dev"]).selection.every == "epoch"
 
 
 def test_the_predictions_kept_are_the_best_epochs_so_the_cell_lies_in_its_own_interval():

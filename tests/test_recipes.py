@@ -30,8 +30,8 @@ def fields(cfg):
     return {"lr": t.lr, "batch": t.batch_size, "epochs": t.epochs, "schedule": t.schedule, "warmup": t.warmup_steps,
             "warmup_ratio": t.warmup_ratio, "cutoff": cfg.task.cutoff_len, "alpha": m.get("alpha"),
             "dropout": m.get("dropout"), "targets": list(m.get("target_modules") or cfg.model.target_modules),
-            "select": t.select_best,
-            "eval_steps": t.eval_steps, "val": cfg.task.val_set_size, "precision": t.precision,
+            "select": cfg.selection.monitor == "held_out_loss",
+            "eval_steps": cfg.selection.steps, "val": cfg.task.val_set_size, "precision": t.precision,
             "train_on_inputs": cfg.task.train_on_inputs}
 
 

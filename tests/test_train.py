@@ -8,6 +8,7 @@ import torch
 from harness import methods
 from harness.benchmarks.commonsense import data as commonsense
 from harness.config import compose
+from harness.selection import Selection
 from harness.train import RunContext, TrainingData, train
 
 QUIET = RunContext(seed=0, progress=False)
@@ -136,8 +137,9 @@ def test_checkpoint_selection_restores_the_lowest_validation_loss(tiny_model, to
 
     adapted = methods.apply(tiny_model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
     model = adapted.model
-    out = train(adapted, TrainingData(examples[0], examples[1], tokenizer),
-                training(select_best=True, eval_steps=2, lr=5e-2), QUIET)
+    selected = RunContext(seed=0, progress=False, selection=Selection.of(compose(["selection=val_loss",
+                                                                                 "selection.steps=2"]).selection))
+    out = train(adapted, TrainingData(examples[0], examples[1], tokenizer), training(lr=5e-2), selected)
     stats = out["stats"]
     curve = [point["loss"] for point in stats["val_curve"]]
     assert [point["step"] for point in stats["val_curve"]] == [2, 4, 6]
@@ -146,12 +148,21 @@ def test_checkpoint_selection_restores_the_lowest_validation_loss(tiny_model, to
     assert restored == pytest.approx(min(curve), rel=1e-5)  # the model scored is the selected one
 
 
-def test_selection_without_held_out_records_is_rejected_before_training():
+def test_selection_is_one_component_whose_settings_are_checked_before_training(tmp_path):
     from harness.errors import ConfigError
-    from harness.preflight import check_training
+    from harness.preflight import check
 
-    with pytest.raises(ConfigError, match="select_best needs held-out records"):
-        check_training(training(select_best=True, eval_steps=80), {"val_set_size": 0})
+    val_loss = Selection.of(compose(["selection=val_loss"]).selection)
+    assert (val_loss.on_held_out_loss, val_loss.steps, val_loss.per_epoch) == (True, 80, False)
+    best_epoch = Selection.of(compose(["task=glue", "protocol=glue_dev"]).selection)  # the protocol selects it
+    assert best_epoch.per_epoch and not best_epoch.on_held_out_loss
+    assert Selection.of(compose(["task=glue", "protocol=glue_dev", "selection=last"]).selection) == Selection()
+    with pytest.raises(ConfigError, match="selection=val_loss needs held-out records"):
+        check(compose(["model=tiny-llama", "selection=val_loss", "task.val_set_size=0"]))
+    with pytest.raises(ConfigError, match="selection.steps=0 must be a positive integer"):
+        Selection.of(compose(["selection=val_loss", "selection.steps=0"]).selection)
+    with pytest.raises(ConfigError, match="is selected with mode=min every=steps"):
+        Selection.of(compose(["selection=val_loss", "selection.every=epoch"]).selection)
 
 
 def test_a_full_models_best_state_goes_to_disk_and_comes_back(tmp_path, monkeypatch):
