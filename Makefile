@@ -70,11 +70,17 @@ system-packages:
 
 fashion-mnist: system-packages
 
+# The suite runs on one pytest-xdist worker per core, at most 4 (each holds torch and a model: ~1 GB);
+# `make test TEST_WORKERS=0` runs it in this one process. Groups that must not overlap (torchrun's port, the
+# session's serial reproduction) stay on one worker (tests/conftest.py, --dist loadgroup).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+PYTEST = $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+
 test:
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast:
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # A static HTML report of every experiment's results (tables with intervals, plots, provenance, a per-example
 # browser): results/report/index.html, opens from disk. `make report ARGS="experiment=table1 profile=mini"`.

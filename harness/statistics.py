@@ -36,22 +36,26 @@ import numpy as np
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000        # accuracy: vectorised means, cheap
-METRIC_RESAMPLES = 1000  # a whole-set metric recomputed in Python per resample (GLUE dev sets: ~1k rows)
+METRIC_RESAMPLES = 1000  # a whole-set metric (GLUE's Matthews, Pearson): vectorised by its scorer, or per resample
 SEED = 0                # the resampling is seeded: a table rebuilt from the same files shows the same intervals
 CHUNK = 256             # resamples drawn at once (a (CHUNK, n) index array)
 
 Headline = Callable[[list[dict]], float]  # prediction rows -> the set's headline number (x 100)
+# prediction rows and a (resamples, n) index array -> the headline on each resample (None: not vectorised)
+ResampledHeadline = Callable[[list[dict], np.ndarray], "np.ndarray | None"]
 
 
 @dataclass
 class SetRuns:
     """One test set's prediction rows of one table row: a list per seed, each in the test set's order, the
     headline computed from rows (`None`: the mean of `correct`, x 100), and the run id of each seed (the same id
-    in several sets: one run scored them all)."""
+    in several sets: one run scored them all); `resampled`, where the scorer has it, computes the headline on many
+    resamples at once (the bootstrap's fast path; the same numbers as `headline` per resample)."""
 
     seeds: list[list[dict]]
     headline: Headline | None = None
     run_ids: list[str] | None = None
+    resampled: ResampledHeadline | None = None
 
     @property
     def n(self) -> int:
@@ -73,6 +77,15 @@ class SetRuns:
             return 100.0 * float(np.mean(self.correct()[seed, index]))
         rows = self.seeds[seed]
         return float(self.headline([rows[i] for i in index]))
+
+    def values(self, seed: int, index: np.ndarray) -> np.ndarray:
+        """The headline of seed `seed` on each resample of `index` ((resamples, n) example indices)."""
+        if self.headline is None:
+            return 100.0 * self.correct()[seed][index].mean(axis=1)
+        found = self.resampled(self.seeds[seed], index) if self.resampled is not None else None
+        if found is None:
+            return np.array([self.value(seed, i) for i in index])
+        return np.asarray(found, dtype=float)
 
     @property
     def binary(self) -> bool:
@@ -99,7 +112,7 @@ class SetRuns:
         return runs
 
     def first_seed(self) -> "SetRuns":
-        first = SetRuns(self.seeds[:1], self.headline, self.run_ids[:1] if self.run_ids else None)
+        first = SetRuns(self.seeds[:1], self.headline, self.run_ids[:1] if self.run_ids else None, self.resampled)
         if getattr(self, "_correct", None) is not None:
             first._correct = self._correct[:1]
         return first
@@ -224,9 +237,17 @@ def _index_chunks(rng, n: int, resamples: int):
         yield rng.integers(0, n, (min(CHUNK, resamples - start), n))
 
 
+def _draws_one_at_a_time(rng, n: int, resamples: int):
+    """As `_index_chunks`, each resample drawn by its own call: the stream whole-set metrics were always
+    resampled with (one draw per resample), so that their intervals stay what tables built before showed."""
+    for start in range(0, resamples, CHUNK):
+        yield np.stack([rng.integers(0, n, n) for _ in range(min(CHUNK, resamples - start))])
+
+
 def _bootstrap_values(sets: Sequence[SetRuns], rng, reference: Sequence[SetRuns] | None = None) -> np.ndarray:
     """One seed's macro mean (minus the reference's, on the same example draw) over resamples of each set's
-    examples; accuracy sets vectorised, whole-set metrics recomputed per resample."""
+    examples; accuracy sets vectorised, whole-set metrics by their scorer's `resampled` where it has one (else
+    recomputed per resample)."""
     cheap = all(s.headline is None for s in (*sets, *(reference or ())))
     resamples = RESAMPLES if cheap else METRIC_RESAMPLES
     total = np.zeros(resamples)
@@ -238,8 +259,8 @@ def _bootstrap_values(sets: Sequence[SetRuns], rng, reference: Sequence[SetRuns]
             values = np.concatenate([100.0 * (ours[idx].mean(axis=1) - (theirs[idx].mean(axis=1) if theirs is not None else 0.0))
                                      for idx in _index_chunks(rng, s.n, resamples)])
         else:
-            draws = (rng.integers(0, s.n, s.n) for _ in range(resamples))
-            values = np.array([s.value(0, i) - (other.value(0, i) if other is not None else 0.0) for i in draws])
+            values = np.concatenate([s.values(0, idx) - (other.values(0, idx) if other is not None else 0.0)
+                                     for idx in _draws_one_at_a_time(rng, s.n, resamples)])
         total += values
     return total / len(sets)
 

@@ -16,10 +16,28 @@ from harness.config import compose, default_data_dir  # noqa: E402
 
 # The suite honours HARNESS_THREADS as the CLI does (`HARNESS_THREADS=1 make test`): results must not depend on
 # the thread count or the BLAS kernels, and this is how both are checked.
+# Under pytest-xdist (`make test` runs one worker per core) each worker, and every process it starts, takes its
+# share of the cores: torch's default of one thread per core in each worker would oversubscribe them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("HARNESS_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 if os.environ.get("HARNESS_THREADS"):
     torch.set_num_threads(int(os.environ["HARNESS_THREADS"]))
 
 DATA_DIR = Path(default_data_dir())
+
+# Tests that must not run at the same time on two xdist workers (`--dist loadgroup` keeps a group on one):
+# torchrun's default rendezvous port is one per machine, and the session's serial Table 1 is computed once only
+# where its users share a worker (the one-node Slurm also serves one array at a time).
+XDIST_GROUPS = {"test_distributed": "torchrun", "test_sharding": "torchrun", "test_slurm": "serial_tiny_table1",
+                "test_submit": "serial_tiny_table1", "test_forgetting": "serial_tiny_table1",
+                "test_report": "serial_tiny_table1"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = XDIST_GROUPS.get(item.module.__name__.rsplit(".", 1)[-1])
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -54,6 +56,31 @@ def test_metrics_match_their_definitions():
     assert glue_metrics("mrpc", predicted, labels)["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     stsb = glue_metrics("stsb", [0.1, 0.4, 0.35, 0.8], [0.0, 1.0, 2.0, 3.0])
     assert stsb["spearman"] == pytest.approx(0.8) and 0.8 < stsb["pearson"] < 1.0
+
+
+def test_headlines_on_many_resamples_are_sklearns_and_scipys_on_each(data_dir):
+    """The bootstrap's vectorised headlines against glue_metrics (sklearn, scipy) resample by resample, on real
+    dev labels: CoLA's Matthews, RTE's accuracy, and a Pearson over STS-B-like scores; with the resamples where a
+    side is constant (Matthews 0, Pearson NaN)."""
+    scorer = benchmarks.get("glue").scorer("glue_dev")
+    rng = np.random.default_rng(0)
+    for name in ("cola", "rte"):
+        labels = [r["label"] for r in glue.test_sets(task(f"task.dataset={name}", "task.test_subset=null"))[name]]
+        flips = rng.random(len(labels)) < 0.3
+        rows = [{"prediction": int(y != f), "label": y} for y, f in zip(labels, flips)]
+        index = rng.integers(0, len(rows), (40, len(rows)))
+        index[0] = [i for i, r in enumerate(rows) if r["prediction"] == r["label"] == 1][0]  # one class only
+        expected = [scorer.summarize(name, [rows[i] for i in draw])["accuracy"] for draw in index]
+        assert scorer.headline_of_resamples(name, rows, index) == pytest.approx(expected, abs=1e-9)
+    scores = rng.uniform(0, 5, 300)
+    rows = [{"prediction": float(s + rng.normal(0, 1.5)), "label": float(s)} for s in scores]
+    index = rng.integers(0, 300, (40, 300))
+    index[0] = 7  # one row repeated: a constant sample
+    found = scorer.headline_of_resamples("stsb", rows, index)
+    assert np.isnan(found[0])
+    expected = [100 * glue_metrics("stsb", *zip(*[(rows[i]["prediction"], rows[i]["label"]) for i in draw]))["pearson"]
+                for draw in index[1:]]
+    assert found[1:] == pytest.approx(expected, abs=1e-9)
 
 
 def test_head_trains_apart_from_the_adapter_at_its_own_rate():

@@ -115,7 +115,6 @@ def test_several_seeds_are_compared_by_welchs_t_on_the_per_seed_scores():
 
 
 def test_a_whole_set_metric_is_compared_by_a_paired_bootstrap_on_real_cola_labels(monkeypatch):
-    monkeypatch.setattr("harness.statistics.METRIC_RESAMPLES", 250)  # (Matthews in Python per resample)
     labels = [int(line.split("\t")[1]) for line in COLA_DEV.read_text().splitlines()[:200]]
     scorer = benchmarks.get("glue").scorer("glue_dev")
 
@@ -125,7 +124,10 @@ def test_a_whole_set_metric_is_compared_by_a_paired_bootstrap_on_real_cola_label
     def predicted(wrong_every: int) -> list[dict]:
         return [{"index": i, "label": y, "prediction": 1 - y if i % wrong_every == 0 else y, "correct": i % wrong_every != 0}
                 for i, y in enumerate(labels)]
-    good, poor = SetRuns([predicted(10)], headline), SetRuns([predicted(3)], headline)
+    def resampled(set_rows, index):
+        return scorer.headline_of_resamples("cola", set_rows, index)
+
+    good, poor = SetRuns([predicted(10)], headline, None, resampled), SetRuns([predicted(3)], headline, None, resampled)
     low, high = interval([good])
     assert low < headline(predicted(10)) < high
     result = compare([good], [poor])
@@ -134,8 +136,15 @@ def test_a_whole_set_metric_is_compared_by_a_paired_bootstrap_on_real_cola_label
     tie = compare([good], [good])
     assert tie.difference == 0.0 and not tie.significant and tie.p_value == 1.0
     right = [{"index": i, "label": y, "prediction": y, "correct": True} for i, y in enumerate(labels)]
-    perfect = SetRuns([right], headline)  # every resample's Matthews is 100: no interval, not [100, 100]
+    perfect = SetRuns([right], headline, None, resampled)  # every resample's Matthews is 100: no interval
     assert interval([perfect]) is None
+    # the vectorised headline gives the interval and test Matthews recomputed per resample gives (fewer resamples:
+    # sklearn's per call)
+    monkeypatch.setattr("harness.statistics.METRIC_RESAMPLES", 200)
+    per_resample = SetRuns([predicted(10)], headline), SetRuns([predicted(3)], headline)
+    assert interval([per_resample[0]]) == pytest.approx(interval([good]), abs=1e-9)
+    slow, fast = compare([per_resample[0]], [per_resample[1]]), compare([good], [poor])
+    assert (slow.low, slow.high, slow.p_value) == pytest.approx((fast.low, fast.high, fast.p_value), abs=1e-9)
 
 
 def test_fractional_scores_are_resampled_not_counted_as_right_or_wrong():

@@ -36,6 +36,12 @@ class Scorer:
         """Raises a HarnessError for protocol settings that cannot work, before any training (preflight): a
         judge that needs the hub offline, say."""
 
+    def headline_of_resamples(self, name: str, rows: list[dict], index):
+        """The headline (x 100) on each resample of `rows` (`index`: a (resamples, n) array of row indices), for a
+        scorer whose headline is a whole-set metric and can compute it for many resamples at once; None: the
+        bootstrap recomputes `summarize` per resample."""
+        return None
+
     def summarize(self, name: str, rows: list[dict]) -> dict:
         """A set's metrics from its prediction rows (what `score_set` returns beside them): accuracy over the
         rows' `correct`, unless the scorer's metric is another."""

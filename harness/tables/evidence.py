@@ -38,16 +38,18 @@ class Evidence:
         return self._predictions[run_id]
 
     def _headline(self, run: pd.Series):
-        """None for a mean of `correct`; else the set's scorer recomputing its headline (GLUE's Matthews)."""
+        """(None, None) for a mean of `correct`; else the set's scorer recomputing its headline (GLUE's Matthews),
+        from rows and on many resamples at once."""
         if run.metric in (None, "accuracy") or pd.isna(run.metric):
-            return None
+            return None, None
         key = (run.task, run.protocol)
         if key not in self._scorers:
             from harness import benchmarks
 
             self._scorers[key] = benchmarks.get(run.task).scorer(run.protocol)
         scorer, name = self._scorers[key], run.dataset
-        return lambda rows: scorer.summarize(name, rows)["accuracy"]
+        return (lambda rows: scorer.summarize(name, rows)["accuracy"],
+                lambda rows, index: scorer.headline_of_resamples(name, rows, index))
 
     def set_runs(self, runs: pd.DataFrame, dataset: str) -> SetRuns | None:
         """The finished runs of one table row on one test set: their prediction rows, a list per seed, and their
@@ -67,7 +69,8 @@ class Evidence:
             if not rows or any(r.get("correct") is None for r in rows):  # (AlpacaEval's outputs: judged as a set)
                 return None
             seeds.append(rows)
-        found = SetRuns(seeds, self._headline(done.iloc[0]), list(done.run_id))
+        headline, resampled = self._headline(done.iloc[0])
+        found = SetRuns(seeds, headline, list(done.run_id), resampled)
         recorded = done.accuracy.to_numpy(dtype=float)
         off = np.abs(found.per_seed() - recorded) > AGREEMENT
         if off.any():
