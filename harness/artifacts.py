@@ -1,5 +1,6 @@
 """What a run writes beside its result file: the saved adapter and the predictions, each moved into place whole
-(a reader never sees half of one), before the result file, the last write (`harness.results.write_result`)."""
+(a reader never sees half of one), before the result file, the last write (`harness.results.write_result`);
+and what is measured on it afterwards, its side results (`harness.results.SideResult`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from harness import methods
+from harness.results import SIDE_KINDS, SIDE_SCHEMA_VERSION, SideResult, side_result_path, write_json_atomic
 
 
 def move_into_place(tmp: Path, target: Path) -> None:
@@ -48,3 +50,13 @@ def write_predictions(path: Path, predictions: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_side_result(results_dir: Path, record: SideResult) -> Path:
+    """A side result beside its run's result (atomic); the run's own files are not touched."""
+    if record.get("kind") not in SIDE_KINDS or not record.get("run_id") or not record.get("name"):
+        raise ValueError(f"not a side result: kind {record.get('kind')!r}, run_id {record.get('run_id')!r}, "
+                         f"name {record.get('name')!r}")
+    path = side_result_path(results_dir, record["run_id"], record["kind"], record["name"])
+    write_json_atomic(path, {"schema": SIDE_SCHEMA_VERSION, **record})
+    return path

@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from harness import distributed, methods
+from harness import cli_args, distributed, methods
 from harness.artifacts import write_predictions
 from harness.config import compose, resolved
 from harness.identity import run_id
@@ -57,16 +56,14 @@ def locate(target: str, results_dir: str | Path | None) -> tuple[Result, Path, P
 
 
 def evaluation_config(config: dict, overrides: list[str], results: Path) -> DictConfig:
-    """The run's config with `protocol=<name>` (the group, composed for the run's task) and `key=value` fields."""
+    """The run's config with `overrides` (Hydra's grammar, harness.cli_args): `protocol=<name>` puts that protocol,
+    composed for the run's task, in place of the run's; `key=value` changes one field."""
     cfg = OmegaConf.create(copy.deepcopy(config))
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep:
-            raise ConfigError(f"{override!r}: overrides are key=value")
-        if key == "protocol":
-            cfg.protocol = compose([f"task={cfg.task.name}", f"protocol={value}"]).protocol
-        else:
-            OmegaConf.update(cfg, key.lstrip("+"), yaml.safe_load(value) if value else None, force_add=True)
+
+    def protocol(name):
+        return compose([f"task={cfg.task.name}", f"protocol={name}"]).protocol
+
+    cfg = cli_args.apply(cfg, cli_args.parse(overrides).overrides, {"protocol": protocol})
     cfg.run.results_dir = str(results)
     return cfg
 
@@ -108,16 +105,13 @@ def evaluate(target: str, overrides: list[str], results_dir: str | None = None) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    targets = [a for a in args if "=" not in a]
-    if len(targets) != 1:
-        print("usage: python -m harness.evaluate <run id | results/adapters/<run id>> [protocol=<name>] [key=value ...]",
-              file=sys.stderr)
-        raise SystemExit(2)
-    overrides = [a for a in args if "=" in a]
-    results_dir = next((a.split("=", 1)[1] for a in overrides if a.startswith("run.results_dir=")), None)
     with cli_errors():
-        evaluate(targets[0], [o for o in overrides if not o.startswith("run.results_dir=")], results_dir)
+        command = cli_args.parse(sys.argv[1:] if argv is None else argv)
+        if len(command.positional) != 1:
+            raise ConfigError("usage: python -m harness.evaluate <run id | results/adapters/<run id>> "
+                              "[protocol=<name>] [key=value ...]")
+        results_dir = command.take("run.results_dir")
+        evaluate(command.positional[0], command.lines(), results_dir)
 
 
 if __name__ == "__main__":

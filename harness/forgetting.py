@@ -18,25 +18,26 @@ Two numbers per run, on the same token windows of a held-out text:
 Texts: `wikitext103`, the hub's Salesforce/wikitext `wikitext-103-raw-v1` test split (fails fast offline, naming
 it); `pydoc_topics`, offline, the topics of the Python reference manual that CPython ships as `pydoc_data.topics`
 (the Python Software Foundation License 2.0): ~90k tokens of English technical prose, for machines without the hub.
-A local copy of the text also works: `text=/path/to/wiki.test.raw`. Nothing is retrained: the result is written
-beside the run's, `<run id>.forgetting-<text>.json`, and a cell already measured is not measured again. Default
+A local copy of the text also works: `text=/path/to/wiki.test.raw`. Nothing is retrained: the measurement is a
+side result (`harness.results.SideResult`) beside the run's, `<run id>.forgetting-<text>.json`, and a cell
+already measured is not measured again. Default
 size: 100k tokens in windows of 1024 (the paper profile), 4096 tokens in windows of 512 (mini).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from harness import benchmarks
+from harness import benchmarks, cli_args
 from harness.errors import ConfigError, cli_errors
 from harness.evaluate import evaluation_config, locate
 from harness.recipe import Recipe
-from harness.results import runs_dir, write_json_atomic
+from harness.artifacts import write_side_result
+from harness.results import SideResult, read_side_result, side_result_path
 
 TEXTS = {
     "wikitext103": "WikiText-103 test split (Salesforce/wikitext, wikitext-103-raw-v1; CC BY-SA 3.0)",
@@ -90,8 +91,13 @@ def measure(base, tuned, windows: list[torch.Tensor], device) -> dict:
             "tokens": count}
 
 
+def text_name(text: str) -> str:
+    """The name a measurement on `text` is filed under: the text's name, or a file's stem."""
+    return Path(text).stem if Path(text).is_file() else text
+
+
 def forgetting_path(results: Path, run_id: str, text: str) -> Path:
-    return runs_dir(results) / f"{run_id}.forgetting-{Path(text).stem if Path(text).is_file() else text}.json"
+    return side_result_path(results, run_id, "forgetting", text_name(text))
 
 
 SIZES = {"paper": (100_000, 1024), "mini": (4096, 512)}  # (tokens, window) by profile
@@ -121,19 +127,20 @@ def forgetting(target: str, text: str = "wikitext103", tokens: int | None = None
     windows = token_windows(tokenizer, text_body, window, tokens)
     with torch.autocast(placement.device, dtype=torch.bfloat16, enabled=placement.compute == "bf16"):
         numbers = measure(base.to(placement.device), tuned, windows, placement.device)
-    record = {"run_id": rid, "method": source["run"]["method"], "model": source["run"]["model"], "text": text,
-              "text_source": TEXTS.get(text, f"the file {text}"), "window": window, "max_tokens": tokens, **numbers,
-              "seconds": round(time.perf_counter() - start, 2), "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    path = forgetting_path(results, rid, text)
-    write_json_atomic(path, record)
+    record: SideResult = {
+        "kind": "forgetting", "name": text_name(text), "run_id": rid, "method": source["run"]["method"],
+        "model": source["run"]["model"], "values": numbers,
+        "settings": {"text": text, "text_source": TEXTS.get(text, f"the file {text}"), "window": window,
+                     "max_tokens": tokens},
+        "seconds": round(time.perf_counter() - start, 2), "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    path = write_side_result(results, record)
     print(f"[harness] {rid}: forgetting CE {numbers['forgetting_ce']:.3f}, gold CE {numbers['gold_ce']:.3f} "
           f"(base {numbers['base_gold_ce']:.3f}) on {numbers['tokens']:,} tokens of {text} -> {path}", flush=True)
     return record
 
 
-def read_forgetting(results: Path, run_id: str, text: str) -> dict | None:
-    path = forgetting_path(results, run_id, text)
-    return json.loads(path.read_text()) if path.is_file() else None
+def read_forgetting(results: Path, run_id: str, text: str) -> SideResult | None:
+    return read_side_result(forgetting_path(results, run_id, text))
 
 
 def experiment_table(overrides: list[str], text: str, tokens: int | None, window: int | None) -> list[Path]:
@@ -161,15 +168,17 @@ def experiment_table(overrides: list[str], text: str, tokens: int | None, window
             print(f"[harness] {rid}: no finished result, not measured", flush=True)
             continue
         found = read_forgetting(results, rid, text)
-        if not found or (found["max_tokens"], found["window"]) != sizes(str(cfg.profile.name), tokens, window):
+        measured_at = (found["settings"].get("max_tokens"), found["settings"].get("window")) if found else None
+        if measured_at != sizes(str(cfg.profile.name), tokens, window):
             found = forgetting(rid, text, tokens, window, str(results))  # (none yet, or measured at another size)
+        numbers = found["values"]
         label = display.label(cfg.method.name, dict(cfg.method))
         theirs = (paper["rows"].get(cfg.model.get("paper_name") or paper["reference_model"]) or {}).get(cfg.method.name)
-        rows.append({"model": cfg.model.name, "method": label, "seed": cfg.seed, "forgetting CE": found["forgetting_ce"],
+        rows.append({"model": cfg.model.name, "method": label, "seed": cfg.seed, "forgetting CE": numbers["forgetting_ce"],
                      "paper forgetting CE": theirs,
-                     "Δ forgetting CE": found["forgetting_ce"] - theirs if theirs is not None else None,
-                     "gold CE": found["gold_ce"], "base gold CE": found["base_gold_ce"],
-                     "Δ gold CE": found["gold_ce"] - found["base_gold_ce"], "tokens": found["tokens"]})
+                     "Δ forgetting CE": numbers["forgetting_ce"] - theirs if theirs is not None else None,
+                     "gold CE": numbers["gold_ce"], "base gold CE": numbers["base_gold_ce"],
+                     "Δ gold CE": numbers["gold_ce"] - numbers["base_gold_ce"], "tokens": numbers["tokens"]})
     df = pd.DataFrame(rows, columns=["model", "method", "seed", "forgetting CE", "paper forgetting CE", "Δ forgetting CE",
                                      "gold CE", "base gold CE", "Δ gold CE", "tokens"])
     shown = df.astype(object)
@@ -187,28 +196,26 @@ def experiment_table(overrides: list[str], text: str, tokens: int | None, window
     return write(df, caption, results / "tables", f"{base.experiment_name}_forgetting", shown)
 
 
+USAGE = ("usage: python -m harness.forgetting <run id | results/adapters/<run id>> [text=wikitext103|pydoc_topics|"
+         "<file>] [tokens=N] [window=N] [run.results_dir=results]\n"
+         "       python -m harness.forgetting experiment=<name> [overrides] [text=...] [tokens=N] [window=N]")
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0].startswith("-"):
-        print("usage: python -m harness.forgetting <run id | results/adapters/<run id>> [text=wikitext103|pydoc_topics|<file>] "
-              "[tokens=N] [window=N] [run.results_dir=results]\n"
-              "       python -m harness.forgetting experiment=<name> [overrides] [text=...] [tokens=N] [window=N]",
-              file=sys.stderr)
-        raise SystemExit(2)
-    own = {"text", "tokens", "window"}
-    options = dict(a.split("=", 1) for a in args if "=" in a and a.split("=", 1)[0] in own)
-    text, tokens, window = options.get("text", "wikitext103"), options.get("tokens"), options.get("window")
-    tokens, window = int(tokens) if tokens else None, int(window) if window else None
     with cli_errors():
-        if args[0].startswith("experiment="):
-            paths = experiment_table([a for a in args if a.split("=", 1)[0] not in own], text, tokens, window)
+        command = cli_args.parse(sys.argv[1:] if argv is None else argv)
+        text, tokens, window = str(command.take("text", "wikitext103")), command.take("tokens"), command.take("window")
+        tokens, window = int(tokens) if tokens else None, int(window) if window else None
+        if any(o.key_or_group == "experiment" for o in command.overrides) and not command.positional:
+            paths = experiment_table(command.lines(), text, tokens, window)
             print(paths[0].read_text())
             return
-        rest = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args[1:] if a.split("=", 1)[0] not in own}
-        unknown = sorted(set(rest) - {"run.results_dir"})
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown}: use text=, tokens=, window=, run.results_dir=")
-        forgetting(args[0], text, tokens, window, rest.get("run.results_dir"))
+        if len(command.positional) != 1:
+            raise ConfigError(USAGE)
+        results_dir = command.take("run.results_dir")
+        if command.overrides:
+            raise ConfigError(f"unknown option(s) {command.lines()}: use text=, tokens=, window=, run.results_dir=")
+        forgetting(command.positional[0], text, tokens, window, str(results_dir) if results_dir else None)
 
 
 if __name__ == "__main__":

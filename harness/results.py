@@ -161,6 +161,78 @@ def read_result(path: Path) -> Result:
     return data
 
 
+# --- side results: what is measured on a finished run after it ended ------------------------------------------
+
+SIDE_SCHEMA_VERSION = 1
+# the measurements made after a run, on its saved adapter or its predictions (harness.forgetting; AlpacaEval's
+# judge, harness.benchmarks.instruct.alpaca), and the export for alpaca_eval's own CLI (a list in its format)
+SIDE_KINDS = ("forgetting", "alpaca_eval")
+EXPORT_SUFFIXES = (".alpaca_eval.json",)
+
+
+class SideResult(TypedDict, total=False):
+    """A measurement made on a finished run after it ended, in its own file beside the run's result,
+    `runs/<run id>.<kind>-<name>.json`: it never rewrites the run's result (which a reproduction may be reading),
+    and a run has any number of them (one per text measured, one per judge)."""
+
+    schema: int
+    kind: str               # one of SIDE_KINDS
+    name: str               # what it was measured on: the text, the judge
+    run_id: str
+    method: str
+    model: str
+    values: dict            # the numbers (forgetting: forgetting_ce, gold_ce, base_gold_ce, tokens)
+    settings: dict          # how they were measured (the text's source, window and tokens; the judge's config)
+    seconds: float
+    ended_at: str
+
+
+def side_result_path(results_dir: str | Path, run_id: str, kind: str, name: str) -> Path:
+    return runs_dir(results_dir) / f"{run_id}.{kind}-{name}.json"
+
+
+def is_side_file(path: Path) -> bool:
+    """A side result or an export beside a run's result (not a result file)."""
+    name = Path(path).name
+    return name.endswith(EXPORT_SUFFIXES) or any(f".{kind}-" in name for kind in SIDE_KINDS)
+
+
+def _upgrade_flat_forgetting(data: dict) -> SideResult:
+    """A forgetting file written before side results had a schema (its numbers and settings at the top)."""
+    values = {k: data[k] for k in ("forgetting_ce", "gold_ce", "base_gold_ce", "tokens") if k in data}
+    settings = {k: data[k] for k in ("text", "text_source", "window", "max_tokens") if k in data}
+    return {"schema": SIDE_SCHEMA_VERSION, "kind": "forgetting", "name": str(data.get("text")),
+            "run_id": data.get("run_id"), "method": data.get("method"), "model": data.get("model"), "values": values,
+            "settings": settings, "seconds": data.get("seconds"), "ended_at": data.get("ended_at")}
+
+
+def read_side_result(path: Path) -> SideResult | None:
+    """A side result file in today's layout (None where there is none); a damaged one is a ResultFileError."""
+    if not Path(path).is_file():
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ResultFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or not data.get("run_id"):
+        raise ResultFileError(f"{path}: not a side result (no run_id)")
+    if "schema" not in data and "forgetting_ce" in data:
+        return _upgrade_flat_forgetting(data)
+    if data.get("schema") != SIDE_SCHEMA_VERSION or data.get("kind") not in SIDE_KINDS:
+        raise ResultFileError(f"{path}: side result schema {data.get('schema')!r} / kind {data.get('kind')!r}, this "
+                              f"harness reads schema {SIDE_SCHEMA_VERSION} of {list(SIDE_KINDS)}")
+    return data
+
+
+def side_results(results_dir: str | Path, run_id: str) -> dict[str, SideResult]:
+    """Every side result of a run, by `<kind>-<name>`."""
+    found = {}
+    for path in sorted(runs_dir(results_dir).glob(f"{run_id}.*-*.json")):
+        if is_side_file(path) and not path.name.endswith(EXPORT_SUFFIXES):
+            found[path.name[len(run_id) + 1:-len(".json")]] = read_side_result(path)
+    return found
+
+
 def previous_result(path: Path) -> Result | None:
     """The result file of a run id if there is one (finished or failed); a damaged one raises ResultFileError."""
     return read_result(path) if Path(path).is_file() else None
@@ -170,6 +242,8 @@ def load_results(results_dir: str | Path) -> list[Result]:
     """Every result under results_dir/runs; a damaged file is reported and skipped, never deleted."""
     results = []
     for path in sorted(runs_dir(results_dir).glob("*.json")):
+        if is_side_file(path):
+            continue
         try:
             results.append(read_result(path))
         except ResultFileError as exc:

@@ -47,18 +47,49 @@ def test_an_unchanged_model_forgets_nothing_beyond_the_entropy_of_the_base(tiny)
     assert apart["forgetting_ce"] > same["forgetting_ce"] and apart["base_gold_ce"] == pytest.approx(same["base_gold_ce"])
 
 
+def test_a_forgetting_file_written_before_side_results_had_a_schema_reads_in_todays_layout(tmp_path):
+    from harness.results import read_side_result, side_results
+
+    flat = {"run_id": "math-x-lora-1", "method": "lora", "model": "x", "text": "pydoc_topics", "text_source": "pydoc",
+            "window": 512, "max_tokens": 4096, "forgetting_ce": 2.5, "gold_ce": 3.0, "base_gold_ce": 2.9,
+            "tokens": 4000, "seconds": 1.0, "ended_at": "2026-12-01T00:00:00+0000"}
+    path = forgetting_lib.forgetting_path(tmp_path, "math-x-lora-1", "pydoc_topics")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(flat))
+    record = read_side_result(path)
+    assert record["kind"] == "forgetting" and record["values"]["forgetting_ce"] == 2.5
+    assert record["settings"] == {"text": "pydoc_topics", "text_source": "pydoc", "window": 512, "max_tokens": 4096}
+    assert list(side_results(tmp_path, "math-x-lora-1")) == ["forgetting-pydoc_topics"]
+    path.write_text('{"schema": 7, "run_id": "math-x-lora-1", "kind": "forgetting"}')
+    from harness.results import ResultFileError
+
+    with pytest.raises(ResultFileError, match="side result schema 7"):
+        read_side_result(path)
+
+
 @pytest.mark.slow
 def test_a_finished_run_is_measured_without_retraining_against_a_freshly_loaded_base(serial_tiny_table1):
     from harness.results import runs_dir
 
-    pissa = next(p for p in runs_dir(serial_tiny_table1).glob("*-pissa-*.json") if p.name.count(".") == 1)
+    from harness.results import is_side_file, load_results, side_results
+
+    pissa = next(p for p in runs_dir(serial_tiny_table1).glob("*-pissa-*.json") if not is_side_file(p))
     rid = pissa.stem
     before = pissa.read_text()
-    record = forgetting_lib.forgetting(rid, "pydoc_topics", tokens=300, window=100, results_dir=str(serial_tiny_table1))
+    results_before = len(load_results(serial_tiny_table1))
+    # the command line: Hydra's grammar; an option it does not know is one line and exit 2
+    with pytest.raises(SystemExit) as exit_info:
+        forgetting_lib.main([rid, "text=pydoc_topics", "tokens=300", "windows=100", f"run.results_dir={serial_tiny_table1}"])
+    assert exit_info.value.code == 2
+    forgetting_lib.main([rid, "text=pydoc_topics", "tokens=300", "window=100", f"run.results_dir={serial_tiny_table1}"])
     assert pissa.read_text() == before  # the run's result is untouched; nothing trained
     written = json.loads(forgetting_lib.forgetting_path(serial_tiny_table1, rid, "pydoc_topics").read_text())
-    assert written == record and written["tokens"] == 297 and written["method"] == "pissa"
-    assert all(math.isfinite(written[k]) for k in ("forgetting_ce", "gold_ce", "base_gold_ce"))
+    record = side_results(serial_tiny_table1, rid)["forgetting-pydoc_topics"]
+    assert written == record and written["schema"] == 1 and written["kind"] == "forgetting"
+    assert written["values"]["tokens"] == 297 and written["method"] == "pissa" and written["settings"]["window"] == 100
+    assert all(math.isfinite(written["values"][k]) for k in ("forgetting_ce", "gold_ce", "base_gold_ce"))
+    assert len(load_results(serial_tiny_table1)) == results_before  # a side result is not read as a run's result
+    written = {**written, **written["values"]}
     # the base is loaded afresh: its loss is the untouched model's
     from harness import methods, models
     from harness.evaluate import evaluation_config, locate

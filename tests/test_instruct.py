@@ -122,6 +122,11 @@ def test_an_instruction_run_writes_alpaca_eval_outputs_and_a_local_judge_scores_
     judged = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert judged["metric"] == "win_rate" and judged["n"] == 2 and 1 <= judged["judged"] <= 2
     assert 0.0 <= judged["win_rate"] <= 100.0 and judged["accuracy"] == judged["win_rate"]
+    from harness.results import load_results, side_results
+
+    kept = side_results(tmp_path, run_id)["alpaca_eval-smollm2-135m"]  # the judge's numbers, a side result
+    assert kept["values"] == judged and kept["settings"]["metric"] == "win_rate"
+    assert [r["run"]["id"] for r in load_results(tmp_path)] == [run_id]  # the export and side result are not runs
 
 
 def test_the_judges_settings_fail_fast_where_they_need_the_hub(tmp_path):

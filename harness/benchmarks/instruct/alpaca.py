@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
+from pathlib import Path
 from typing import Mapping
 
 from harness.benchmarks.base import Scorer
@@ -130,20 +132,30 @@ def judged_or_failure(rows: list[dict], settings: Mapping) -> dict:
         return {"accuracy": float("nan"), "metric": JUDGE_FAILED, "n": len(rows), "judge": f"failed: {reason}"}
 
 
+def judge_name(options: dict) -> str:
+    """What a judged side result is filed under: the local judge's or the annotators config's name."""
+    named = options.get("local_judge") or options.get("annotators_config") or "judge"
+    return Path(str(named)).stem
+
+
 def main(argv=None) -> int:
     """`<run id> [annotators_config=...] [reference_outputs=...]`: writes the run's alpaca_eval outputs file, and
     judges it when an annotator is named."""
+    from harness import cli_args
+    from harness.artifacts import write_side_result
     from harness.config import compose
     from harness.errors import cli_errors
     from harness.results import predictions_path, read_predictions
 
     argv = list(sys.argv[1:] if argv is None else argv)
     with cli_errors():
-        if not argv or "=" in argv[0]:
+        command = cli_args.parse(argv)
+        if len(command.positional) != 1:
             raise ConfigError("usage: python -m harness.benchmarks.instruct.alpaca <run id> [annotators_config=... | "
                               "local_judge=...] [reference_outputs=...] [metric=...] [run.results_dir=results]")
-        run_id, options = argv[0], dict(a.split("=", 1) for a in argv[1:])
-        results_dir = options.pop("run.results_dir", None) or compose([]).run.results_dir
+        run_id = command.positional[0]
+        results_dir = command.take("run.results_dir") or compose([]).run.results_dir
+        options = {o.key_or_group: o.value() for o in command.overrides}
         rows = read_predictions(results_dir, run_id).get("alpaca_eval")
         path = predictions_path(results_dir, run_id)
         if not rows:
@@ -153,7 +165,11 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(model_outputs(rows), indent=1))
         print(f"[harness] wrote {out} ({len(rows)} outputs; `alpaca_eval --model_outputs {out}` judges it)")
         if judge.judge_configured(options):
-            print(json.dumps(summary(rows, judged(rows, options))))
+            numbers = summary(rows, judged(rows, options))
+            record = {"kind": "alpaca_eval", "name": judge_name(options), "run_id": run_id,
+                      "values": numbers, "settings": options, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            print(f"[harness] wrote {write_side_result(Path(str(results_dir)), record)}")
+            print(json.dumps(numbers))
     return 0
 
 
