@@ -6,235 +6,44 @@ run) or from the paper's recipe in `before_training`: train the LoRA part alone 
 accumulate the dense weight gradient G = grad_out^T @ x of every adapted matrix over `mask_grad_batches`
 batches (mean of G^2, or of G), keep the top floor(d * numel) entries per matrix, then restart from the
 pretrained weights with the initial LoRA values and train L and S jointly.
+
+The package: `masks` (the state record, the target modules, attaching / loading / saving the masks, the sparse
+forward hook), `scores` (the gradient scores the masks are chosen from) and, here, the methods and the warm-up.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from harness.batching import example_segments, supervised_token_counts
-from harness.methods.base import Method, MethodConfigError, check_options, module_matches
+from harness.methods.base import Method, MethodConfigError, check_options
 from harness.methods.registry import register
-from harness.methods.sparse import SparseDelta, topk_mask
+# (the names of `masks` and `scores` are imported here too for the importers of `harness.methods.rosa`)
+from harness.methods.rosa.masks import (HEAD_PREFIX, PEFT_PREFIX, SPARSE_FILE, STATE_KEY, RosaState, _add_sparse_output,
+                                        _target_modules, _weight_shape, attach_masks, copy_sparse_values, load_masks,
+                                        sparse_tensors, state)
+# `_generate_masks` calls `accumulate_gradient_scores` through this module's name for it, so that replacing
+# `harness.methods.rosa.accumulate_gradient_scores` (tests/distributed_worker.py counts the calls) reaches it
+from harness.methods.rosa.scores import MASK_SCORES, _example_weights, _GradientCapture, accumulate_gradient_scores
+from harness.methods.sparse import topk_mask
 
 ROSA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "task_type", "density", "lr_sparse", "lr_lowrank",
                 "mask_warmup_steps", "mask_grad_batches", "mask_score", "mask_buffer_device", "masks", "modules_to_save",
                 "adapter_dtype"}
-SPARSE_FILE = "rosa_sparse.safetensors"
-PEFT_PREFIX = "base_model.model."
-HEAD_PREFIX = "head."  # SpA's saved head parameters, beside the sparse parts
+ADAPTER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-
-@dataclass
-class RosaState:
-    options: dict
-    targets: dict[str, nn.Module]                    # name (in the plain model) -> module whose output gets S x
-    initial_lora: dict[str, torch.Tensor] = field(default_factory=dict)
-    hooks: list = field(default_factory=list)
-    ready: bool = False                              # masks attached (or none needed: density 0)
-    warmup_lrs: list = field(default_factory=list)   # the learning rates of each warm-up step (per group)
-    warmup_weight_decay: list = field(default_factory=list)
-    model: nn.Module | None = None                   # the model `targets` are modules of
-
-    def rebind(self, model: nn.Module) -> None:
-        """The same targets, by name, in another copy of the model: sharded training hands back a gathered copy
-        (`harness.sharding.gathered`), whose modules carry the sparse parts and their forward hooks as copies."""
-        by_name = {name.removeprefix(PEFT_PREFIX): module for name, module in model.named_modules()}
-        self.targets = {name: by_name[name] for name in self.targets}
-        self.hooks.clear()
-        for module in self.targets.values():
-            for key, hook in list(module._forward_hooks.items()):
-                if hook is _add_sparse_output:  # the copied registration, replaced by one this state can remove
-                    del module._forward_hooks[key]
-            if hasattr(module, "rosa_sparse"):
-                self.hooks.append(module.register_forward_hook(_add_sparse_output))
-        self.model = model
-
-    @property
-    def masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(rows, cols) of every attached sparse part, read from the parts themselves."""
-        return {n: m.rosa_sparse.indices() for n, m in self.targets.items() if hasattr(m, "rosa_sparse")}
-
-
-STATE_KEY = "rosa"  # where a run's handle keeps its RosaState (`Adapted.state`)
-
-
-def state(adapted) -> RosaState:
-    """The RoSA / SpA state of an adapted run (`harness.methods.Adapted`): its target modules (each with its
-    `rosa_sparse` part once the masks are attached), the masks, the options. The public way to inspect them."""
-    if STATE_KEY not in adapted.state:
-        raise MethodConfigError("this run has no RoSA / SpA adapter (harness.methods.apply(model, 'rosa', ...))")
-    rosa = adapted.state[STATE_KEY]
-    if rosa.model is not adapted.model:
-        rosa.rebind(adapted.model)
-    return rosa
-
-
-_state = state
-
-
-def _add_sparse_output(module, args, output):
-    return output + module.rosa_sparse(args[0])
-
-
-def _target_modules(model, names: list[str], wrapped: bool) -> dict[str, nn.Module]:
-    from peft.tuners.lora import LoraLayer
-
-    targets = {}
-    for name, module in model.named_modules():
-        plain = name.removeprefix(PEFT_PREFIX)
-        if wrapped:
-            if isinstance(module, LoraLayer):
-                targets[plain] = module
-        elif isinstance(module, nn.Linear) and module_matches(plain, names):
-            targets[plain] = module
-    if not targets:
-        raise MethodConfigError(f"method=rosa/spa: no linear module matches target_modules={names}")
-    return targets
-
-
-def _weight_shape(module) -> tuple[int, int]:
-    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
-    return base.out_features, base.in_features
-
-
-def attach_masks(state: RosaState, masks: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Adds a zero-initialised S with the given mask to every target module."""
-    missing = sorted(set(state.targets) - set(masks))
-    if missing:
-        raise MethodConfigError(f"method=rosa/spa: the masks have no entry for {missing[:3]}{'...' if len(missing) > 3 else ''}")
-    for name, module in state.targets.items():
-        rows, cols = masks[name]
-        d_out, d_in = _weight_shape(module)
-        device = next(module.parameters()).device
-        module.rosa_sparse = SparseDelta(d_out, d_in, rows, cols, device=device)
-        state.hooks.append(module.register_forward_hook(_add_sparse_output))
-    state.ready = True
-
-
-def load_masks(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / SPARSE_FILE
-    if not path.is_file():
-        raise MethodConfigError(f"method.masks={str(path)!r}: no such file (a {SPARSE_FILE} saved by a RoSA/SpA run)")
-    tensors = load_file(str(path))
-    names = {k.rsplit(".", 1)[0] for k in tensors if not k.startswith(HEAD_PREFIX)}
-    return {n: (tensors[f"{n}.rows"], tensors[f"{n}.cols"]) for n in names}
+_state = state  # the methods' own variables are called state
 
 
 @torch.no_grad()
 def _reset_lora(model, state: RosaState) -> None:
+    """The restart after the warm-up: L back to its initial values (only the masks the warm-up led to are kept)."""
     params = dict(model.named_parameters())
     for name, value in state.initial_lora.items():
         params[name].copy_(value)
-
-
-MASK_SCORES = ("fisher", "mean", "batch_squared")
-ADAPTER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def _example_weights(batch) -> tuple[list[tuple[int, slice]], torch.Tensor]:
-    """The examples of a micro-batch (harness.batching: rows when padded, runs of a row when packed) and their
-    weights w_i = N / N_i, which turn the gradient of the micro-batch's mean loss (over its N supervised tokens)
-    into that of example i's own mean loss (over its N_i tokens), as a micro-batch of one computes it."""
-    segments = example_segments(batch)
-    counts = supervised_token_counts(batch, segments)
-    return segments, torch.where(counts > 0, counts.sum() / counts.clamp(min=1), torch.zeros_like(counts))
-
-
-class _GradientCapture:
-    """Forward hooks on the target matrices whose gradient hooks add each micro-batch's contribution to the
-    scores: G = grad_out^T @ x per example (weighted to its own mean loss; squared for `fisher`) or per batch."""
-
-    def __init__(self, targets: dict[str, nn.Module], score: str, buffer_device: str):
-        self.score, self.per_example, self.buffer_device = score, score != "batch_squared", buffer_device
-        self.scores = {name: torch.zeros(_weight_shape(m), dtype=torch.float32, device=buffer_device)
-                       for name, m in targets.items()}
-        self.batch_grads: dict[str, torch.Tensor] = {}
-        self.reached: set[str] = set()
-        self.weights = None  # this micro-batch's examples and their weights (per-example scores)
-        self.handles = [module.register_forward_hook(self._forward_hook(name)) for name, module in targets.items()]
-
-    def _forward_hook(self, name):
-        def forward_hook(module, args, output):
-            x = args[0].detach().float()
-            if output.requires_grad:
-                output.register_hook(lambda grad: self._on_grad(name, grad.float(), x))
-        return forward_hook
-
-    def _on_grad(self, name: str, grad: torch.Tensor, x: torch.Tensor) -> None:
-        self.reached.add(name)
-        if not self.per_example:
-            self.batch_grads[name].add_(grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1]))
-            return
-        total = None
-        segments, example_weights = self.weights
-        for (row, positions), w in zip(segments, example_weights.tolist()):
-            if w == 0.0:
-                continue
-            g_out, g_in = grad[row, positions], x[row, positions]
-            g = (g_out.reshape(-1, grad.shape[-1]).t() @ g_in.reshape(-1, x.shape[-1])).mul_(w)
-            g = g.square_() if self.score == "fisher" else g
-            total = g if total is None else total.add_(g)
-        if total is not None:
-            self.scores[name].add_(total.to(self.buffer_device))
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def accumulate_gradient_scores(model, batches, targets: dict[str, nn.Module], score: str,
-                               buffer_device: str = "cpu") -> dict[str, torch.Tensor]:
-    """The dense score of every target matrix from the dense weight gradients G = grad_out^T @ x.
-
-    `fisher` (the official hook, IST-DASLab/peft-rosa hooks.py ManualGradCollectorHook, which fires per backward
-    call with micro-batch 1): mean over examples of G_i^2, G_i the gradient of example i's own loss: the
-    empirical diagonal Fisher, the same whatever the micro-batch size. `mean`: mean over examples of G_i.
-    `batch_squared` (an earlier harness score, not the paper's): mean over batches of the squared gradient of the
-    batch's mean loss. The running scores live on `buffer_device` (the CPU, as the official code keeps them: at
-    LLaMA-2-7B all-linear they are ~26 GB); one matrix at a time is formed on the model's device.
-    """
-    if score not in MASK_SCORES:
-        raise MethodConfigError(f"method.mask_score={score!r}: use one of {list(MASK_SCORES)}")
-    capture = _GradientCapture(targets, score, buffer_device)
-    count = 0  # examples (per-example scores) or batches (batch_squared)
-    try:
-        for micro_batches in batches:
-            micro_batches = list(micro_batches)
-            if not capture.per_example:
-                capture.batch_grads.update({name: torch.zeros(_weight_shape(m), dtype=torch.float32,
-                                                              device=next(m.parameters()).device)
-                                            for name, m in targets.items()})
-            for batch in micro_batches:
-                model.zero_grad(set_to_none=True)
-                capture.weights = _example_weights(batch)
-                loss = model(**batch).loss
-                (loss if capture.per_example else loss / len(micro_batches)).backward()
-                count += int((capture.weights[1] > 0).sum()) if capture.per_example else 0
-            if not capture.per_example:
-                for name, g in capture.batch_grads.items():
-                    capture.scores[name].add_(g.square_().to(buffer_device))
-                capture.batch_grads.clear()
-                count += 1
-    finally:
-        capture.remove()
-        model.zero_grad(set_to_none=True)
-    if count == 0:
-        raise ValueError("RoSA mask generation saw no batch (or no example with a supervised token)")
-    unreached = sorted(set(targets) - capture.reached)
-    if unreached:  # all-zero scores would give an arbitrary mask
-        raise ValueError(f"RoSA mask generation: no gradient reached {len(unreached)} target(s), e.g. {unreached[:3]}")
-    return {name: s.div_(count).abs_() for name, s in capture.scores.items()}
 
 
 class _RoSABase(Method):
@@ -399,12 +208,7 @@ class _RoSABase(Method):
         # SpA: a task's head trained in place (with r > 0 it is in the peft adapter as modules_to_save)
         tensors = {f"{HEAD_PREFIX}{n}": p.detach().contiguous().cpu() for n, p in model.named_parameters()
                    if p.requires_grad and state.options["r"] == 0 and not n.endswith(".rosa_sparse.values")}
-        for name, module in state.targets.items():
-            if hasattr(module, "rosa_sparse"):
-                rows, cols = module.rosa_sparse.indices()
-                tensors[f"{name}.rows"] = rows.contiguous().cpu()
-                tensors[f"{name}.cols"] = cols.contiguous().cpu()
-                tensors[f"{name}.values"] = module.rosa_sparse.values.detach().contiguous().cpu()
+        tensors.update(sparse_tensors(state))
         (Path(directory) / "rosa.json").write_text(json.dumps({"density": state.options["density"], "r": state.options["r"]}))
         if tensors:
             save_file(tensors, str(Path(directory) / SPARSE_FILE))
@@ -420,9 +224,7 @@ class _RoSABase(Method):
             set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
         tensors = load_file(str(directory / SPARSE_FILE)) if has_sparse else {}
         with torch.no_grad():
-            for name, module in state[STATE_KEY].targets.items():
-                if f"{name}.values" in tensors:
-                    module.rosa_sparse.values.copy_(tensors[f"{name}.values"])
+            copy_sparse_values(state[STATE_KEY], tensors)
             parameters = dict(model.named_parameters())
             for key, value in tensors.items():
                 if key.startswith(HEAD_PREFIX):
