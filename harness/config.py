@@ -96,9 +96,14 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+# A method file's keys that say how tables show the method (harness.methods.display), not options of it
+DISPLAY_KEYS = ("label", "display_order")
+
+
 def method_options(cfg: DictConfig) -> dict:
-    """The options a method is applied with: its config group less its name and display label."""
+    """The options a method is applied with: its config group less its name and how tables show it."""
     options = resolved(cfg)["method"]
     options.pop("name")
-    options.pop("label", None)  # a preset's display name (Neat-S), not an option of the method
+    for shown in DISPLAY_KEYS:  # (a preset's display name, Neat-S, is not an option of the method)
+        options.pop(shown, None)
     return options

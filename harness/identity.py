@@ -70,6 +70,22 @@ def _selection_as_hashed_before(data: dict) -> None:
         protocol["report"] = "best_epoch" if selection.get("every") == "epoch" else "last"
 
 
+# Method files that stated their own method's label before every method file did: it stays in their run id
+LABEL_HASHED_BEFORE = ("lora_ga",)
+
+
+def _display_as_hashed_before(method: dict) -> None:
+    """How tables show a method (its file's `label` and `display_order`) stays out of the run id, so that a run
+    keeps the id it had before they were in its file; a preset's own label (Neat-S, LoRA+, AdaLoRA) was always in
+    it and stays (it names what the preset computes)."""
+    from harness.methods.display import own_display
+
+    method.pop("display_order", None)
+    name = method.get("name")
+    if name not in LABEL_HASHED_BEFORE and "label" in method and method["label"] == own_display(str(name))[0]:
+        method.pop("label")
+
+
 def semantic_config(cfg: DictConfig, with_inputs: bool = True) -> dict:
     """The part of the resolved config that determines the result (what the run id hashes): the config less
     where things are and how they are shown, plus the content of what the run reads and the code's behaviour
@@ -78,6 +94,7 @@ def semantic_config(cfg: DictConfig, with_inputs: bool = True) -> dict:
 
     data = resolved(cfg)
     _selection_as_hashed_before(data)
+    _display_as_hashed_before(data.setdefault("method", {}))
     data["task"] = benchmarks.get(cfg.task.name).semantic_task(data["task"])
     for key in NON_SEMANTIC_KEYS:
         data.pop(key, None)

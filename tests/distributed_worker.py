@@ -14,6 +14,7 @@ from harness.methods import rosa
 from harness.models import load_model, load_tokenizer
 from harness.recipe import apply_method
 from harness.train import make_loader
+from method_presets import preset  # noqa: E402  (tests/method_presets.py)
 
 
 def digest(model) -> str:
@@ -48,15 +49,16 @@ def main() -> None:
     tokenizer = load_tokenizer(cfg.model)
     report = {"rank": distributed.rank()}
     targets = ["q_proj", "v_proj"]
-    for method, options in (("pissa", dict(r=2, alpha=4)), ("milora", dict(r=2, alpha=4))):
+    for method, options in (("pissa", dict(r=2, alpha=4, dropout=0.0)), ("milora", dict(r=2, alpha=4, dropout=0.0))):
         torch.manual_seed(100 + distributed.rank())  # different random states: only the shared values can agree
         adapted = apply_method(load_model(cfg.model, tokenizer), method, (), dict(options, target_modules=targets))
         report[method] = {"digest": digest(adapted.model), "svd_calls": svd_calls["n"]}
         svd_calls["n"] = 0
 
     torch.manual_seed(0)
-    adapted = methods.apply(load_model(cfg.model, tokenizer), "rosa", r=2, density=0.05, target_modules=targets,
-                            mask_warmup_steps=2)
+    adapted = methods.apply(load_model(cfg.model, tokenizer), "rosa", **preset("rosa", dropout=0.0, r=2, density=0.05,
+                                                                               target_modules=targets,
+                                                                               mask_warmup_steps=2))
     adapted.model.config.use_cache = False
     examples = [{"input_ids": list(range(5 + i, 15 + 2 * i)), "labels": list(range(5 + i, 15 + 2 * i))} for i in range(8)]
     loader = make_loader(examples, tokenizer, 2, shuffle=True, seed=distributed.rank(), batching="packed")

@@ -14,6 +14,7 @@ from harness.config import compose
 from harness.errors import ConfigError
 from harness.methods import rosa
 from harness.train import RunContext, TrainingData, make_loader, train
+from method_presets import preset  # noqa: E402  (tests/method_presets.py)
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
 
@@ -81,7 +82,8 @@ def test_training_packed_follows_the_padded_loss_curve(tiny_model, tokenizer, ex
 def test_rosa_fisher_scores_are_the_same_packed(tiny_model, tokenizer, examples):
     """The per-example Fisher splits a packed row into its examples: the same score as padded rows."""
     tiny_model.config.use_cache = False  # as the training loop sets it before the mask generation
-    adapted = methods.apply(tiny_model, "rosa", r=2, density=0.05, target_modules=TARGETS)
+    adapted = methods.apply(tiny_model, "rosa", **preset("rosa", dropout=0.0, r=2, density=0.05,
+                                                         target_modules=TARGETS))
     model = adapted.model
     targets = rosa.state(adapted).targets
     padded = list(make_loader(examples, tokenizer, 4, shuffle=False, seed=0, batching="padded"))

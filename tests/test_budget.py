@@ -9,6 +9,7 @@ from harness import budget, methods
 from harness.config import compose
 from harness.identity import semantic_config
 from harness.methods import rosa
+from method_presets import preset  # noqa: E402  (tests/method_presets.py)
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 CASES = [("lora", {}), ("dora", {}), ("pissa", {}), ("milora", {}), ("neat", {}), ("neat", {"convention": "d_in"}),
@@ -16,12 +17,10 @@ CASES = [("lora", {}), ("dora", {}), ("pissa", {}), ("milora", {}), ("neat", {})
 
 
 def base_options(name, extra):
-    opts = {"r": 1, "alpha": 2, "target_modules": TARGETS, **extra}
     if name in ("rosa", "spa"):
-        opts = {"r": 0, "density": 0.0, "target_modules": TARGETS, "mask_warmup_steps": 0, "mask_grad_batches": 1, **extra}
-    if name == "neat":
-        opts.pop("alpha")
-    return opts
+        return preset(name, **{"r": 0, "density": 0.0, "target_modules": TARGETS, "mask_warmup_steps": 0,
+                               "mask_grad_batches": 1, **extra})
+    return preset(name, **{"r": 1, "target_modules": TARGETS, **({} if name == "neat" else {"alpha": 2}), **extra})
 
 
 @pytest.mark.parametrize("name,extra", CASES)
@@ -36,7 +35,8 @@ def test_solved_knob_lands_closest_and_real_count_agrees(tiny_model, name, extra
     if record["knob"] == "r":
         for neighbour in (record["value"] - 1, record["value"] + 1):
             if neighbour >= 1:
-                assert abs(method.count(shapes, {**options, "r": neighbour}) - target) >= abs(record["predicted"] - target)
+                at_neighbour = method.count(shapes, method.parse_options({**options, "r": neighbour}))
+                assert abs(at_neighbour - target) >= abs(record["predicted"] - target)
     else:
         assert abs(record["relative_error"]) < 0.01
     adapted = methods.apply(copy.deepcopy(tiny_model), name, **solved)

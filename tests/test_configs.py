@@ -189,7 +189,7 @@ def test_every_training_recipe_trains_a_step(name, tiny_model, tokenizer, data_d
     commonsense = benchmarks.get("commonsense")
     records, _ = commonsense.training_records(cfg.task, seed=0)
     encode = commonsense.encoder(cfg.task, tokenizer)
-    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"], alpha=4, dropout=0.0)
     model = adapted.model
     out = train(adapted, TrainingData([encode(r) for r in records], [], tokenizer), cfg.training,
                 RunContext(seed=0, progress=False))

@@ -11,7 +11,7 @@ from harness import benchmarks, methods
 from harness.benchmarks.glue import data as glue
 from harness.benchmarks.glue.dev import glue_metrics
 from harness.benchmarks.records import DataError
-from harness.config import compose
+from harness.config import compose, method_options
 from harness.offline import HubUnavailableError
 from harness.train import with_module_lrs
 
@@ -88,7 +88,7 @@ def test_head_trains_apart_from_the_adapter_at_its_own_rate():
 
     cfg = compose(["model=minilm-l6", "task=glue", "task.dataset=rte"])
     model, tokenizer = load(cfg.model, glue.model_head(cfg.task))
-    adapted = methods.apply(model, "lora", r=4, alpha=8, target_modules=["query", "value"])
+    adapted = methods.apply(model, "lora", r=4, alpha=8, target_modules=["query", "value"], dropout=0.0)
     model = adapted.model
     head = methods.trainable_parameters(model, within=benchmarks.get("glue").head_modules)
     assert head == 384 * 2 + 2  # the new classifier, trained with the adapter (peft's modules_to_save)
@@ -132,11 +132,10 @@ def test_neat_s_preset_adapts_only_the_listed_layers():
     cfg = compose(["model=minilm-l6", "method=neat_s", "method.layers_to_transform=[2,3,4,5]"])
     model, _ = load(cfg.model, {"kind": "sequence_classification", "num_labels": 2})
     shapes = linear_shapes(model, cfg.method.target_modules, cfg.method.layers_to_transform)
-    options = {k: v for k, v in dict(cfg.method).items() if k not in ("name", "label")}
-    adapted = methods.apply(model, "neat", **options)
+    adapted = methods.apply(model, "neat", **method_options(cfg))
     adapter = (methods.trainable_parameters(adapted.model)
                - methods.trainable_parameters(adapted.model, within=benchmarks.get("glue").head_modules))
-    assert len(shapes) == 8 and adapter == methods.get("neat").count(shapes, options) == 8 * 2 * 1 * 384
+    assert len(shapes) == 8 and adapter == methods.get("neat").count(shapes, adapted.options) == 8 * 2 * 1 * 384
 
 
 def test_glue_reports_the_best_dev_epoch_and_keeps_the_last(tmp_path):

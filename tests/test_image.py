@@ -18,6 +18,7 @@ from harness.benchmarks.records import DataError
 from harness.config import compose
 from harness.methods import rosa
 from harness.offline import HubUnavailableError
+from method_presets import preset  # noqa: E402  (tests/method_presets.py)
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion_mnist = pytest.mark.skipif(
@@ -206,7 +207,8 @@ def test_linear_probe_trains_only_the_head_and_reloads(tmp_path):
 
 @pytest.mark.parametrize("name,options", [("lora", {"r": 4}), ("neat", {"r": 4}), ("spa", {"density": 0.05})])
 def test_adapters_train_the_new_head_and_save_it(tmp_path, processor, name, options):
-    adapted = methods.apply(vit(), name, head_modules=benchmarks.get("image").head_modules, target_modules=["q_proj", "v_proj"], **options)
+    adapted = methods.apply(vit(), name, head_modules=benchmarks.get("image").head_modules,
+                            **preset(name, model="vit-mini", target_modules=["q_proj", "v_proj"], **options))
     model = adapted.model
     head = {n for n, p in model.named_parameters() if p.requires_grad and "classifier" in n.split(".")}
     assert head, f"{name}: the new head does not train"

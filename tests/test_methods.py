@@ -6,6 +6,7 @@ from peft.tuners.lora import LoraLayer
 
 from harness import methods
 from harness.methods.base import MethodConfigError
+from method_presets import preset  # noqa: E402  (tests/method_presets.py)
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
 ALL = [("lora", dict(r=4, alpha=8, dropout=0.0)), ("dora", dict(r=4, alpha=8, dropout=0.0)),
@@ -16,8 +17,12 @@ ALL = [("lora", dict(r=4, alpha=8, dropout=0.0)), ("dora", dict(r=4, alpha=8, dr
 
 
 def adapt(model, name, opts):
+    """The method's config-file options (dropout off, for exact comparisons), these, on TARGETS."""
     if name != "full":
-        opts = {**opts, "target_modules": TARGETS}
+        base = preset(name)
+        if "dropout" in base:
+            base["dropout"] = 0.0
+        opts = {**base, **opts, "target_modules": TARGETS}
     return methods.apply(model, name, **opts)
 
 
@@ -64,7 +69,8 @@ def test_svd_init_picks_components_and_reconstructs_weight(tiny_model, name, pic
     r = 4
     original = {n: m.weight.detach().clone() for n, m in tiny_model.named_modules() if n.endswith(tuple(TARGETS))}
     init = {"components": pick, "components_seed": 3} if pick in ("principal", "random") else {}
-    adapted = methods.apply(tiny_model, name, r=r, alpha=alpha, target_modules=TARGETS, **init)
+    adapted = methods.apply(tiny_model, name, **preset(name, r=r, alpha=alpha, dropout=0.0, target_modules=TARGETS,
+                                                       **init))
     model = adapted.model
     draw = torch.Generator().manual_seed(3)  # MiLoRA's random components: one draw per matrix, in module order
     layers = _layers(model)
@@ -101,13 +107,15 @@ def test_parameter_counts_equal_spec_formulas(tiny_model):
     }
     import copy
     for name, count in expected.items():
-        adapted = methods.apply(copy.deepcopy(tiny_model), name, r=r, target_modules=TARGETS)
+        adapted = methods.apply(copy.deepcopy(tiny_model), name, **preset(name, r=r, target_modules=TARGETS))
         model = adapted.model
         assert methods.trainable_parameters(model) == count, name
-    deep_adapted = methods.apply(copy.deepcopy(tiny_model), "neat", r=r, depth=2, target_modules=TARGETS)
+    deep_adapted = methods.apply(copy.deepcopy(tiny_model), "neat", **preset("neat", r=r, depth=2,
+                                                                             target_modules=TARGETS))
     deep = deep_adapted.model
     assert methods.trainable_parameters(deep) == expected["neat"] + layers * len(shapes) * 2 * 2 * r * r
-    din_adapted = methods.apply(copy.deepcopy(tiny_model), "neat", r=r, convention="d_in", target_modules=TARGETS)
+    din_adapted = methods.apply(copy.deepcopy(tiny_model), "neat", **preset("neat", r=r, convention="d_in",
+                                                                            target_modules=TARGETS))
     din = din_adapted.model
     assert methods.trainable_parameters(din) == layers * sum(2 * r * i for _, i in shapes)
     full_adapted = methods.apply(copy.deepcopy(tiny_model), "full")
@@ -147,9 +155,9 @@ def test_bad_options_are_named(tiny_model):
     with pytest.raises(MethodConfigError, match="unknown method 'lorax'"):
         methods.apply(tiny_model, "lorax")
     with pytest.raises(MethodConfigError, match="r must be a positive integer"):
-        methods.apply(tiny_model, "milora", r=0)
+        methods.apply(tiny_model, "milora", r=0, alpha=0, dropout=0.0)
     with pytest.raises(MethodConfigError, match="convention"):
-        methods.apply(tiny_model, "neat", r=2, convention="sideways")
+        methods.apply(tiny_model, "neat", **preset("neat", r=2, convention="sideways"))
 
 
 @pytest.mark.parametrize("opts", [dict(r=4), dict(r=3, depth=1), dict(r=4, convention="d_in"),
@@ -193,3 +201,51 @@ def test_neat_factored_forward_equals_the_dense_delta_weight(tiny_model, inputs,
     torch.testing.assert_close(outputs["factored"][0], outputs["dense"][0], rtol=1e-5, atol=1e-5)
     for n, grad in outputs["dense"][1].items():
         torch.testing.assert_close(outputs["factored"][1][n], grad, rtol=1e-4, atol=1e-7, msg=n)
+
+
+def test_every_option_has_its_default_in_one_place():
+    """A method's own config file (conf/method/<name>.yaml) and its options class never both hold a default: an
+    option the file sets has none in the class (a library call must name it), and a default of the class is for
+    an option the file leaves out, states as null, or takes from another group (`${model.target_modules}`). Every
+    key the file sets is an option of the class."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from harness.config import compose
+
+    for name in methods.names():
+        fields = {f.name: f for f in dataclasses.fields(methods.get(name).options_class)}
+        raw = OmegaConf.to_container(compose([f"method={name}", "model=tiny-llama"]).method, resolve=False)
+        stated = {k: v for k, v in raw.items() if k not in ("name", "label", "display_order")}
+        assert set(stated) <= set(fields), (name, sorted(set(stated) - set(fields)))
+        for option, field in fields.items():
+            has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+            if not has_default:
+                assert option in stated, f"{name}: {option} has no default and conf/method/{name}.yaml sets none"
+            elif option in stated:
+                value = stated[option]
+                from_elsewhere = isinstance(value, str) and value.startswith("${") and not value.startswith("${.")
+                assert (value is None and field.default is None) or from_elsewhere, \
+                    f"{name}: {option} has a default in the class ({field.default!r}) and in the file ({value!r})"
+
+
+def test_every_method_file_names_how_tables_show_it():
+    """Label and place in tables are the method's own file's (conf/method/<name>.yaml), as constants (method=peft's
+    label follows the tuner's type), and stay out of the run id except a preset's own label."""
+    from harness.config import compose
+    from harness.identity import semantic_config
+    from harness.methods import display
+
+    for name in methods.names():
+        label, order = display.own_display(name)
+        assert order != display.UNKNOWN_ORDER, f"conf/method/{name}.yaml states no display_order"
+        assert label or name == "peft", f"conf/method/{name}.yaml states no label"
+    cfg = compose(["method=lora", "model=tiny-llama"])
+    assert (cfg.method.label, display.order("lora"), display.label("lora", {})) == ("LoRA", 1, "LoRA")
+    assert display.label_key("lora", dict(cfg.method)) == "lora"
+    shown = semantic_config(cfg, with_inputs=False)["method"]
+    assert "label" not in shown and "display_order" not in shown
+    preset = compose(["method=neat_s", "model=tiny-llama"])
+    assert semantic_config(preset, with_inputs=False)["method"]["label"] == "Neat-S"
+    assert display.label_key("neat", dict(preset.method)) == "neat-s"

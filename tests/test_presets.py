@@ -13,6 +13,7 @@ from test_peft_tuners import perturbed  # tests/test_peft_tuners.py: moves the t
 from harness import methods
 from harness.config import compose, method_options
 from harness.models import load_model, load_tokenizer
+from method_presets import preset  # noqa: E402  (tests/method_presets.py)
 
 HIDDEN, KV, INNER, LAYERS = 64, 32, 128, 2  # tiny-llama
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # its target_modules
@@ -137,7 +138,7 @@ def test_layer_freezing_trains_the_top_blocks_and_solves_its_budget(tokenizer, t
     assert methods.trainable_parameters(model) == block
     assert not any(p.requires_grad for p in model.model.layers[0].parameters())
     with pytest.raises(methods.MethodConfigError, match="top_layers=3 exceeds the 2 blocks"):
-        methods.apply(fresh(), "freeze_layers", top_layers=3)
+        methods.apply(fresh(), "freeze_layers", **preset("freeze_layers", top_layers=3))
     cfg = compose(["model=tiny-llama", "method=freeze_layers", f"budget.params={2 * block - 10}"])
     architecture = empty_model(cfg.model)
     solved, record = budget.solved_for_model(cfg, architecture, methods.total_parameters(architecture))

@@ -52,7 +52,7 @@ def test_milora_table5_rows_match_the_spec(spec):
     line = spec.split("- Table 5, more PEFTs at r=8", 1)[1].split("\n- ", 1)[0]
     table = published("table5")
     for label, key in (("rsLoRA", "rslora"), ("LoRA+", "lora+"), ("DoRA", "dora"), ("AdaLoRA", "adalora"),
-                       ("LoRA-GA", "lora-ga"), ("MiLoRA", "milora")):
+                       ("LoRA-GA", "lora_ga"), ("MiLoRA", "milora")):
         values = numbers(re.split(rf"(?<![\w-]){re.escape(label)}\s", line, maxsplit=1)[1].split(";")[0])
         assert table["rows"]["LLaMA2-7B"][key] == values[:2] and table["cost"]["LLaMA2-7B"][key] == values[2]
 

@@ -144,7 +144,7 @@ def test_table5_cells_are_lora_gas_baselines():
         dropout = method.config.lora_dropout if method.name == "peft" else method.dropout
         assert dropout == (0.05 if method.name == "milora" else 0.0), label  # (MiLoRA's row is its own recipe)
         base_dtype = cfg.training.get("adapter_precision") == "base"
-        assert base_dtype == (label in ("dora", "AdaLoRA")), label
+        assert base_dtype == (label in ("DoRA", "AdaLoRA")), label
         if label == "AdaLoRA":
             assert (method.update_ranks, method.e_init_std, method.config.init_r, method.config.target_r) == (
                 False, 0.02, 12, 8)

@@ -10,6 +10,7 @@ pytest.importorskip("pyreft", reason="pyreft is not installed (make setup instal
 from harness import methods  # noqa: E402
 from harness.config import compose, method_options  # noqa: E402
 from harness.models import load_model, load_tokenizer  # noqa: E402
+from method_presets import preset  # noqa: E402  (tests/method_presets.py)
 
 HEAD = {"kind": "sequence_classification", "num_labels": 2}
 HIDDEN, BLOCKS = 32, 6  # tiny-bert
@@ -70,9 +71,9 @@ def test_reft_budget_and_refusals():
     with pytest.raises(methods.MethodConfigError, match="classification tasks here"):
         methods.validate(llama, "loreft", **method_options(compose(["model=tiny-llama", "method=loreft"])))
     with pytest.raises(methods.MethodConfigError, match="positions='x3'"):
-        methods.apply(fresh(), "loreft", r=1, positions="x3")
+        methods.apply(fresh(), "loreft", **preset("loreft", r=1, positions="x3"))
     with pytest.raises(methods.MethodConfigError, match=r"layers \[9\] do not exist"):
-        methods.apply(fresh(), "loreft", r=1, layers=[9])
+        methods.apply(fresh(), "loreft", **preset("loreft", r=1, layers=[9]))
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from harness.methods import rosa
 from harness.methods.rosa import SPARSE_FILE
 from harness.methods.sparse import SparseDelta, topk_mask
 from harness.train import RunContext, TrainingData, make_loader, train
+from method_presets import preset  # noqa: E402  (tests/method_presets.py)
 
 QUIET = RunContext(seed=0, progress=False)
 
@@ -55,8 +56,10 @@ def test_sparse_delta_matches_the_dense_masked_reference():
 def test_init_is_a_no_op_and_counts_add_up(tiny_model, inputs, loader):
     with torch.no_grad():
         before = tiny_model(**inputs).logits
-    lora_count = methods.trainable_parameters(methods.apply(copy.deepcopy(tiny_model), "lora", r=4, target_modules=TARGETS).model)
-    adapted = methods.apply(tiny_model, "rosa", r=4, density=0.05, mask_warmup_steps=2, mask_grad_batches=2, target_modules=TARGETS)
+    lora = methods.apply(copy.deepcopy(tiny_model), "lora", r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
+    lora_count = methods.trainable_parameters(lora.model)
+    adapted = methods.apply(tiny_model, "rosa", **preset("rosa", dropout=0.0, r=4, density=0.05, mask_warmup_steps=2,
+                                                         mask_grad_batches=2, target_modules=TARGETS))
     model = adapted.model
     adapted.method.before_training(adapted, context(loader))
     with torch.no_grad():
@@ -71,8 +74,9 @@ def test_init_is_a_no_op_and_counts_add_up(tiny_model, inputs, loader):
 def test_mask_is_the_topk_of_the_per_example_fisher(tiny_model, loader):
     density = 0.03
     reference_model = copy.deepcopy(tiny_model)
-    adapted = methods.apply(tiny_model, "rosa", r=2, density=density, mask_warmup_steps=0, mask_grad_batches=3,
-                            target_modules=TARGETS)
+    adapted = methods.apply(tiny_model, "rosa", **preset("rosa", dropout=0.0, r=2, density=density,
+                                                         mask_warmup_steps=0, mask_grad_batches=3,
+                                                         target_modules=TARGETS))
     model = adapted.model
     adapted.method.before_training(adapted, context(loader))
     # Independently: autograd's dense weight gradient of each target matrix for each example alone (micro-batch 1,
@@ -116,7 +120,8 @@ def test_the_fisher_score_does_not_depend_on_the_micro_batch_size(tiny_model, to
     whole = next(iter(make_loader(examples, tokenizer, 4, shuffle=False, seed=0)))
     halves = list(make_loader(examples, tokenizer, 2, shuffle=False, seed=0))
     singles = list(make_loader(examples, tokenizer, 1, shuffle=False, seed=0))
-    adapted = methods.apply(tiny_model, "rosa", r=2, density=0.05, target_modules=TARGETS)
+    adapted = methods.apply(tiny_model, "rosa", **preset("rosa", dropout=0.0, r=2, density=0.05,
+                                                         target_modules=TARGETS))
     model = adapted.model
     targets = rosa.state(adapted).targets
     one = accumulate_gradient_scores(model, [[whole]], targets, "fisher")
@@ -131,8 +136,8 @@ def test_the_fisher_score_does_not_depend_on_the_micro_batch_size(tiny_model, to
 
 
 def test_the_mask_warm_up_runs_on_the_runs_optimizer_and_schedule(tiny_model, loader):
-    adapted = methods.apply(tiny_model, "rosa", r=2, density=0.02, mask_warmup_steps=3, lr_lowrank=7e-4,
-                            target_modules=TARGETS)
+    adapted = methods.apply(tiny_model, "rosa", **preset("rosa", dropout=0.0, r=2, density=0.02, mask_warmup_steps=3,
+                                                         lr_lowrank=7e-4, target_modules=TARGETS))
     model = adapted.model
     ctx = context(loader)
     ctx["training"] = compose(["training.lr=2e-4", "training.warmup_steps=4", "training.weight_decay=0.0",
@@ -150,7 +155,8 @@ def test_rosa_with_zero_density_is_lora(tiny_model, tokenizer, loader):
     outputs = []
     for name, opts in (("lora", {}), ("rosa", {"density": 0.0})):
         torch.manual_seed(0)
-        adapted = methods.apply(copy.deepcopy(tiny_model), name, r=4, alpha=8, dropout=0.0, target_modules=TARGETS, **opts)
+        adapted = methods.apply(copy.deepcopy(tiny_model), name, **preset(name, r=4, alpha=8, dropout=0.0,
+                                                                        target_modules=TARGETS, **opts))
         model = adapted.model
         out = train(adapted, TrainingData(examples, [], tokenizer), cfg, QUIET)
         batch = next(iter(loader))
@@ -161,7 +167,8 @@ def test_rosa_with_zero_density_is_lora(tiny_model, tokenizer, loader):
 
 def test_spa_trains_only_masked_entries(tiny_model, tokenizer, loader):
     original = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
-    adapted = methods.apply(tiny_model, "spa", density=0.02, mask_grad_batches=2, target_modules=TARGETS)
+    adapted = methods.apply(tiny_model, "spa", **preset("spa", density=0.02, mask_grad_batches=2,
+                                                        target_modules=TARGETS))
     model = adapted.model
     cfg = compose(["training.batch_size=4", "training.micro_batch_size=4", "training.max_steps=3", "training.warmup_steps=1",
                    "training.lr=1e-2"]).training
@@ -184,8 +191,10 @@ def test_save_reload_merge_and_mask_reuse(tiny_cfg, tokenizer, inputs, loader, t
     from harness.models import load_model
 
     torch.manual_seed(0)
-    adapted = methods.apply(load_model(tiny_cfg.model, tokenizer), "rosa", r=4, density=0.05, mask_warmup_steps=1,
-                            mask_grad_batches=1, target_modules=TARGETS)
+    adapted = methods.apply(load_model(tiny_cfg.model, tokenizer), "rosa", **preset("rosa", dropout=0.0, r=4,
+                                                                                    density=0.05, mask_warmup_steps=1,
+                                                                                    mask_grad_batches=1,
+                                                                                    target_modules=TARGETS))
     model = adapted.model
     adapted.method.before_training(adapted, context(loader))
     g = torch.Generator().manual_seed(1)
@@ -203,8 +212,10 @@ def test_save_reload_merge_and_mask_reuse(tiny_cfg, tokenizer, inputs, loader, t
         torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(methods.merge(reloaded_adapted)(**inputs).logits, expected, atol=1e-4, rtol=1e-4)
     # another run reuses the saved masks instead of generating them
-    reuse_adapted = methods.apply(load_model(tiny_cfg.model, tokenizer), "rosa", r=4, density=0.05, target_modules=TARGETS,
-                                  masks=str(tmp_path / "rosa"))
+    reuse_adapted = methods.apply(load_model(tiny_cfg.model, tokenizer), "rosa", **preset("rosa", dropout=0.0, r=4,
+                                                                                          density=0.05,
+                                                                                          target_modules=TARGETS,
+                                                                                          masks=str(tmp_path / "rosa")))
     reuse = reuse_adapted.model
     for name, (rows, cols) in rosa.state(adapted).masks.items():
         r2, c2 = rosa.state(reuse_adapted).masks[name]
@@ -215,11 +226,13 @@ def test_rosa_options_are_checked(tiny_model):
     from harness.methods.base import MethodConfigError
 
     with pytest.raises(MethodConfigError, match="density must be in"):
-        methods.apply(copy.deepcopy(tiny_model), "rosa", density=2.0, target_modules=TARGETS)
+        methods.apply(copy.deepcopy(tiny_model), "rosa", **preset("rosa", dropout=0.0, density=2.0,
+                                                                  target_modules=TARGETS))
     with pytest.raises(MethodConfigError, match="method=spa is RoSA with r=0"):
-        methods.apply(copy.deepcopy(tiny_model), "spa", r=4, target_modules=TARGETS)
+        methods.apply(copy.deepcopy(tiny_model), "spa", **preset("spa", r=4, target_modules=TARGETS))
     with pytest.raises(MethodConfigError, match="no such file"):
-        methods.apply(copy.deepcopy(tiny_model), "rosa", masks="/nonexistent/masks", target_modules=TARGETS)
+        methods.apply(copy.deepcopy(tiny_model), "rosa", **preset("rosa", dropout=0.0, masks="/nonexistent/masks",
+                                                                  target_modules=TARGETS))
 
 
 def test_sparse_delta_trains_under_bf16_autocast():
@@ -250,8 +263,10 @@ def test_rosa_trains_a_b_and_s_in_bf16_when_asked_and_fp32_by_default(tiny_model
     cfg = compose(["training.batch_size=4", "training.micro_batch_size=4", "training.max_steps=2", "training.warmup_steps=0"]).training
     dtypes = {}
     for choice in ("fp32", "bf16"):
-        adapted = methods.apply(copy.deepcopy(tiny_model), "rosa", r=2, density=0.02, mask_warmup_steps=1,
-                                target_modules=TARGETS, adapter_dtype=choice)
+        adapted = methods.apply(copy.deepcopy(tiny_model), "rosa", **preset("rosa", dropout=0.0, r=2, density=0.02,
+                                                                            mask_warmup_steps=1,
+                                                                            target_modules=TARGETS,
+                                                                            adapter_dtype=choice))
         model = adapted.model
         out = train(adapted, TrainingData(examples, [], tokenizer), cfg, QUIET)
         dtypes[choice] = out["stats"]["trainable_dtypes"]
@@ -259,4 +274,5 @@ def test_rosa_trains_a_b_and_s_in_bf16_when_asked_and_fp32_by_default(tiny_model
         assert values.dtype == (torch.bfloat16 if choice == "bf16" else torch.float32) and values.abs().sum() > 0
     assert dtypes == {"fp32": ["float32"], "bf16": ["bfloat16"]}
     with pytest.raises(methods.MethodConfigError, match="adapter_dtype must be one of"):
-        methods.apply(copy.deepcopy(tiny_model), "rosa", r=2, target_modules=TARGETS, adapter_dtype="fp8")
+        methods.apply(copy.deepcopy(tiny_model), "rosa", **preset("rosa", dropout=0.0, r=2, target_modules=TARGETS,
+                                                                  adapter_dtype="fp8"))

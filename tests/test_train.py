@@ -31,7 +31,7 @@ def training(**overrides):
 def test_training_learns_and_only_trainable_weights_move(tiny_model, tokenizer, examples):
     # peft wraps the original modules, so these Parameter objects are the base weights being trained around
     frozen_before = [(n, p, p.detach().clone()) for n, p in tiny_model.named_parameters()]
-    adapted = methods.apply(tiny_model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    adapted = methods.apply(tiny_model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"], dropout=0.0)
     model = adapted.model
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     out = train(adapted, TrainingData(examples[0], examples[1], tokenizer), training(), QUIET)
@@ -61,7 +61,7 @@ def test_wandb_logs_offline_without_an_account(tiny_model, tokenizer, examples, 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"], alpha=4, dropout=0.0)
     model = adapted.model
     train(adapted, TrainingData(examples[0], [], tokenizer), training(max_steps=2),
           RunContext(seed=0, progress=False,
@@ -70,7 +70,7 @@ def test_wandb_logs_offline_without_an_account(tiny_model, tokenizer, examples, 
 
 
 def test_batch_size_must_be_a_multiple_of_micro_batch(tiny_model, tokenizer, examples):
-    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"], alpha=4, dropout=0.0)
     model = adapted.model
     with pytest.raises(ValueError, match="batch_size=5 is not a multiple of training.micro_batch_size=2"):
         train(adapted, TrainingData(examples[0], [], tokenizer), training(batch_size=5), QUIET)
@@ -80,7 +80,7 @@ def test_examples_without_answer_tokens_are_dropped(tiny_model, tokenizer, data_
     task = compose(["task.train_subset=8", "task.val_set_size=0"]).task
     records, _ = commonsense.training_records(task, seed=0)
     cut = [commonsense.tokenize(r, tokenizer, 16, train_on_inputs=False) for r in records]
-    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"], alpha=4, dropout=0.0)
     model = adapted.model
     with pytest.raises(ValueError, match="none of the 8 training examples has a supervised token"):
         train(adapted, TrainingData(cut, [], tokenizer), training(), QUIET)
@@ -135,7 +135,7 @@ def test_a_new_head_on_a_bf16_base_trains_in_fp32(tokenizer):
 def test_checkpoint_selection_restores_the_lowest_validation_loss(tiny_model, tokenizer, examples):
     from harness.train import make_loader, mean_loss
 
-    adapted = methods.apply(tiny_model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    adapted = methods.apply(tiny_model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"], dropout=0.0)
     model = adapted.model
     selected = RunContext(seed=0, progress=False, selection=Selection.of(compose(["selection=val_loss",
                                                                                  "selection.steps=2"]).selection))
@@ -183,7 +183,7 @@ def test_a_full_models_best_state_goes_to_disk_and_comes_back(tmp_path, monkeypa
 def test_the_schedule_is_chosen_by_name(tiny_model, tokenizer, examples):
     from harness.errors import ConfigError
 
-    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"], alpha=4, dropout=0.0)
     model = adapted.model
     out = train(adapted, TrainingData(examples[0], [], tokenizer),
                 training(schedule="cosine", warmup_steps="null", warmup_ratio=0.03), QUIET)
@@ -198,7 +198,7 @@ def test_throughput_counts_useful_tokens_and_padding(tiny_model, tokenizer, exam
     from harness.throughput import flops_per_token, peak_flops, summary
 
     supervised = [e for e in examples[0] if any(label != -100 for label in e["labels"])]
-    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"])
+    adapted = methods.apply(tiny_model, "lora", r=2, target_modules=["q_proj"], alpha=4, dropout=0.0)
     model = adapted.model
     steps = math.ceil(len(supervised) / 4)  # one epoch: every example once, in whatever order
     out = train(adapted, TrainingData(examples[0], [], tokenizer),

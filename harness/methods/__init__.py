@@ -1,10 +1,12 @@
 """Public method API, usable on any transformers model.
 
-    adapted = harness.methods.apply(model, "milora", r=16, alpha=16, target_modules=["q_proj", "v_proj"])
+    adapted = harness.methods.apply(model, "milora", r=16, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"])
     harness.methods.trainable_parameters(adapted.model)   # one counting function for every method
     plain = harness.methods.merge(adapted)                 # adapters folded into plain weights
 
-`apply` returns the run's handle (`Adapted`: the model, its method, options and the method's state for this run);
+`apply` returns the run's handle (`Adapted`: the model, its method, its typed options and the method's state for
+this run); the options a method's config file sets must be given (`harness.methods.options`: their defaults live
+in `conf/method/<name>.yaml`, nowhere else);
 each method is one module registering a `Method` (see `base.py` for the hooks); every module here is imported.
 """
 
@@ -46,17 +48,17 @@ def apply(model: nn.Module, name: str, head_modules=(), structure_only: bool = F
     business (`Method.with_head`). `structure_only`: the same parameters without a costly initialisation
     (`Method.apply_structure`), for a process that receives the values from another."""
     method = get(name)
-    options = method.with_head(dict(options), present_modules(model, head_modules))
+    parsed = method.parse_options(method.with_head(dict(options), present_modules(model, head_modules)))
     state: dict = {}
-    model = (method.apply_structure if structure_only else method.apply)(model, state, **options)
-    return Adapted(model, method, dict(options), state)
+    model = (method.apply_structure if structure_only else method.apply)(model, state, parsed)
+    return Adapted(model, method, parsed, state)
 
 
 def validate(model: nn.Module, name: str, head_modules=(), **options: Any) -> None:
     """Checks method `name` with these options against `model` (the architecture on the meta device) as
     `apply` would set it up; raises MethodConfigError."""
     method = get(name)
-    method.validate(model, **method.with_head(dict(options), present_modules(model, head_modules)))
+    method.validate(model, method.parse_options(method.with_head(dict(options), present_modules(model, head_modules))))
 
 
 def _unique_parameters(model: nn.Module, trainable_only: bool):
@@ -96,7 +98,7 @@ def save(adapted: Adapted, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     adapted.method.save(adapted, directory)
     (directory / SAVED_METHOD_FILE).write_text(
-        json.dumps({"method": adapted.name, "options": adapted.options}, default=list))
+        json.dumps({"method": adapted.name, "options": adapted.options.as_dict()}, default=list))
     return directory
 
 
@@ -107,5 +109,9 @@ def load(base_model: nn.Module, directory: str | Path) -> Adapted:
     if not meta_file.is_file():
         raise MethodConfigError(f"{directory} has no {SAVED_METHOD_FILE}; it was not written by harness.methods.save")
     meta = json.loads(meta_file.read_text())
-    method, options, state = get(meta["method"]), meta.get("options", {}), {}
+    method, state = get(meta["method"]), {}
+    try:
+        options = method.parse_options(meta.get("options", {}))
+    except MethodConfigError as exc:
+        raise MethodConfigError(f"{meta_file}: {exc}") from None
     return Adapted(method.load(base_model, directory, options, state), method, options, state)

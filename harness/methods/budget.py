@@ -48,16 +48,16 @@ def target_count(budget: Mapping, total_params: int) -> int | None:
     return None
 
 
-def _closest_int(method: Method, shapes, options: dict, target: int, lo: int, hi: int) -> int:
-    count = lambda r: method.count(shapes, {**options, "r": r})
+def _closest_int(method: Method, shapes, options, target: int, lo: int, hi: int) -> int:
+    count = lambda r: method.count(shapes, options.replace(r=r))
     while lo < hi:  # smallest r with count(r) >= target (count grows with r)
         mid = (lo + hi) // 2
         lo, hi = (mid + 1, hi) if count(mid) < target else (lo, mid)
     return min((max(lo - 1, 1), lo), key=lambda r: (abs(count(r) - target), r))
 
 
-def _closest_density(method: Method, shapes, options: dict, target: int) -> float:
-    count = lambda d: method.count(shapes, {**options, "density": d})
+def _closest_density(method: Method, shapes, options, target: int) -> float:
+    count = lambda d: method.count(shapes, options.replace(density=d))
     lo, hi = 0.0, 1.0
     for _ in range(60):  # bisection on the (floor-stepped, non-decreasing) count
         mid = (lo + hi) / 2
@@ -66,17 +66,21 @@ def _closest_density(method: Method, shapes, options: dict, target: int) -> floa
 
 
 def solve(method: Method, shapes: list[tuple[int, int]], options: dict, target: int, total_params: int) -> tuple[dict, dict]:
-    """(options with the knob set, a record of target / knob / predicted count)."""
+    """(options with the knob set, a record of target / knob / predicted count). `options`: the config's dict;
+    the counts read it as the method's typed options, the knob set by `replace` (no check: density 0 of SpA
+    trains nothing, yet bounds the range)."""
     knob = method.budget_knob
     if knob is None:
         raise BudgetError(f"method={method.name} has no budget knob; remove budget.params / budget.fraction")
+    # (the knob's own value is what is solved for: read at one its check accepts, as SpA's density 0 is not)
+    typed = method.parse_options({**options, knob: {"r": 1, "density": 1.0}.get(knob, options.get(knob))})
     if knob == "r":
         r_max = min(min(shape) for shape in shapes)
-        low, high = method.count(shapes, {**options, "r": 1}), method.count(shapes, {**options, "r": r_max})
+        low, high = method.count(shapes, typed.replace(r=1)), method.count(shapes, typed.replace(r=r_max))
     else:
-        low = method.count(shapes, {**options, "density": 0.0})
+        low = method.count(shapes, typed.replace(density=0.0))
         low = max(low, 1) if low == 0 else low
-        high = method.count(shapes, {**options, "density": 1.0})
+        high = method.count(shapes, typed.replace(density=1.0))
     high = min(high, total_params)
     if not low <= target <= high:
         raise BudgetError(
@@ -85,9 +89,10 @@ def solve(method: Method, shapes: list[tuple[int, int]], options: dict, target: 
             + f": the feasible range is {low:,} to {high:,} ({low / total_params:.3%} to {high / total_params:.3%} "
             f"of the {total_params:,}-parameter model)"
         )
-    value = _closest_int(method, shapes, options, target, 1, r_max) if knob == "r" else _closest_density(method, shapes, options, target)
+    value = _closest_int(method, shapes, typed, target, 1, r_max) if knob == "r" else \
+        _closest_density(method, shapes, typed, target)
     solved = {**options, knob: value}
-    predicted = method.count(shapes, solved)
+    predicted = method.count(shapes, typed.replace(**{knob: value}))
     return solved, {"target": target, "knob": knob, "value": value, "predicted": predicted,
                     "relative_error": (predicted - target) / target}
 

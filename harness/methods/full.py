@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from harness.methods.base import Method, check_options
+from harness.methods.base import Method
 from harness.methods.registry import register
 
 
 @register("full")
 class FullFineTuning(Method):
-    label, display_order, trains_all_weights = "Full FT", 6, True
+    trains_all_weights = True
 
     def with_head(self, options, head_modules):
         return options  # the head trains with everything else
 
-    def apply(self, model, state, **options):
-        check_options(self.name, options, set())
+    # options_class: the base `Options`, with none (the head trains with everything else)
+
+    def apply(self, model, state, options):
         for p in model.parameters():
             p.requires_grad_(True)
         return model

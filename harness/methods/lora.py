@@ -6,29 +6,45 @@ import atexit
 import shutil
 import tempfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type, require_positive_int
+from harness.methods.base import Method, MethodConfigError, infer_task_type
+from harness.methods.options import HeadOptions, listed, positive_int
 from harness.methods.registry import register
 
-LORA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "layers_to_transform", "task_type", "modules_to_save",
-                "loraplus_lr_ratio"}
+
+@dataclass(frozen=True, kw_only=True)
+class LoraOptions(HeadOptions):
+    """LoRA's options (conf/method/lora.yaml sets r, alpha and dropout: the papers' convention alpha = 2r)."""
+
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: list[str] | None = None      # None: peft's default modules for the architecture
+    layers_to_transform: list[int] | None = None  # None: every layer
+    task_type: str | None = None                  # None: from the model's class
+    loraplus_lr_ratio: float | None = None        # LoRA+ (conf/method/loraplus.yaml): B's lr over A's
+
+    def check(self, method: str) -> None:
+        positive_int(method, "r", self.r)
 
 
-def lora_config(method: str, options: dict, **extra: Any):
+def lora_config(options: LoraOptions, **extra: Any):
+    """peft's LoraConfig of LoRA's options (or of another method's that has r, alpha, dropout and the targets:
+    RoSA's low-rank part)."""
     from peft import LoraConfig
 
-    r = require_positive_int(method, "r", options.get("r", 8))
     return LoraConfig(
-        r=r,
-        lora_alpha=options.get("alpha", 2 * r),
-        lora_dropout=float(options.get("dropout", 0.0)),
-        target_modules=list(options["target_modules"]) if options.get("target_modules") else None,
-        modules_to_save=list(options["modules_to_save"]) if options.get("modules_to_save") else None,
-        layers_to_transform=list(options["layers_to_transform"]) if options.get("layers_to_transform") else None,
-        task_type=options.get("task_type"),
+        r=options.r,
+        lora_alpha=options.alpha,
+        lora_dropout=float(options.dropout),
+        target_modules=listed(options.target_modules),
+        modules_to_save=listed(options.modules_to_save),
+        layers_to_transform=listed(getattr(options, "layers_to_transform", None)),
+        task_type=options.task_type,
         **extra,
     )
 
@@ -41,32 +57,30 @@ def wrap(model: nn.Module, config) -> nn.Module:
     return get_peft_model(model, config)
 
 
-def lora_count(shapes, options) -> int:
-    return sum(int(options["r"]) * (d_out + d_in) for d_out, d_in in shapes)
+def lora_count(shapes, r: int) -> int:
+    return sum(int(r) * (d_out + d_in) for d_out, d_in in shapes)
 
 
 class LowRankBudget:
-    """Methods whose budget knob is the rank r of a LoRA-shaped adapter."""
+    """Methods whose budget knob is the rank r of a LoRA-shaped adapter, with LoRA's options."""
 
     budget_knob = "r"
+    options_class = LoraOptions
 
     def count(self, shapes, options):
-        return lora_count(shapes, options)
+        return lora_count(shapes, options.r)
 
 
 @register("lora")
 class LoRA(LowRankBudget, Method):
-    label, display_order = "LoRA", 1
-
-    def apply(self, model, state, **options):
-        check_options(self.name, options, LORA_OPTIONS)
-        return wrap(model, lora_config(self.name, options))
+    def apply(self, model, state, options):
+        return wrap(model, lora_config(options))
 
     def param_groups(self, adapted, training):
         """LoRA+ (Hayou et al. 2024; `method.loraplus_lr_ratio`, conf/method/loraplus.yaml): B trains at ratio x
         the rate of A. peft's `create_loraplus_optimizer` builds its own optimizer, and the harness builds one
         optimizer for every method from groups (its schedule, weight decay and module rates), hence these groups."""
-        ratio = adapted.options.get("loraplus_lr_ratio")
+        ratio = adapted.options.loraplus_lr_ratio
         if not ratio:
             return super().param_groups(adapted, training)
         trained = [(n, p) for n, p in adapted.model.named_parameters() if p.requires_grad]
@@ -77,14 +91,11 @@ class LoRA(LowRankBudget, Method):
 
 @register("dora")
 class DoRA(LowRankBudget, Method):
-    label, display_order = "DoRA", 2
-
     def count(self, shapes, options):
-        return lora_count(shapes, options) + sum(d_out for d_out, _ in shapes)  # + the magnitude vector
+        return lora_count(shapes, options.r) + sum(d_out for d_out, _ in shapes)  # + the magnitude vector
 
-    def apply(self, model, state, **options):
-        check_options(self.name, options, LORA_OPTIONS)
-        return wrap(model, lora_config(self.name, options, use_dora=True))
+    def apply(self, model, state, options):
+        return wrap(model, lora_config(options, use_dora=True))
 
 
 INITIAL_ADAPTER = "initial_adapter_dir"  # the run state's key: the folder of the adapter as initialised
@@ -118,51 +129,55 @@ class ResidualInitLoRA(LowRankBudget, Method):
     """
 
     init_reads_weights = True  # an SVD of every adapted weight
-    #: the options of the initialisation itself, beside LoRA's
-    init_options: frozenset[str] = frozenset()
+    #: how many singular components past r the initialisation takes (LoRA-GA's r..2r: 2)
+    components_per_rank = 1
 
-    def check_init_options(self, options: dict) -> None:
-        """Raises MethodConfigError for an initialisation option that cannot work (checked before any weights)."""
-
-    def apply_structure(self, model, state, **options):
+    def apply_structure(self, model, state, options):
         # the same peft LoRA layers, randomly initialised: no SVD (the values come from the main process)
-        options = {k: v for k, v in options.items() if k not in self.init_options}
-        check_options(self.name, options, LORA_OPTIONS)
-        return wrap(model, lora_config(self.name, options, init_lora_weights=True))
+        return wrap(model, lora_config(options, init_lora_weights=True))
 
     def remember_initial_adapter(self, model, state: dict) -> None:
         remember_initial_adapter(model, state, self.name)
 
-    def validate(self, model, **options):
-        """The SVD needs real weights: check the options and that r fits every adapted matrix (a rank above
-        min(d_out, d_in) has no singular components to take), then apply a plain LoRA to the meta model."""
+    def validate(self, model, options):
+        """The SVD needs real weights: check that r fits every adapted matrix (a rank above min(d_out, d_in) has no
+        singular components to take), then apply a plain LoRA to the meta model."""
+        self.check_rank_fits(model, options)
+        wrap(model, lora_config(options))
+
+    def check_rank_fits(self, model, options: LoraOptions) -> None:
         from harness.methods.budget import linear_shapes
 
-        self.check_init_options(options)
-        options = {k: v for k, v in options.items() if k not in self.init_options}
-        check_options(self.name, options, LORA_OPTIONS)
-        r = require_positive_int(self.name, "r", options.get("r", 8))
-        shapes = linear_shapes(model, options.get("target_modules"), options.get("layers_to_transform"))
-        too_small = sorted({shape for shape in shapes if r > min(shape)})
+        taken = self.components_per_rank * options.r
+        shapes = linear_shapes(model, options.target_modules, options.layers_to_transform)
+        too_small = sorted({shape for shape in shapes if taken > min(shape)})
         if too_small:
-            raise MethodConfigError(f"method={self.name}: r={r} exceeds min(d_out, d_in) of the adapted matrices of "
-                                    f"shape {too_small}", f"use method.r <= {min(min(s) for s in shapes)}")
-        wrap(model, lora_config(self.name, options))
+            what = f"r={options.r}" if self.components_per_rank == 1 else \
+                f"{self.components_per_rank}r={taken} (components r..{self.components_per_rank}r of the gradient)"
+            raise MethodConfigError(f"method={self.name}: {what} exceeds min(d_out, d_in) of the adapted matrices of "
+                                    f"shape {too_small}",
+                                    f"use method.r <= {min(min(s) for s in shapes) // self.components_per_rank}")
 
     def save(self, adapted, directory: Path) -> None:
         save_on_original_weights(adapted, directory)
 
 
+@dataclass(frozen=True, kw_only=True)
+class PissaOptions(LoraOptions):
+    svd_niter: int | None = None  # None: the full SVD; k: peft's fast SVD with k subspace iterations
+
+    def check(self, method: str) -> None:
+        super().check(method)
+        if self.svd_niter is not None:
+            positive_int(method, "svd_niter", self.svd_niter)
+
+
 @register("pissa")
 class PiSSA(ResidualInitLoRA):
-    label, display_order = "PiSSA", 3
-    init_options = frozenset({"svd_niter"})
+    options_class = PissaOptions
 
-    def apply(self, model, state, **options):
-        options = dict(options)
-        niter = options.pop("svd_niter", None)
-        check_options(self.name, options, LORA_OPTIONS)
-        init = "pissa" if niter is None else f"pissa_niter_{require_positive_int(self.name, 'svd_niter', niter)}"
-        peft_model = wrap(model, lora_config(self.name, options, init_lora_weights=init))
+    def apply(self, model, state, options):
+        init = "pissa" if options.svd_niter is None else f"pissa_niter_{options.svd_niter}"
+        peft_model = wrap(model, lora_config(options, init_lora_weights=init))
         self.remember_initial_adapter(peft_model, state)
         return peft_model

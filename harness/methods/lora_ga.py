@@ -20,14 +20,32 @@ scaled; the gradient from micro-batches of the shuffled loader): it stays availa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from harness.methods.base import MethodConfigError, check_options, require_positive_int
-from harness.methods.lora import LORA_OPTIONS, ResidualInitLoRA, lora_config, wrap
+from harness.methods.base import MethodConfigError
+from harness.methods.lora import LoraOptions, ResidualInitLoRA, lora_config, wrap
+from harness.methods.options import positive_int
 from harness.methods.registry import register
 
-#: LoRA-GA's own options, beside LoRA's (conf/method/lora_ga.yaml)
-INIT_OPTIONS = frozenset({"stable_gamma", "init_examples", "use_rslora", "svd_seed"})
+
+@dataclass(frozen=True, kw_only=True)
+class LoraGaOptions(LoraOptions):
+    """LoRA's options and the init's own (conf/method/lora_ga.yaml sets the official values)."""
+
+    use_rslora: bool      # alpha / sqrt(r) (the official reproduce/ runs)
+    stable_gamma: float   # the stable scale's gamma
+    init_examples: int    # the first training examples the gradient averages
+    svd_seed: int = 0     # the seed of `torch.svd_lowrank`'s random start
+
+    def check(self, method: str) -> None:
+        super().check(method)
+        positive_int(method, "init_examples", self.init_examples)
+        gamma = self.stable_gamma
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma <= 0:
+            raise MethodConfigError(f"method={method}: stable_gamma must be a positive number, got {gamma!r}")
+
 #: the power iterations of the official `torch.svd_lowrank` call
 SVD_NITER = 4
 
@@ -54,51 +72,25 @@ class LoRAGA(ResidualInitLoRA):
     """The adapter is a plain peft LoRA until `before_training`, when the gradients of the first examples exist;
     saved as a rank-2r LoRA on the original weights, as PiSSA and MiLoRA."""
 
-    label, display_order = "LoRA-GA", 12
-    init_options = INIT_OPTIONS
+    options_class = LoraGaOptions
     init_reads_weights = False  # (its init reads gradients in `before_training`, on every process alike)
+    components_per_rank = 2     # ArB2r takes the singular components r..2r: 2r must fit every adapted matrix
     behaviour_version = 1
 
-    def check_init_options(self, options):
-        require_positive_int(self.name, "init_examples", options.get("init_examples", 8))
-        gamma = options.get("stable_gamma", 16)
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma <= 0:
-            raise MethodConfigError(f"method={self.name}: stable_gamma must be a positive number, got {gamma!r}")
+    def apply(self, model, state, options):
+        return wrap(model, lora_config(options, init_lora_weights=True, use_rslora=bool(options.use_rslora)))
 
-    def _lora_options(self, options):
-        return {k: v for k, v in options.items() if k not in self.init_options}
+    def apply_structure(self, model, state, options):
+        return self.apply(model, state, options)
 
-    def apply(self, model, state, **options):
-        self.check_init_options(options)
-        lora = self._lora_options(options)
-        check_options(self.name, lora, LORA_OPTIONS)
-        return wrap(model, lora_config(self.name, lora, init_lora_weights=True,
-                                       use_rslora=bool(options.get("use_rslora", True))))
-
-    def apply_structure(self, model, state, **options):
-        return self.apply(model, state, **options)
-
-    def validate(self, model, **options):
-        """ArB2r takes the singular components r..2r: 2r must fit every adapted matrix."""
-        from harness.methods.budget import linear_shapes
-
-        self.check_init_options(options)
-        lora = self._lora_options(options)
-        check_options(self.name, lora, LORA_OPTIONS)
-        r = require_positive_int(self.name, "r", lora.get("r", 8))
-        shapes = linear_shapes(model, lora.get("target_modules"), lora.get("layers_to_transform"))
-        too_small = sorted({shape for shape in shapes if 2 * r > min(shape)})
-        if too_small:
-            raise MethodConfigError(f"method={self.name}: 2r={2 * r} (components r..2r of the gradient) exceeds "
-                                    f"min(d_out, d_in) of the adapted matrices of shape {too_small}",
-                                    f"use method.r <= {min(min(s) for s in shapes) // 2}")
-        self.apply(model, {}, **options)
+    def validate(self, model, options):
+        self.check_rank_fits(model, options)
+        self.apply(model, {}, options)
 
     def before_training(self, adapted, context):
         model, options = adapted.model, adapted.options
-        examples = int(options.get("init_examples", 8))
-        gradients = self.gradients(model, context["loader"], context["device"], examples)
-        self.initialise(model, gradients, float(options.get("stable_gamma", 16)), int(options.get("svd_seed", 0)))
+        gradients = self.gradients(model, context["loader"], context["device"], int(options.init_examples))
+        self.initialise(model, gradients, float(options.stable_gamma), int(options.svd_seed))
         self.remember_initial_adapter(model, adapted.state)
 
     @staticmethod

@@ -13,14 +13,27 @@ generator seeded by `components_seed`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from harness.methods.base import MethodConfigError, check_options, svd_components
-from harness.methods.lora import LORA_OPTIONS, ResidualInitLoRA, lora_config, wrap
+from harness.methods.base import MethodConfigError, svd_components
+from harness.methods.lora import LoraOptions, ResidualInitLoRA, lora_config, wrap
+from harness.methods.options import one_of
 from harness.methods.registry import register
 
 
 COMPONENTS = ("minor", "principal", "random")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MiloraOptions(LoraOptions):
+    components: str = "minor"   # which r singular components: minor (MiLoRA), principal, random
+    components_seed: int = 0    # the generator of `random`
+
+    def check(self, method: str) -> None:
+        super().check(method)
+        one_of(method, "components", self.components, COMPONENTS)
 
 
 def chosen_components(k: int, r: int, components: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -58,27 +71,19 @@ def milora_init_layer(layer, adapter_name: str = "default", components: str = "m
 
 @register("milora")
 class MiLoRA(ResidualInitLoRA):
-    label, display_order = "MiLoRA", 4
-    init_options = frozenset({"components", "components_seed"})
-
-    def check_init_options(self, options):
-        if options.get("components", "minor") not in COMPONENTS:
-            raise MethodConfigError(f"method=milora: components={options['components']!r}; use one of {list(COMPONENTS)}")
+    options_class = MiloraOptions
 
     def knob_label(self, options):
         label = super().knob_label(options)
-        components = options.get("components", "minor")
-        return label if components == "minor" else f"{label} {components}"
+        return label if options.components in (None, "minor") else f"{label} {options.components}"
 
-    def apply(self, model, state, **options):
+    def apply(self, model, state, options):
         from peft.tuners.lora import LoraLayer
 
-        self.check_init_options(options)
-        components, seed = options.get("components", "minor"), int(options.get("components_seed") or 0)
-        options = {k: v for k, v in options.items() if k not in self.init_options}
-        check_options(self.name, options, LORA_OPTIONS)
-        peft_model = wrap(model, lora_config(self.name, options, init_lora_weights=True))
-        generator = torch.Generator().manual_seed(seed)  # (the layers in module order: the same draw every time)
+        components = options.components
+        peft_model = wrap(model, lora_config(options, init_lora_weights=True))
+        # (the layers in module order: the same draw every time)
+        generator = torch.Generator().manual_seed(int(options.components_seed or 0))
         for module in peft_model.modules():
             if isinstance(module, LoraLayer):
                 for adapter_name in module.lora_A:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import functools
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type, require_positive_int
+from harness.methods.base import Method, infer_task_type
+from harness.methods.options import HeadOptions, listed, one_of, positive_int
 from harness.methods.registry import register
+
 
 class Sin2Pi(nn.Module):
     """sigma(x) = sin(2 pi x), the periodic activation of Neat's Table 5 ablation (ReLU is the default)."""
@@ -37,8 +40,27 @@ def _register_activations() -> None:
         ACT2FN["sin2pi"] = Sin2Pi
 
 
-NEAT_OPTIONS = {"r", "scaling", "depth", "act_fn", "convention", "target_modules", "layers_to_transform", "task_type",
-                "modules_to_save"}
+CONVENTIONS = ("d_out", "d_in")  # peft's PEANuT; the paper's LLM code
+
+
+@dataclass(frozen=True, kw_only=True)
+class NeatOptions(HeadOptions):
+    """Neat's options (conf/method/neat.yaml sets r, scaling, depth, act_fn and convention)."""
+
+    r: int
+    scaling: float
+    depth: int          # peft's: hidden layers between A and B (Neat's code counts 2 * depth + 2)
+    act_fn: str         # a transformers activation name, or sin2pi
+    convention: str     # d_out (peft) or d_in (the paper's LLM code)
+    target_modules: list[str] | None = None
+    layers_to_transform: list[int] | None = None
+    task_type: str | None = None
+
+    def check(self, method: str) -> None:
+        positive_int(method, "r", self.r)
+        one_of(method, "convention", self.convention, CONVENTIONS)
+
+
 CONVENTION_FILE = "harness_neat.json"
 
 
@@ -134,48 +156,45 @@ def _factored(peft_model, convention: str):
     return peft_model
 
 
-def _peanut_config(options: dict):
+def _peanut_config(options: NeatOptions):
     from peft import PeanutConfig
 
     _register_activations()
 
     return PeanutConfig(
-        r=require_positive_int("neat", "r", options.get("r", 8)),
-        depth=int(options.get("depth", 0)),
-        act_fn=str(options.get("act_fn", "relu")),
-        scaling=float(options.get("scaling", 1.0)),
-        target_modules=list(options["target_modules"]) if options.get("target_modules") else None,
-        modules_to_save=list(options["modules_to_save"]) if options.get("modules_to_save") else None,
-        layers_to_transform=list(options["layers_to_transform"]) if options.get("layers_to_transform") else None,
-        task_type=options.get("task_type"),
+        r=options.r,
+        depth=int(options.depth),
+        act_fn=str(options.act_fn),
+        scaling=float(options.scaling),
+        target_modules=listed(options.target_modules),
+        modules_to_save=listed(options.modules_to_save),
+        layers_to_transform=listed(options.layers_to_transform),
+        task_type=options.task_type,
     )
 
 
 @register("neat")
 class Neat(Method):
-    label, display_order = "Neat", 5
+    options_class = NeatOptions
     budget_knob = "r"
     # 2: the factored forward (the same function, other rounding than peft's dense delta weight)
     behaviour_version = 2
 
     def knob_label(self, options):
         # the depth as Neat's official code counts it (A and B included): peft's depth d is 2d + 2 there
-        extra = [f"depth={2 * int(options['depth']) + 2}" if options.get("depth") else "",
-                 f"act={options['act_fn']}" if options.get("act_fn", "relu") != "relu" else ""]
+        extra = [f"depth={2 * int(options.depth) + 2}" if options.depth else "",
+                 f"act={options.act_fn}" if options.act_fn not in (None, "relu") else ""]
         return " ".join(part for part in [super().knob_label(options), *extra] if part)
 
     def count(self, shapes, options):
-        r, depth = int(options["r"]), int(options.get("depth", 0))
-        side = 1 if options.get("convention", "d_out") == "d_out" else 0
+        r, depth = int(options.r), int(options.depth)
+        side = 1 if options.convention == "d_out" else 0
         return sum(2 * r * shape[1 - side] + 2 * depth * r * r for shape in shapes)
 
-    def apply(self, model, state, **options):
+    def apply(self, model, state, options):
         from peft import get_peft_model
 
-        check_options(self.name, options, NEAT_OPTIONS)
-        convention = options.get("convention", "d_out")
-        if convention not in ("d_out", "d_in"):
-            raise MethodConfigError(f"method=neat: convention must be d_out (peft) or d_in (paper LLM code), got {convention!r}")
+        convention = options.convention
         config = _peanut_config(options)
         if config.task_type is None:
             config.task_type = infer_task_type(model)
@@ -186,7 +205,7 @@ class Neat(Method):
 
     def save(self, adapted, directory: Path) -> None:
         adapted.model.save_pretrained(directory)
-        convention = adapted.options.get("convention", "d_out")
+        convention = adapted.options.convention
         (Path(directory) / CONVENTION_FILE).write_text(json.dumps({"convention": convention}))
 
     def load(self, base_model, directory, options, state):
@@ -201,6 +220,6 @@ class Neat(Method):
         if convention == "d_out":
             return _factored(PeftModel.from_pretrained(base_model, str(directory)), "d_out")
         # peft's loader would build d_out-shaped projections; build the d_in layers, then load the weights.
-        model = self.apply(base_model, state, **{**options, "convention": "d_in"})
+        model = self.apply(base_model, state, options.replace(convention="d_in"))
         set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
         return model

@@ -16,16 +16,18 @@ causal LM is refused before training. Nothing merges; the interventions and the 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from harness.methods.base import Method, MethodConfigError, check_options, require_positive_int
+from harness.methods.base import Method, MethodConfigError
+from harness.methods.options import HeadOptions, positive_int
 from harness.methods.registry import register
 from harness.methods.subset import blocks, under
 
-REFT_OPTIONS = {"r", "layers", "positions", "share_weights", "dropout", "modules_to_save"}
 WEIGHTS_FILE = "reft.safetensors"
 INSTALL = ("pyreft is not installed: `make setup` installs it, or `pip install --no-deps pyreft==0.1.0 pyvene==0.1.8` "
            "(pyreft's declared requirements pin transformers 4.45; it runs with transformers 5 without them)")
@@ -45,6 +47,25 @@ def parse_positions(positions: str) -> tuple[int, int]:
     if not found or re.sub(r"[fl]\d+", "", str(positions)).strip("+"):
         raise MethodConfigError(f"ReFT positions={positions!r}: use f<n>, l<n> or f<n>+l<n> (first / last n tokens)")
     return int(found.get("f", 0)), int(found.get("l", 0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReftOptions(HeadOptions):
+    """LoReFT's / DiReFT's options (conf/method/loreft.yaml sets them all)."""
+
+    r: int                  # the intervention's rank
+    layers: Any             # "all", or the block indices to intervene on
+    positions: str          # pyreft's f<n>+l<n>: the first / last n tokens
+    share_weights: bool     # one intervention for the first and the last tokens
+    dropout: float
+
+    def check(self, method: str) -> None:
+        positive_int(method, "r", self.r)
+        parse_positions(self.positions)
+
+    @property
+    def first_last(self) -> tuple[int, int]:
+        return parse_positions(self.positions)
 
 
 class ReftClassifier(nn.Module):
@@ -88,42 +109,40 @@ class ReFT(Method):
 
     mergeable = False
     budget_knob = "r"
+    options_class = ReftOptions
     intervention: str = ""
 
-    def _layers(self, options: dict, depth: int) -> list[int]:
-        layers = options.get("layers", "all")
+    def _layers(self, options: ReftOptions, depth: int) -> list[int]:
+        layers = options.layers
         chosen = list(range(depth)) if layers in (None, "all") else [int(layer) for layer in layers]
         bad = [layer for layer in chosen if not 0 <= layer < depth]
         if bad:
             raise MethodConfigError(f"method={self.name}: layers {bad} do not exist (the model has {depth} blocks)")
         return chosen
 
-    def validate(self, model, **options):
+    def validate(self, model, options):
         if type(model).__name__.endswith("ForCausalLM"):
             raise MethodConfigError(f"method={self.name} trains and scores classification tasks here (GLUE); "
                                     "generation with interventions (pyreft's generate) is not wired into the "
                                     "harness's protocols", "use a GLUE task (task=glue)")
-        check_options(self.name, options, REFT_OPTIONS)
-        require_positive_int(self.name, "r", options.get("r", 1))
-        parse_positions(options.get("positions", "f1+l1"))
         self._layers(options, len(blocks(model)[1]))
 
-    def apply(self, model, state, **options):
-        self.validate(model, **options)
+    def apply(self, model, state, options):
+        self.validate(model, options)
         pyreft = _pyreft()
-        r = int(options.get("r", 1))
-        first, last = parse_positions(options.get("positions", "f1+l1"))
-        share = bool(options.get("share_weights", False))
+        r = int(options.r)
+        first, last = options.first_last
+        share = bool(options.share_weights)
         prefix, stack = blocks(model)
         groups = 1 if share else int(first > 0) + int(last > 0)
         hidden = int(model.config.hidden_size)
         kind = getattr(pyreft, self.intervention)
         representations = [{"layer": layer, "component": f"{prefix}[{layer}].output", "low_rank_dimension": r,
                             "intervention": kind(embed_dim=hidden, low_rank_dimension=r,
-                                                 dropout=float(options.get("dropout", 0.0)), dtype=torch.float32)}
+                                                 dropout=float(options.dropout), dtype=torch.float32)}
                            for layer in self._layers(options, len(stack)) for _ in range(groups)]
         reft = pyreft.get_reft_model(model, pyreft.ReftConfig(representations=representations), set_device=False)
-        heads = list(options.get("modules_to_save") or [])
+        heads = list(options.modules_to_save or [])
         for name, p in model.named_parameters():
             p.requires_grad_(under(name, heads))
         return ReftClassifier(reft, first, last, share)
@@ -145,7 +164,7 @@ class ReFT(Method):
         path = Path(directory) / WEIGHTS_FILE
         if not path.is_file():
             raise MethodConfigError(f"{path}: missing; this directory holds no weights saved by method={self.name}")
-        model = self.apply(base_model, state, **options)
+        model = self.apply(base_model, state, options)
         tensors = load_file(str(path))
         for key, intervention in model.reft.interventions.items():
             prefix = f"interventions.{key}."
@@ -158,15 +177,16 @@ class ReFT(Method):
         return model
 
     def knob_label(self, options):
-        return f"r={options.get('r', 1)} {options.get('positions', 'f1+l1')}"
+        return " ".join(f"{part}" for part in (f"r={options.r}" if options.r else "", options.positions) if part)
 
     def solve_budget(self, model, options, target, total_params, options_at=None):
         from harness.methods.budget import solve_by_counting
 
-        self.validate(model, **options)
+        options = self.parse_options(options)
+        self.validate(model, options)
         _, stack = blocks(model)
-        first, last = parse_positions(options.get("positions", "f1+l1"))
-        per_layer = 1 if options.get("share_weights") else int(first > 0) + int(last > 0)
+        first, last = options.first_last
+        per_layer = 1 if options.share_weights else int(first > 0) + int(last > 0)
         d, layers = int(model.config.hidden_size), len(self._layers(options, len(stack)))
         # 2*r*d + r per intervention (R, W and b): the count `tests/test_reft.py` checks on the real model
         return solve_by_counting(self.name, "r", lambda r: layers * per_layer * (2 * r * d + r), target, total_params)
@@ -174,11 +194,9 @@ class ReFT(Method):
 
 @register("loreft")
 class LoReFT(ReFT):
-    label, display_order = "LoReFT", 9
     intervention = "LoreftIntervention"
 
 
 @register("direft")
 class DiReFT(ReFT):
-    label, display_order = "DiReFT", 10
     intervention = "DireftIntervention"

@@ -10,7 +10,6 @@ _METHODS: dict[str, Method] = {}
 def register(name: str):
     def decorator(cls: type[Method]) -> type[Method]:
         cls.name = name
-        cls.label = cls.__dict__.get("label") or name
         _METHODS[name] = cls()
         return cls
 

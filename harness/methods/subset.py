@@ -9,11 +9,13 @@ added, so the output at initialisation is the base model's and there is nothing 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from harness.methods.base import Method, MethodConfigError, check_options, require_positive_int
+from harness.methods.base import Method, MethodConfigError
+from harness.methods.options import HeadOptions, positive_int
 from harness.methods.registry import register
 
 
@@ -27,15 +29,14 @@ class OwnWeightsSubset(Method):
 
     mergeable = False  # nothing was added: the trained model already is plain weights
     weights_file = "trained.safetensors"
-    options: set[str] = {"modules_to_save"}
+    options_class = HeadOptions
 
-    def chosen(self, model: nn.Module, options: dict) -> set[str]:
+    def chosen(self, model: nn.Module, options: HeadOptions) -> set[str]:
         """Names of the backbone parameters this method trains."""
         raise NotImplementedError
 
-    def apply(self, model, state, **options):
-        check_options(self.name, options, self.options)
-        heads = list(options.get("modules_to_save") or [])
+    def apply(self, model, state, options):
+        heads = list(options.modules_to_save or [])
         backbone = self.chosen(model, options)
         for name, p in model.named_parameters():
             p.requires_grad_(name in backbone or under(name, heads))
@@ -59,7 +60,7 @@ class OwnWeightsSubset(Method):
             raise MethodConfigError(f"{path}: parameters {unknown[:3]} do not exist in this model "
                                     "(was it saved from another architecture or head size?)")
         base_model.load_state_dict(weights, strict=False)
-        return self.apply(base_model, state, **options)
+        return self.apply(base_model, state, options)
 
 
 @register("linear_probe")
@@ -67,11 +68,10 @@ class LinearProbe(OwnWeightsSubset):
     """The backbone frozen, only the task's new head trains (the "LP" row of Neat's and FourierFT's image tables).
     A task without a new head (a causal LM) has nothing to probe and is refused."""
 
-    label, display_order = "LP", 0
     weights_file = "head.safetensors"
 
     def chosen(self, model, options):
-        if not options.get("modules_to_save"):
+        if not options.modules_to_save:
             raise MethodConfigError("method=linear_probe trains only a task's new head, and this task has none "
                                     "(a causal LM task adds no head); use it with an image or GLUE task")
         return set()
@@ -82,10 +82,9 @@ class BitFit(OwnWeightsSubset):
     """Every bias of the backbone trains (attention, feed-forward and LayerNorm biases, as BitFit's full variant),
     the weights stay frozen. Count: the number of bias entries."""
 
-    label, display_order = "BitFit", 7
 
     def chosen(self, model, options):
-        heads = options.get("modules_to_save") or []
+        heads = options.modules_to_save or []
         biases = {n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias" and not under(n, heads)}
         if not biases:
             raise MethodConfigError(f"method=bitfit: {type(model).__name__} has no bias parameters (Llama-family "
@@ -102,18 +101,25 @@ def blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return max(stacks, key=lambda item: sum(p.numel() for p in item[1].parameters()))
 
 
+@dataclass(frozen=True, kw_only=True)
+class FreezeOptions(HeadOptions):
+    top_layers: int  # the blocks that train, from the top (conf/method/freeze_layers.yaml)
+
+    def check(self, method: str) -> None:
+        positive_int(method, "top_layers", self.top_layers)
+
+
 @register("freeze_layers")
 class FreezeLayers(OwnWeightsSubset):
     """The top `top_layers` blocks train in full, every block below them and the embeddings stay frozen (the
     survey's "freeze the bottom layers"; LLaMA-Factory's `freeze` fine-tuning). Count: the parameters of those
     blocks. Its budget knob is the number of blocks (`solve_budget` counts the model)."""
 
-    label, display_order = "Freeze", 8
-    options = {"modules_to_save", "top_layers"}
+    options_class = FreezeOptions
     budget_knob = "top_layers"
 
     def chosen(self, model, options):
-        k = require_positive_int(self.name, "top_layers", options.get("top_layers"))
+        k = options.top_layers
         prefix, stack = blocks(model)
         if k > len(stack):
             raise MethodConfigError(f"method=freeze_layers: top_layers={k} exceeds the {len(stack)} blocks of "
@@ -121,7 +127,7 @@ class FreezeLayers(OwnWeightsSubset):
         return {f"{prefix}.{i}.{n}" for i in range(len(stack) - k, len(stack)) for n, _ in stack[i].named_parameters()}
 
     def knob_label(self, options):
-        return f"top {options['top_layers']}" if options.get("top_layers") else ""
+        return f"top {options.top_layers}" if options.top_layers else ""
 
     def solve_budget(self, model, options, target, total_params, options_at=None):
         from harness.methods.budget import solve_by_counting
@@ -130,5 +136,5 @@ class FreezeLayers(OwnWeightsSubset):
 
         def count(k: int) -> int:
             return sum(p.numel() for i in range(len(stack) - k, len(stack)) for p in stack[i].parameters()) \
-                if k <= len(stack) else self.chosen(model, {**options, "top_layers": k})  # (raises: too many)
+                if k <= len(stack) else self.chosen(model, self.parse_options({**options, "top_layers": k}))  # (raises)
         return solve_by_counting(self.name, "top_layers", count, target, total_params)

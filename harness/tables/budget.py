@@ -29,7 +29,7 @@ def budget_group(run, fractions: Sequence[float], labels: Sequence[str]) -> str:
         share = run.trainable / run.total
     else:
         share = run.budget_fraction if not missing(run.budget_fraction) else fractions[0]
-    if display.method_info(run.method).trains_all_weights or share > 10 * max(fractions):
+    if display.trains_all_weights(run.method) or share > 10 * max(fractions):
         return FULL
     nearest = min(range(len(fractions)), key=lambda i: abs(math.log(share / fractions[i])))
     return labels[nearest]

@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from harness.methods.base import Method, MethodConfigError, check_options, infer_task_type
+from harness.methods.base import Method, MethodConfigError, infer_task_type
+from harness.methods.options import HeadOptions
 from harness.methods.lora import INITIAL_ADAPTER, remember_initial_adapter, save_on_original_weights
 from harness.methods.peft_tuner.adalora import AdaLoraAllocation
 from harness.methods.peft_tuner.corda import CordaInit
@@ -47,15 +49,32 @@ from harness.methods.peft_tuner.extension import OnDevice, TunerExtension
 from harness.methods.peft_tuner.lora_ga import LoraGaInit
 from harness.methods.registry import register
 
-__all__ = ["PeftTuner", "tuner_config", "OnDevice", "TunerExtension", "EXTENSIONS"]
+__all__ = ["PeftTuner", "PeftOptions", "tuner_config", "OnDevice", "TunerExtension", "EXTENSIONS"]
 
 # every hook calls the extensions in this order (EVA's init, then CorDA's, then LoRA-GA's, then AdaLoRA's schedule):
 # a new one is a module of this package and its line here
 EXTENSIONS: tuple[TunerExtension, ...] = (EvaInit(), CordaInit(), LoraGaInit(), AdaLoraAllocation())
 
-# options of the harness's, not of the tuner's config: the budget's knob, and the extensions' own
-HARNESS_OPTIONS = ("knob", *dict.fromkeys(option for extension in EXTENSIONS for option in extension.options))
-OPTIONS = {"type", "config", "config_file", "target_modules", "modules_to_save", *HARNESS_OPTIONS}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeftOptions(HeadOptions):
+    """method=peft's options: the tuner (its type and config's fields, or a whole adapter_config.json), and the
+    harness's own beside it (conf/method/peft.yaml lists the ones a preset may set; null: none)."""
+
+    type: str | None = None                  # the peft type (LORA, IA3, ...), unless config_file names it
+    config: dict | None = None               # the tuner config's own fields
+    config_file: str | None = None           # or a whole adapter_config.json
+    target_modules: list[str] | None = None  # when the config names none, for tuners that target modules
+    knob: str | None = None                  # the config field a budget solves for (None: the tuner's usual one)
+    # the extensions' own (each extension's `options` names its):
+    init_batches: int = 8                    # EVA's, LoRA-GA's and CorDA's data-driven inits: the micro-batches read
+    update_ranks: bool = True                # AdaLoRA: reallocate the ranks while training
+    e_init_std: float | None = None          # AdaLoRA: E ~ N(0, std) at the start, as peft 0.10 did (None: zero)
+
+
+# (an extension's options are fields of PeftOptions: a new extension adds its own there)
+assert {o for extension in EXTENSIONS for o in extension.options} <= set(PeftOptions.__dataclass_fields__)
 # the config field a budget solves for, by tuner (`method.knob` names another). OFT has none: its count falls as
 # its r (the number of blocks) grows, and its block size must divide every adapted width.
 KNOBS = {"LORA": "r", "LOKR": "r", "LOHA": "r", "VERA": "r", "HRA": "r", "ADALORA": "init_r", "MISS": "r",
@@ -70,13 +89,13 @@ DATA_INITS = {extension.init: extension.init_config_field for extension in EXTEN
               if extension.init_config_field}
 
 
-def tuner_config(model: nn.Module, options: dict):
+def tuner_config(model: nn.Module, options: PeftOptions):
     """The peft config of these options for this model."""
     from peft import get_peft_config
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
-    if options.get("config_file"):
-        path = Path(str(options["config_file"]))
+    if options.config_file:
+        path = Path(str(options.config_file))
         if not path.is_file():
             raise MethodConfigError(f"method.config_file={path}: no such file")
         try:
@@ -85,7 +104,7 @@ def tuner_config(model: nn.Module, options: dict):
             raise MethodConfigError(f"method.config_file={path}: not JSON ({exc.msg} at line {exc.lineno})") from None
         fields = {k: v for k, v in fields.items() if k not in ("base_model_name_or_path", "revision")}
     else:
-        fields = {**dict(options.get("config") or {}), "peft_type": str(options.get("type") or "").upper()}
+        fields = {**dict(options.config or {}), "peft_type": str(options.type or "").upper()}
     kind = str(fields.get("peft_type") or "").upper()
     known = sorted(str(t.value) for t in PEFT_TYPE_TO_CONFIG_MAPPING)
     if kind not in known:
@@ -94,11 +113,11 @@ def tuner_config(model: nn.Module, options: dict):
     fields["peft_type"] = kind
     fields.setdefault("task_type", infer_task_type(model))
     accepted = set(config_class.__dataclass_fields__)
-    if "target_modules" in accepted and not fields.get("target_modules") and options.get("target_modules") \
+    if "target_modules" in accepted and not fields.get("target_modules") and options.target_modules \
             and not fields.get("target_parameters"):
-        fields["target_modules"] = list(options["target_modules"])
-    if options.get("modules_to_save") and "modules_to_save" in accepted:
-        fields["modules_to_save"] = sorted(set(fields.get("modules_to_save") or []) | set(options["modules_to_save"]))
+        fields["target_modules"] = list(options.target_modules)
+    if options.modules_to_save and "modules_to_save" in accepted:
+        fields["modules_to_save"] = sorted(set(fields.get("modules_to_save") or []) | set(options.modules_to_save))
     for extension in EXTENSIONS:
         extension.config_fields(fields)
     unknown = sorted(set(fields) - accepted)
@@ -112,13 +131,12 @@ def tuner_config(model: nn.Module, options: dict):
 
 @register("peft")
 class PeftTuner(Method):
-    label, display_order = "peft", 50
+    options_class = PeftOptions
 
-    def apply(self, model, state, **options):
+    def apply(self, model, state, options):
         from peft import get_peft_model
 
-        check_options(self.name, options, OPTIONS)
-        config = tuner_config(model, {k: v for k, v in options.items() if k not in HARNESS_OPTIONS})
+        config = tuner_config(model, options)
         # the extensions that concern this run are chosen on the config as given: one may change it before peft
         # builds the adapter (CorDA's init waits for the data)
         extensions = [extension for extension in EXTENSIONS if extension.matches(config, state)]
@@ -135,20 +153,20 @@ class PeftTuner(Method):
             remember_initial_adapter(adapted, state, f"peft-{config.init_lora_weights}")
         return adapted
 
-    def apply_structure(self, model, state, **options):
+    def apply_structure(self, model, state, options):
         """The same tuner with peft's plain initialisation: what validation and the budget solver build on the meta
         device (a QR, SVD or data-driven init cannot run there, and changes no shape)."""
-        config = dict(options.get("config") or {})
+        config = dict(options.config or {})
         if isinstance(config.get("init_lora_weights"), str) and config["init_lora_weights"] != "gaussian":
             config.pop(DATA_INITS.get(config["init_lora_weights"], ""), None)
             config["init_lora_weights"] = True
-            options = {**options, "config": config}
-        adapted = self.apply(model, state, **options)
+            options = options.replace(config=config)
+        adapted = self.apply(model, state, options)
         state.pop(INITIAL_ADAPTER, None)
         return adapted
 
-    def validate(self, model, **options):
-        self.apply_structure(model, {}, **options)
+    def validate(self, model, options):
+        self.apply_structure(model, {}, options)
 
     def before_training(self, adapted, context):
         model = adapted.model
@@ -196,11 +214,12 @@ class PeftTuner(Method):
                 at = {k: v for k, v in options_at(f"config.{knob}", int(value)).items() if k != "knob"}
             else:
                 at = {**options, "config": {**dict(options.get("config") or {}), knob: int(value)}}
-            return methods.trainable_parameters(self.apply_structure(copy.deepcopy(skeleton), {}, **at))
+            return methods.trainable_parameters(self.apply_structure(copy.deepcopy(skeleton), {},
+                                                                     self.parse_options(at)))
         return solve_by_counting(f"peft type={kind}", f"config.{knob}", count, target, total_params)
 
     def knob_label(self, options):
-        config = dict(options.get("config") or {})
+        config = dict(options.config or {})
         for knob in ("r", "init_r", "n_frequency", "num_virtual_tokens", "boft_block_size", "oft_block_size"):
             if config.get(knob) is not None:
                 return f"{knob}={config[knob]}"

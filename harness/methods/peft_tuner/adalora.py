@@ -29,19 +29,19 @@ class AdaLoraAllocation(TunerExtension):
         for name, parameter in model.named_parameters():
             if ".ranknum." in name:
                 parameter.requires_grad_(False)
-        if options.get("e_init_std"):
+        if options.e_init_std:
             # peft <= 0.10 drew E ~ N(0, 0.02) (adalora/layer.py L76 at v0.10.0), the version LoRA-GA's
             # reproduce/requirements.txt pins; peft 0.21 starts E at zero (the output then starts unchanged)
             with torch.no_grad():
                 for name, parameter in model.named_parameters():
                     if ".lora_E." in name:
-                        parameter.normal_(0.0, float(options["e_init_std"]))
+                        parameter.normal_(0.0, float(options.e_init_std))
 
     def before_training(self, adapted, context):
         model, options = adapted.model, adapted.options
         config = model.peft_config[model.active_adapter]
         total = int(context["total_steps"])
-        allocates = options.get("update_ranks", True)
+        allocates = options.update_ranks
         # (the last allocation step prunes by the importance the steps before it measured: at least one)
         if allocates and config.tinit + 1 >= total - config.tfinal:
             raise MethodConfigError(f"method=peft type=ADALORA: tinit={config.tinit} + tfinal={config.tfinal} "
@@ -51,5 +51,5 @@ class AdaLoraAllocation(TunerExtension):
     def after_optimizer_step(self, adapted, step):
         # `update_ranks=false`: AdaLoRA at its initial ranks throughout, as LoRA-GA's Trainer ran it (no file of
         # its reproduce/ calls update_and_allocate)
-        if adapted.options.get("update_ranks", True):
+        if adapted.options.update_ranks:
             adapted.model.base_model.update_and_allocate(step)

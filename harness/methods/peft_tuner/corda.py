@@ -63,7 +63,7 @@ def init_from_covariance(adapted, context) -> None:
                 parent.add_module(part, nn.Module())
             parent = parent._modules[part]
         parent.add_module(leaf, layer.get_base_layer())
-    batches = int(options.get("init_batches") or 8)
+    batches = int(options.init_batches)
 
     def run_model():
         was_training = model.training

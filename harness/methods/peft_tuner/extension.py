@@ -48,9 +48,9 @@ class TunerExtension:
     def before_apply(self, config) -> None:
         """Changes the config before peft builds the adapter with it."""
 
-    def after_apply(self, model, config, state: dict, options: dict) -> None:
-        """After peft built the adapter: `model` the peft model, `state` the run's, `options` the method's (the
-        harness's options included)."""
+    def after_apply(self, model, config, state: dict, options) -> None:
+        """After peft built the adapter: `model` the peft model, `state` the run's, `options` the method's
+        (`PeftOptions`, the harness's options included)."""
 
     def before_training(self, adapted, context: dict) -> None:
         """With the run's data (`context["loader"]`, `context["device"]`, `context["total_steps"]`), before the

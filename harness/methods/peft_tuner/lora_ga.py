@@ -15,7 +15,7 @@ class LoraGaInit(TunerExtension):
     options = ("init_batches",)
 
     def before_training(self, adapted, context):
-        init_from_gradients(adapted, context, int(adapted.options.get("init_batches") or 8))
+        init_from_gradients(adapted, context, int(adapted.options.init_batches))
 
 
 def init_from_gradients(adapted, context, batches: int) -> None:

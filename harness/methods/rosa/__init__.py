@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from harness.methods.base import Method, MethodConfigError, check_options
+from harness.methods.base import Method, MethodConfigError
+from harness.methods.options import HeadOptions, one_of
 from harness.methods.registry import register
 # (the names of `masks` and `scores` are imported here too for the importers of `harness.methods.rosa`)
 from harness.methods.rosa.masks import (HEAD_PREFIX, PEFT_PREFIX, SPARSE_FILE, STATE_KEY, RosaState, _add_sparse_output,
@@ -30,10 +32,38 @@ from harness.methods.rosa.masks import (HEAD_PREFIX, PEFT_PREFIX, SPARSE_FILE, S
 from harness.methods.rosa.scores import MASK_SCORES, _example_weights, _GradientCapture, accumulate_gradient_scores
 from harness.methods.sparse import topk_mask
 
-ROSA_OPTIONS = {"r", "alpha", "dropout", "target_modules", "task_type", "density", "lr_sparse", "lr_lowrank",
-                "mask_warmup_steps", "mask_grad_batches", "mask_score", "mask_buffer_device", "masks", "modules_to_save",
-                "adapter_dtype"}
 ADAPTER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RosaOptions(HeadOptions):
+    """RoSA's options (conf/method/rosa.yaml sets the paper's recipe; spa.yaml: r=0)."""
+
+    r: int                      # the low-rank part's rank (0: SpA, the sparse part alone)
+    alpha: float
+    dropout: float
+    density: float              # the sparse part's share of each adapted matrix
+    mask_warmup_steps: int      # LoRA-only steps before the masks are chosen (the paper: 64)
+    mask_grad_batches: int      # optimizer batches whose gradients score the entries
+    mask_score: str             # fisher (mean of G^2) or grad (mean of G)
+    mask_buffer_device: str     # where the scores accumulate
+    adapter_dtype: str          # fp32, or bf16 as the official scripts train A, B and S
+    target_modules: list[str] | None = None
+    task_type: str | None = None
+    lr_sparse: float | None = None    # None: the run's lr
+    lr_lowrank: float | None = None
+    masks: str | None = None          # a saved sparse file (or its run's folder) to take the masks from
+
+    def check(self, method: str) -> None:
+        one_of(method, "adapter_dtype", self.adapter_dtype, sorted(ADAPTER_DTYPES))
+        if not (0.0 <= float(self.density) <= 1.0):
+            raise MethodConfigError(f"method={method}: density must be in [0, 1], got {self.density}")
+        one_of(method, "mask_score", self.mask_score, list(MASK_SCORES))
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 0:
+            raise MethodConfigError(f"method={method}: r must be a non-negative integer, got {self.r!r}")
+        if self.r == 0 and float(self.density) == 0.0:
+            raise MethodConfigError(f"method={method}: r=0 and density=0 train nothing")
+
 
 _state = state  # the methods' own variables are called state
 
@@ -48,12 +78,13 @@ def _reset_lora(model, state: RosaState) -> None:
 
 class _RoSABase(Method):
     budget_knob = "density"  # r as stated; the budget left after the low-rank part goes to S
+    options_class = RosaOptions
     setup_reads_gradients = True
 
     def knob_label(self, options):
-        parts = [f"r={options['r']}"] if int(options.get("r") or 0) > 0 else []
-        if options.get("density") is not None:
-            parts.append(f"d={100 * float(options['density']):.2f}%")
+        parts = [f"r={options.r}"] if int(options.r or 0) > 0 else []
+        if options.density is not None:
+            parts.append(f"d={100 * float(options.density):.2f}%")
         return " ".join(parts)
 
     def quick_setup_overrides(self):
@@ -66,46 +97,27 @@ class _RoSABase(Method):
     def count(self, shapes, options):
         from harness.methods.lora import lora_count
 
-        lowrank = lora_count(shapes, options) if int(options.get("r", 0)) > 0 else 0
-        return lowrank + sum(int(float(options["density"]) * d_out * d_in) for d_out, d_in in shapes)
-    def _options(self, options: dict) -> dict:
-        check_options(self.name, options, ROSA_OPTIONS)
-        o = {"r": 16, "alpha": 16, "dropout": 0.0, "density": 0.006, "target_modules": None, "task_type": None, "lr_sparse": None, "lr_lowrank": None,
-             "mask_warmup_steps": 64, "mask_grad_batches": 1, "mask_score": "fisher", "mask_buffer_device": "cpu",
-             "masks": None, "modules_to_save": None, "adapter_dtype": "fp32", **options}
-        if o["adapter_dtype"] not in ADAPTER_DTYPES:
-            raise MethodConfigError(f"method={self.name}: adapter_dtype must be one of {sorted(ADAPTER_DTYPES)}, got "
-                                    f"{o['adapter_dtype']!r}")
-        if not (0.0 <= float(o["density"]) <= 1.0):
-            raise MethodConfigError(f"method={self.name}: density must be in [0, 1], got {o['density']}")
-        if o["mask_score"] not in MASK_SCORES:
-            raise MethodConfigError(f"method={self.name}: mask_score must be one of {list(MASK_SCORES)}, got "
-                                    f"{o['mask_score']!r}")
-        if not isinstance(o["r"], int) or o["r"] < 0:
-            raise MethodConfigError(f"method={self.name}: r must be a non-negative integer, got {o['r']!r}")
-        if o["r"] == 0 and float(o["density"]) == 0.0:
-            raise MethodConfigError(f"method={self.name}: r=0 and density=0 train nothing")
-        return o
+        lowrank = lora_count(shapes, options.r) if int(options.r) > 0 else 0
+        return lowrank + sum(int(float(options.density) * d_out * d_in) for d_out, d_in in shapes)
 
-    def apply(self, model, state, **options):
-        o = self._options(options)
-        names = list(o["target_modules"] or [])
-        if o["r"] > 0:
+    def apply(self, model, state, options):
+        o = options
+        names = list(o.target_modules or [])
+        if o.r > 0:
             from harness.methods.lora import lora_config, wrap
 
-            model = wrap(model, lora_config(self.name, {k: o[k] for k in ("r", "alpha", "dropout", "target_modules", "task_type",
-                                                                          "modules_to_save")}))
+            model = wrap(model, lora_config(o))
             initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         else:
-            heads = list(o["modules_to_save"] or [])  # a task's new head trains in place (no peft wrapper here)
+            heads = list(o.modules_to_save or [])  # a task's new head trains in place (no peft wrapper here)
             for name, p in model.named_parameters():
                 p.requires_grad_(any(m in name.split(".") for m in heads))
             initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        rosa = state[STATE_KEY] = RosaState(options=o, targets=_target_modules(model, names, wrapped=o["r"] > 0),
+        rosa = state[STATE_KEY] = RosaState(options=o, targets=_target_modules(model, names, wrapped=o.r > 0),
                                             initial_lora=initial, model=model)
-        if o["masks"] is not None:
-            attach_masks(rosa, load_masks(o["masks"]))
-        elif float(o["density"]) == 0.0:
+        if o.masks is not None:
+            attach_masks(rosa, load_masks(o.masks))
+        elif float(o.density) == 0.0:
             rosa.ready = True  # no sparse part: exactly LoRA
         return model
 
@@ -127,7 +139,7 @@ class _RoSABase(Method):
         accumulation = int(context.get("accumulation", 1))
         micro_batches = (dict((k, v.to(device)) for k, v in b.items()) for b in _cycle(context["loader"]))
         batches = ([next(micro_batches) for _ in range(accumulation)] for _ in itertools.count())
-        if o["r"] > 0 and int(o["mask_warmup_steps"]) > 0:
+        if o.r > 0 and int(o.mask_warmup_steps) > 0:
             # The LoRA-only warm-up with the run's own optimizer, schedule and clipping (RoSA's scheduler.py runs
             # the mask phase as the first 64 steps of the same composer run: DecoupledAdamW, weight decay 0, the
             # run's warm-up and decay); only the masks it leads to are kept (L restarts from its initial values).
@@ -135,10 +147,10 @@ class _RoSABase(Method):
 
             training = context["training"]
             optimizer, scheduler = optimizer_and_schedule(self.param_groups(adapted, dict(training)), training,
-                                                          int(context.get("total_steps") or o["mask_warmup_steps"]))
+                                                          int(context.get("total_steps") or o.mask_warmup_steps))
             model.train()
             state.warmup_lrs = []
-            for _ in range(int(o["mask_warmup_steps"])):
+            for _ in range(int(o.mask_warmup_steps)):
                 for batch in next(batches):
                     (model(**batch).loss / accumulation).backward()
                 if clip_norm(training):
@@ -149,21 +161,21 @@ class _RoSABase(Method):
                 optimizer.zero_grad(set_to_none=True)
             state.warmup_weight_decay = [group["weight_decay"] for group in optimizer.param_groups]
         # SpA trains nothing below the targets (a task's head at most): let activations carry the gradients
-        frozen_model = o["r"] == 0
+        frozen_model = o.r == 0
         if frozen_model and hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
-        scores = accumulate_gradient_scores(model, (next(batches) for _ in range(int(o["mask_grad_batches"]))),
-                                            state.targets, o["mask_score"], str(o["mask_buffer_device"]))
+        scores = accumulate_gradient_scores(model, (next(batches) for _ in range(int(o.mask_grad_batches))),
+                                            state.targets, o.mask_score, str(o.mask_buffer_device))
         if frozen_model and hasattr(model, "disable_input_require_grads"):
             model.disable_input_require_grads()
         _reset_lora(model, state)
         # on the CPU: sent to the other processes as they are
-        return {name: tuple(t.cpu() for t in topk_mask(score, float(o["density"]))) for name, score in scores.items()}
+        return {name: tuple(t.cpu() for t in topk_mask(score, float(o.density))) for name, score in scores.items()}
 
     def set_trainable_precision(self, adapted) -> set[int]:
         """`adapter_dtype=bf16`: A, B and S train in bf16, as the official scripts keep them (`rosa_dtype: bf16`);
         the default fp32 keeps master weights, as every method's adapter."""
-        dtype = ADAPTER_DTYPES[_state(adapted).options["adapter_dtype"]]
+        dtype = ADAPTER_DTYPES[_state(adapted).options.adapter_dtype]
         if dtype == torch.float32:
             return set()
         sparse = {id(m.rosa_sparse.values) for m in _state(adapted).targets.values() if hasattr(m, "rosa_sparse")}
@@ -181,9 +193,9 @@ class _RoSABase(Method):
         lowrank = [p for p in adapted.model.parameters() if p.requires_grad and id(p) not in sparse_ids]
         groups = []
         if lowrank:
-            groups.append({"params": lowrank, **({"lr": float(o["lr_lowrank"])} if o["lr_lowrank"] else {})})
+            groups.append({"params": lowrank, **({"lr": float(o.lr_lowrank)} if o.lr_lowrank else {})})
         if sparse:
-            groups.append({"params": sparse, **({"lr": float(o["lr_sparse"])} if o["lr_sparse"] else {})})
+            groups.append({"params": sparse, **({"lr": float(o.lr_sparse)} if o.lr_sparse else {})})
         return groups
 
     @torch.no_grad()
@@ -203,13 +215,13 @@ class _RoSABase(Method):
         from safetensors.torch import save_file
 
         model, state = adapted.model, _state(adapted)
-        if state.options["r"] > 0:
+        if state.options.r > 0:
             model.save_pretrained(directory)
         # SpA: a task's head trained in place (with r > 0 it is in the peft adapter as modules_to_save)
         tensors = {f"{HEAD_PREFIX}{n}": p.detach().contiguous().cpu() for n, p in model.named_parameters()
-                   if p.requires_grad and state.options["r"] == 0 and not n.endswith(".rosa_sparse.values")}
+                   if p.requires_grad and state.options.r == 0 and not n.endswith(".rosa_sparse.values")}
         tensors.update(sparse_tensors(state))
-        (Path(directory) / "rosa.json").write_text(json.dumps({"density": state.options["density"], "r": state.options["r"]}))
+        (Path(directory) / "rosa.json").write_text(json.dumps({"density": state.options.density, "r": state.options.r}))
         if tensors:
             save_file(tensors, str(Path(directory) / SPARSE_FILE))
 
@@ -219,8 +231,9 @@ class _RoSABase(Method):
 
         directory = Path(directory)
         has_sparse = (directory / SPARSE_FILE).is_file()
-        model = self.apply(base_model, state, **{**options, "masks": str(directory / SPARSE_FILE) if has_sparse else None})
-        if state[STATE_KEY].options["r"] > 0:
+        masks = str(directory / SPARSE_FILE) if has_sparse else None
+        model = self.apply(base_model, state, options.replace(masks=masks))
+        if state[STATE_KEY].options.r > 0:
             set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
         tensors = load_file(str(directory / SPARSE_FILE)) if has_sparse else {}
         with torch.no_grad():
@@ -242,19 +255,22 @@ def _cycle(loader):
             raise ValueError("RoSA mask generation: the training loader is empty")
 
 
+@dataclass(frozen=True, kw_only=True)
+class SpaOptions(RosaOptions):
+    def check(self, method: str) -> None:
+        if self.r != 0:
+            raise MethodConfigError("method=spa is RoSA with r=0; use method=rosa for a low-rank part")
+        super().check(method)
+
+
 @register("rosa")
 class RoSA(_RoSABase):
-    label, display_order = "RoSA", 7
     # 2: masks from the per-example Fisher, the warm-up on the run's optimizer and schedule
     behaviour_version = 2
 
 
 @register("spa")
 class SpA(_RoSABase):
-    label, display_order = "SpA", 8
     behaviour_version = 2
 
-    def _options(self, options: dict) -> dict:
-        if options.get("r", 0) != 0:
-            raise MethodConfigError("method=spa is RoSA with r=0; use method=rosa for a low-rank part")
-        return super()._options({**options, "r": 0})
+    options_class = SpaOptions

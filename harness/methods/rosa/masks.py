@@ -20,7 +20,7 @@ HEAD_PREFIX = "head."  # SpA's saved head parameters, beside the sparse parts
 
 @dataclass
 class RosaState:
-    options: dict
+    options: "RosaOptions"                           # the run's (harness.methods.rosa.RosaOptions)
     targets: dict[str, nn.Module]                    # name (in the plain model) -> module whose output gets S x
     initial_lora: dict[str, torch.Tensor] = field(default_factory=dict)
     hooks: list = field(default_factory=list)
