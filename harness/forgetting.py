@@ -125,7 +125,7 @@ def forgetting(target: str, text: str = "wikitext103", tokens: int | None = None
     base, tokenizer = recipe.load()  # (from the run's seed: a random-weight model is rebuilt as the run built it)
     tuned = recipe.saved(recipe.load()[0], adapter).model
     windows = token_windows(tokenizer, text_body, window, tokens)
-    with torch.autocast(placement.device, dtype=torch.bfloat16, enabled=placement.compute == "bf16"):
+    with placement.autocast():
         numbers = measure(base.to(placement.device), tuned, windows, placement.device)
     record: SideResult = {
         "kind": "forgetting", "name": text_name(text), "run_id": rid, "method": source["run"]["method"],

@@ -32,6 +32,12 @@ class Placement:
     def describe(self) -> dict:
         return {"device": self.device, "weights": str(self.weights).removeprefix("torch."), "compute": self.compute}
 
+    def autocast(self):
+        """The compute precision outside the training loop (which has accelerate's): evaluation and measurement
+        under the autocast training ran in, so that what trained in fp32 master weights (a task's head, BitFit's
+        biases) meets the bf16 weights as it did in training."""
+        return torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.compute == "bf16")
+
 
 def weights_dtype(name: str | None, device: str) -> torch.dtype:
     if name in (None, "auto"):

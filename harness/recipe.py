@@ -153,8 +153,9 @@ class Recipe:
         eval_model = methods.merge(adapted) if merged else adapted.model
         eval_model.eval()
         start = time.perf_counter()
-        metrics, predictions = self.scorer.evaluate(eval_model, processor, test_sets, cfg.protocol, cfg.task,
-                                                    bool(cfg.run.progress))
+        with self.placement.autocast():  # (a head trained in fp32 master weights on bf16 weights: as in training)
+            metrics, predictions = self.scorer.evaluate(eval_model, processor, test_sets, cfg.protocol, cfg.task,
+                                                        bool(cfg.run.progress))
         return metrics, predictions, merged, time.perf_counter() - start
 
 

@@ -1,0 +1,56 @@
+"""The CUDA dtype path, on the CPU (issue 26): every method file of conf/method trains and scores one tiny cell with
+bf16 weights and bf16 autocast (`model.dtype=bfloat16 training.precision=bf16`), the dtypes a CUDA run uses, so
+that a dtype bug (the kind the H100 found in RoSA's sparse product) fails here first. Causal-LM methods on the
+tiny Llama (commonsense: BoolQ), the classification ones (ReFT, BitFit, linear probing, Neat's GLUE presets) on
+the tiny BERT (GLUE: RTE). bf16 on this CPU is ~30x slower than fp32: one optimizer step of 4 examples each."""
+
+import math
+
+import pytest
+
+from harness.config import CONFIG_DIR, compose
+from harness.run import run_cell
+
+pytestmark = pytest.mark.slow
+
+BF16 = ["model.dtype=bfloat16", "training.precision=bf16", "training.micro_batch_size=4", "training.batch_size=4",
+        "training.max_steps=1", "training.warmup_steps=0", "task.train_subset=8", "task.test_subset=4",
+        "run.progress=false"]
+LLM = ["model=tiny-llama", "task=commonsense", "task.datasets=[boolq]", "task.val_set_size=0",
+       "protocol.max_new_tokens=4", "selection=last"]
+CLASSIFIER = ["model=tiny-bert", "task=glue", "protocol=glue_dev", "task.dataset=rte", "selection=last"]
+# methods that train and score classification tasks here (ReFT is wired for GLUE; BitFit and linear probing need
+# a model with biases or a new head; Neat-S / Neat-L are Neat's GLUE presets on query / value)
+ON_CLASSIFIER = {"loreft", "direft", "bitfit", "linear_probe", "neat_s", "neat_l"}
+# method=peft itself names no tuner (its presets do); the others: one cell each, with the file's own options
+FILES = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml") if p.stem != "peft")
+SMALL = {"lora": ["method.r=4"], "dora": ["method.r=4"], "pissa": ["method.r=4"], "milora": ["method.r=4"],
+         "neat": ["method.r=4"], "rosa": ["method.r=4", "method.mask_warmup_steps=1"], "spa": [],
+         "eva": [], "corda": ["method.init_batches=1"], "lora_ga_peft": ["method.init_batches=1"],
+         "lora_ga": ["method.init_examples=2"], "adalora": ["training.max_steps=3"]}
+
+
+# What this test found and is not fixed yet (issue 26): each must fail until fixed (strict), then leave this list
+KNOWN = {
+    "bitfit": pytest.mark.xfail(strict=True, reason="BitFit trains LayerNorm biases in fp32 master weights beside "
+                                "their bf16 weights: layer_norm refuses the mix (expected BFloat16, found Float)"),
+    "eva": pytest.mark.skip(reason="EVA's initialisation (peft's incremental SVD until its components converge) "
+                            "does not finish within 2 minutes with bf16 weights here (fp32: seconds)"),
+}
+
+
+@pytest.mark.parametrize("preset", [pytest.param(name, marks=KNOWN[name]) if name in KNOWN else name for name in FILES])
+def test_every_method_trains_and_scores_a_cell_in_bf16(tmp_path, preset):
+    cell = ON_CLASSIFIER if preset in ON_CLASSIFIER else None
+    cfg = compose([*(CLASSIFIER if cell else LLM), f"method={preset}", *BF16, *SMALL.get(preset, []),
+                   f"run.results_dir={tmp_path}"])
+    outcome = run_cell(cfg)
+    assert outcome.status == "finished", outcome.error
+    record = outcome.record
+    placement = record["run"]["placement"]
+    # (full fine-tuning keeps fp32 master weights of every weight it trains: its weights load in fp32)
+    assert "bfloat16" in str(placement) or cfg.method.name == "full", placement
+    assert "bf16" in str(placement), placement
+    loss = record["train"].get("final_loss", record["train"].get("loss"))
+    assert loss is not None and math.isfinite(loss), record["train"]
+    assert record["eval"]["metrics"], record["eval"]
