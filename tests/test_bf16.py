@@ -32,8 +32,6 @@ SMALL = {"lora": ["method.r=4"], "dora": ["method.r=4"], "pissa": ["method.r=4"]
 
 # What this test found and is not fixed yet (issue 26): each must fail until fixed (strict), then leave this list
 KNOWN = {
-    "bitfit": pytest.mark.xfail(strict=True, reason="BitFit trains LayerNorm biases in fp32 master weights beside "
-                                "their bf16 weights: layer_norm refuses the mix (expected BFloat16, found Float)"),
     "eva": pytest.mark.skip(reason="EVA's initialisation (peft's incremental SVD until its components converge) "
                             "does not finish within 2 minutes with bf16 weights here (fp32: seconds)"),
 }

@@ -82,6 +82,16 @@ class BitFit(OwnWeightsSubset):
     """Every bias of the backbone trains (attention, feed-forward and LayerNorm biases, as BitFit's full variant),
     the weights stay frozen. Count: the number of bias entries."""
 
+    def apply(self, model, state, options):
+        model = super().apply(model, state, options)
+        # A norm whose bias trains computes in fp32 whole: the training loop keeps fp32 master weights of what
+        # trains, and layer_norm refuses a bf16 weight beside an fp32 bias, even under autocast (a linear layer's
+        # operands autocast casts). A no-op on fp32 weights.
+        for module in model.modules():
+            bias, weight = getattr(module, "bias", None), getattr(module, "weight", None)
+            if isinstance(module, nn.LayerNorm) and bias is not None and bias.requires_grad and weight is not None:
+                module.float()
+        return model
 
     def chosen(self, model, options):
         heads = options.modules_to_save or []
