@@ -85,3 +85,38 @@ def serial_tiny_table1(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("serial_tiny_table1")
     reproduce(TINY_TABLE1 + [f"run.results_dir={results}"])
     return results
+
+
+@pytest.fixture
+def cli_in_process(monkeypatch, capfd):
+    """`call(main, argv)`: a command-line entry point's main() run in this process on `argv` as sys.argv[1:] (Hydra
+    parses it as on a command line): (exit status, stdout, stderr), as a subprocess of it would give them, without
+    the seconds a new process spends importing torch. An exception other than SystemExit propagates: it would
+    have been a traceback. What only a real process shows (the interpreter's exit status, what it prints on the
+    way out, signals, locks of a dead process) stays with the tests' subprocesses. Hydra's logging setup (root
+    handlers and level) and the SIGTERM handler main() installs are undone after each call."""
+    import logging
+    import signal
+    import sys
+
+    def call(main, argv):
+        root = logging.getLogger()
+        handlers, level, sigterm = root.handlers[:], root.level, signal.getsignal(signal.SIGTERM)
+        monkeypatch.setattr(sys, "argv", [sys.argv[0], *argv])
+        capfd.readouterr()
+        try:
+            main()
+            status = 0
+        except SystemExit as exc:  # as the interpreter maps it to an exit status
+            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            for handler in root.handlers:
+                if handler not in handlers:
+                    handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+            signal.signal(signal.SIGTERM, sigterm)
+        out, err = capfd.readouterr()
+        return status, out, err
+
+    return call

@@ -124,14 +124,26 @@ def pypi_reachable() -> bool:
         return False
 
 
-def dry_run(args: list[str], tmp_path: Path) -> dict[str, str]:
-    report = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                           "--report", str(report), *args], env=lock_tool.pypi_only_env(), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"pip could not resolve the CUDA lock:\n{proc.stderr[-3000:]}"
-    return {envlock.normalize(i["metadata"]["name"]): i["metadata"]["version"]
-            for i in json.loads(report.read_text())["install"]}
+def dry_run(args: list[str], tmp_path: Path, name: str):
+    """Starts pip's dry-run resolution of `args` (PyPI alone); calling what it returns waits for it and gives
+    {normalized name: version} of what pip would install. (Started together, two resolutions wait on the network
+    at the same time.)"""
+    report, log = tmp_path / f"{name}.json", tmp_path / f"{name}.stderr"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                                 "--report", str(report), *args], env=lock_tool.pypi_only_env(), cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+
+    def result() -> dict[str, str]:
+        try:
+            proc.wait(timeout=600)
+        finally:
+            proc.kill()  # (a no-op once it has exited)
+        assert proc.returncode == 0, f"pip could not resolve the CUDA lock:\n{log.read_text()[-3000:]}"
+        return {envlock.normalize(i["metadata"]["name"]): i["metadata"]["version"]
+                for i in json.loads(report.read_text())["install"]}
+
+    return result
 
 
 @pytest.mark.slow
@@ -147,9 +159,11 @@ def test_cuda_lock_resolves_on_pypi(tmp_path):
     offline = {n: v for n, v in pins.items() if n in lock_tool.OFFLINE}
     reqs = tmp_path / "requirements.txt"
     reqs.write_text("".join(f"{n}=={v}\n" for n, v in main.items()))
-    resolved = dry_run(["-r", str(reqs)], tmp_path)
+    resolving = dry_run(["-r", str(reqs)], tmp_path, "main")
+    resolving_offline = dry_run(["--no-deps", *(f"{n}=={v}" for n, v in offline.items())], tmp_path, "offline")
+    resolved = resolving()
     assert resolved["torch"] == pins["torch"]  # PyPI's build, no local label
     assert {"missing": sorted(set(main) - set(resolved)), "extra": sorted(set(resolved) - set(main)),
             "differ": {n: (v, resolved[n]) for n, v in main.items() if resolved.get(n, v) != v}} \
         == {"missing": [], "extra": [], "differ": {}}
-    assert dry_run(["--no-deps", *(f"{n}=={v}" for n, v in offline.items())], tmp_path) == offline
+    assert resolving_offline() == offline

@@ -31,6 +31,17 @@ def harness(module, *args, results, env=None, check=None):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def harness_main(cli_in_process, *args, results, env=None, monkeypatch=None):
+    """harness.run's main() in this process on the command line `harness` gives its subprocess: (exit status,
+    stdout, stderr)."""
+    from harness.run import main
+
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    hydra = [f"hydra.run.dir={results / 'hydra'}", f"hydra.sweep.dir={results / 'multirun'}"]
+    return cli_in_process(main, [*args, f"run.results_dir={results}", *hydra])
+
+
 def written(results: Path) -> list[Path]:
     return [p for p in results.rglob("*") if p.is_file() and "hydra" not in p.parts]
 
@@ -51,14 +62,25 @@ BAD_INPUTS = {
 }
 
 
+# Every case fails in main()'s preflight, through the one cli_errors: each is checked through main() in this
+# process; two also as a real process (its exit status, nothing printed on the way out), one of each kind of
+# error: Hydra's composition error, and a HarnessError raised with torch and the model loaded.
+IN_A_SUBPROCESS = ("unknown method", "rank zero")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_prints_one_line_exits_2_and_writes_nothing(case, tmp_path):
+@pytest.mark.parametrize("case,process", [(c, "in-process") for c in sorted(BAD_INPUTS)]
+                         + [(c, "subprocess") for c in IN_A_SUBPROCESS])
+def test_bad_input_prints_one_line_exits_2_and_writes_nothing(case, process, tmp_path, cli_in_process, monkeypatch):
     import re
 
     args, message = BAD_INPUTS[case]
     start = time.perf_counter()
-    status, out, err = harness("harness.run", *TINY, *args, results=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    env = {"HF_HUB_OFFLINE": "1"}
+    if process == "subprocess":
+        status, out, err = harness("harness.run", *TINY, *args, results=tmp_path, env=env)
+    else:
+        status, out, err = harness_main(cli_in_process, *TINY, *args, results=tmp_path, env=env, monkeypatch=monkeypatch)
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert status == 2, err[-2000:]
     assert len(lines) == 1 and re.search(message, lines[0]), err[-2000:]
@@ -68,8 +90,11 @@ def test_bad_input_prints_one_line_exits_2_and_writes_nothing(case, tmp_path):
 
 
 @pytest.mark.slow
-def test_harness_debug_shows_the_traceback(tmp_path):
-    status, _, err = harness("harness.run", *TINY, "method.r=0", results=tmp_path, env={"HARNESS_DEBUG": "1"})
+def test_harness_debug_shows_the_traceback(tmp_path, cli_in_process, monkeypatch):
+    # (main() in this process: HARNESS_DEBUG is read when the error is reported; the same error without it is
+    # checked as a real process above)
+    status, _, err = harness_main(cli_in_process, *TINY, "method.r=0", results=tmp_path, env={"HARNESS_DEBUG": "1"},
+                                  monkeypatch=monkeypatch)
     assert status == 2 and "Traceback" in err and err.rstrip().splitlines()[-1].startswith("error: method=lora")
 
 
@@ -109,7 +134,7 @@ def test_a_diverging_run_is_recorded_as_diverged_without_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failed_cell_leaves_its_record_and_the_sweep_goes_on(tmp_path):
+def test_a_failed_cell_leaves_its_record_and_the_sweep_goes_on(tmp_path, cli_in_process):
     # num_beams=0 cannot generate: that point fails in its eval phase, the other finishes
     sweep = ["--multirun", *TINY, "protocol.num_beams=1,0"]
     status, out, _ = harness("harness.run", *sweep, results=tmp_path)
@@ -118,7 +143,8 @@ def test_a_failed_cell_leaves_its_record_and_the_sweep_goes_on(tmp_path):
     assert records[1]["status"] == "finished" and records[1]["eval"]["metrics"]
     failure = records[0]["failure"]
     assert records[0]["status"] == "failed" and failure["phase"] == "eval" and failure["error"].startswith("error: ")
-    status, out, _ = harness("harness.run", *sweep, results=tmp_path)
+    # the second sweep reads what the first process left: main() in this process (its exit status as above)
+    status, out, _ = harness_main(cli_in_process, *sweep, results=tmp_path)
     assert status == 1 and "summary: 0 done, 1 reused" in out and "retrying (last attempt failed in phase eval" in out
 
 
@@ -130,6 +156,10 @@ def _metrics_without_time(record):
 
 @pytest.mark.slow
 def test_a_run_killed_in_any_phase_leaves_no_finished_result_and_the_rerun_completes_it(tmp_path):
+    from harness.run import run_cell
+
+    # Each kill is a real process's SIGKILL; each rerun is the run in this process (run_cell, what harness.run's
+    # main() runs for the cell), which must find the dead process's lock stale and complete the run.
     clean = None  # the first rerun's result: every other rerun must give the same (one process start fewer)
     for phase in ("load", "train", "eval", "result"):
         results = tmp_path / phase
@@ -147,7 +177,8 @@ def test_a_run_killed_in_any_phase_leaves_no_finished_result_and_the_rerun_compl
         assert len(list(runs.glob("*.lock"))) == 1, phase      # the dead process's lock, stale now
         if phase == "result":  # adapter and predictions were in place; the result was not
             assert list(runs.glob("*.predictions.jsonl"))
-        harness("harness.run", *TINY, results=results, check=0)
+        outcome = run_cell(compose([*TINY, f"run.results_dir={results}"]))
+        assert outcome.status == "finished", (phase, outcome.error)
         finished = [json.loads(p.read_text()) for p in runs.glob("*.json")]
         assert len(finished) == 1 and finished[0]["status"] == "finished", phase
         clean = clean or finished[0]
