@@ -25,7 +25,9 @@ def test_every_config_composes(group, name):
     assert cfg.method.name in methods.names()
 
 
-@pytest.mark.parametrize("experiment,profile", [(e, p) for e in options("experiment") for p in options("profile")])
+# The paper grids are the large ones (Table 3's: 15 s): `slow`, as the golden paper ids that compose them too
+@pytest.mark.parametrize("experiment,profile", [pytest.param(e, p, marks=[pytest.mark.slow] if p == "paper" else [])
+                                                for e in options("experiment") for p in options("profile")])
 def test_experiment_grid_cells_compose(experiment, profile):
     base, cells = experiment_cells([f"experiment={experiment}", f"profile={profile}", "seeds=null"])  # (one seed each)
     assert cells and base.table.published in options("published")
