@@ -70,19 +70,17 @@ def _selection_as_hashed_before(data: dict) -> None:
         protocol["report"] = "best_epoch" if selection.get("every") == "epoch" else "last"
 
 
-# Method files that stated their own method's label before every method file did: it stays in their run id
-LABEL_HASHED_BEFORE = ("lora_ga",)
-
-
 def _display_as_hashed_before(method: dict) -> None:
     """How tables show a method (its file's `label` and `display_order`) stays out of the run id, so that a run
     keeps the id it had before they were in its file; a preset's own label (Neat-S, LoRA+, AdaLoRA) was always in
     it and stays (it names what the preset computes)."""
+    from harness import methods
     from harness.methods.display import own_display
 
     method.pop("display_order", None)
-    name = method.get("name")
-    if name not in LABEL_HASHED_BEFORE and "label" in method and method["label"] == own_display(str(name))[0]:
+    name = str(method.get("name"))
+    own = own_display(name)[0]
+    if "label" in method and method["label"] == own and not methods.get(name).own_label_in_run_id:
         method.pop("label")
 
 

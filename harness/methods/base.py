@@ -45,6 +45,9 @@ class MethodCore:
     #: bumped by a change that alters what a run of this method computes; it enters the run id, so results made
     #: before the change are not reused as if made after it
     behaviour_version: int = 1
+    #: its config file's own label is part of its run id: a file that stated one before every method file did
+    #: (harness.identity keeps such ids as they were); other files' labels are display only
+    own_label_in_run_id: bool = False
     #: trains every weight of the model (its placement keeps fp32 master weights of all; a table's full-model row)
     trains_all_weights: bool = False
     #: its initialisation reads the weights (an SVD): with several processes only the main process computes it,

@@ -73,6 +73,7 @@ class LoRAGA(ResidualInitLoRA):
     saved as a rank-2r LoRA on the original weights, as PiSSA and MiLoRA."""
 
     options_class = LoraGaOptions
+    own_label_in_run_id = True  # (conf/method/lora_ga.yaml named its label LoRA-GA before labels were display)
     init_reads_weights = False  # (its init reads gradients in `before_training`, on every process alike)
     components_per_rank = 2     # ArB2r takes the singular components r..2r: 2r must fit every adapted matrix
     behaviour_version = 1
