@@ -39,8 +39,7 @@ KNOWN = {
 
 @pytest.mark.parametrize("preset", [pytest.param(name, marks=KNOWN[name]) if name in KNOWN else name for name in FILES])
 def test_every_method_trains_and_scores_a_cell_in_bf16(tmp_path, preset):
-    cell = ON_CLASSIFIER if preset in ON_CLASSIFIER else None
-    cfg = compose([*(CLASSIFIER if cell else LLM), f"method={preset}", *BF16, *SMALL.get(preset, []),
+    cfg = compose([*(CLASSIFIER if preset in ON_CLASSIFIER else LLM), f"method={preset}", *BF16, *SMALL.get(preset, []),
                    f"run.results_dir={tmp_path}"])
     outcome = run_cell(cfg)
     assert outcome.status == "finished", outcome.error

@@ -215,13 +215,13 @@ def test_every_option_has_its_default_in_one_place():
     from harness.config import compose
 
     for name in methods.names():
-        fields = {f.name: f for f in dataclasses.fields(methods.get(name).options_class)}
+        options_class = methods.get(name).options_class
+        fields = {f.name: f for f in dataclasses.fields(options_class)}
         raw = OmegaConf.to_container(compose([f"method={name}", "model=tiny-llama"]).method, resolve=False)
         stated = {k: v for k, v in raw.items() if k not in ("name", "label", "display_order")}
         assert set(stated) <= set(fields), (name, sorted(set(stated) - set(fields)))
         for option, field in fields.items():
-            has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
-            if not has_default:
+            if option in options_class.required():
                 assert option in stated, f"{name}: {option} has no default and conf/method/{name}.yaml sets none"
             elif option in stated:
                 value = stated[option]

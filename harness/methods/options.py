@@ -28,13 +28,18 @@ class Options:
     dataclasses (`@dataclass(frozen=True, kw_only=True)`)."""
 
     @classmethod
+    def required(cls) -> set[str]:
+        """The options with no default here: their values are the config file's."""
+        return {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+
+    @classmethod
     def parse(cls, method: str, options: Mapping[str, Any]):
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
             raise MethodConfigError(f"method={method}: unknown option(s) {unknown}; known options are {sorted(known)}")
-        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in options
-                         and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        missing = sorted(cls.required() - set(options))
         if missing:
             raise MethodConfigError(f"method={method}: option(s) {missing} not given; a run takes them from "
                                     f"conf/method/{method}.yaml, a library call must name them")
@@ -46,13 +51,8 @@ class Options:
     def as_recorded(cls, options: Mapping[str, Any]):
         """The options a result recorded, for showing it (a table's knob label): the keys this version knows, any
         other left out, an option missing from an older result None; no check (the run has happened)."""
-        values = {}
-        for f in dataclasses.fields(cls):
-            if f.name in options:
-                values[f.name] = options[f.name]
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                values[f.name] = None
-        return cls(**values)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{name: None for name in cls.required()}, **{k: v for k, v in options.items() if k in known}})
 
     def check(self, method: str) -> None:
         """Raises MethodConfigError for a value that cannot work (overridden per method); default: none."""

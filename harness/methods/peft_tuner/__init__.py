@@ -168,21 +168,21 @@ class PeftTuner(Method):
     def validate(self, model, options):
         self.apply_structure(model, {}, options)
 
-    def before_training(self, adapted, context):
+    @staticmethod
+    def _matching(adapted):
+        """The extensions that concern this run, each matched as its turn comes: one's init may leave what a later
+        one's test reads (CorDA's pending config, taken once used)."""
         model = adapted.model
         config = model.peft_config[model.active_adapter]
-        # each extension matched as its turn comes: one's init may leave what a later one's test reads (CorDA's
-        # pending config, taken once used)
-        for extension in EXTENSIONS:
-            if extension.matches(config, adapted.state):
-                extension.before_training(adapted, context)
+        return (extension for extension in EXTENSIONS if extension.matches(config, adapted.state))
+
+    def before_training(self, adapted, context):
+        for extension in self._matching(adapted):
+            extension.before_training(adapted, context)
 
     def after_optimizer_step(self, adapted, step):
-        model = adapted.model
-        config = model.peft_config[model.active_adapter]
-        for extension in EXTENSIONS:
-            if extension.matches(config, adapted.state):
-                extension.after_optimizer_step(adapted, step)
+        for extension in self._matching(adapted):
+            extension.after_optimizer_step(adapted, step)
 
     def can_pack(self, adapted) -> bool:
         # a prompt-learning tuner prepends its virtual tokens to every row: packed examples would share them
