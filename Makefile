@@ -17,7 +17,7 @@ LOCK_cuda = requirements/lock-cuda.txt
 LOCK_FILE = $(if $(filter none,$(LOCK)),,$(or $(LOCK_$(LOCK)),$(LOCK)))
 PIN = $(if $(LOCK_FILE),-c $(LOCK_FILE))
 
-.PHONY: setup setup-latest lock system-packages fashion-mnist test test-fast report table1 table2 table3 table4 sweep-budget clean-results
+.PHONY: setup setup-latest lock system-packages fashion-mnist test test-fast report gpu-check table1 table2 table3 table4 sweep-budget clean-results
 
 setup:
 	@if [ -n "$(LOCK_FILE)" ] && [ ! -f "$(LOCK_FILE)" ]; then echo "setup: no lock $(LOCK_FILE) (LOCK=$(LOCK))"; exit 1; fi
@@ -97,7 +97,8 @@ forgetting-%:
 # results/tables/<name>.*; `make table-<name>` rebuilds that table from the result files already in results/runs,
 # without running anything; `make status-<name>` says where every cell stands (finished / running / failed /
 # missing); `make submit-<name> ARGS="launcher=slurm launcher.partition=gpu"` submits its unfinished cells as one
-# job array (harness.submit; ARGS="--wait" blocks and writes the table).
+# job array (harness.submit; ARGS="--wait" blocks and writes the table); `make plan-<name> GPU=h100-80gb` says
+# what its paper profile costs on that GPU (harness.plan, conf/gpu/).
 #   table1: MiLoRA Table 1 (commonsense)     table2: MiLoRA Table 2 (GSM8K, MATH)
 #   table3: Neat Table 3 (GLUE dev)          table4: Neat Table 4 (image classification)
 #   sweep-budget: RoSA's equal-budget table on GSM8K
@@ -107,7 +108,7 @@ TABLES := table1 table2 table3 table4
 experiment = $(subst -,_,$(1))
 
 .PHONY: experiments $(addprefix reproduce-,$(EXPERIMENTS)) $(addprefix table-,$(EXPERIMENTS)) \
-	$(addprefix status-,$(EXPERIMENTS)) $(addprefix submit-,$(EXPERIMENTS))
+	$(addprefix status-,$(EXPERIMENTS)) $(addprefix submit-,$(EXPERIMENTS)) $(addprefix plan-,$(EXPERIMENTS))
 experiments:
 	@echo $(EXPERIMENTS)
 
@@ -123,10 +124,22 @@ $(addprefix status-,$(EXPERIMENTS)): status-%:
 $(addprefix submit-,$(EXPERIMENTS)): submit-%:
 	$(PY) -m harness.submit experiment=$(call experiment,$*) $(ARGS)
 
+# What an experiment's paper profile costs before it runs (harness.plan, docs/scale.md "Planning"): peak memory by
+# part, whether it fits and the smallest fix, tokens, GPU-hours and wall time: `make plan-table1 GPU=h200 ARGS="gpus=8"`
+GPU ?= h100-80gb
+$(addprefix plan-,$(EXPERIMENTS)): plan-%:
+	$(PY) -m harness.plan experiment=$(call experiment,$*) gpu=$(GPU) $(ARGS)
+
 # the short names of earlier releases: `make table1` = `make table-table1`, `make sweep-budget` =
 # `make reproduce-sweep-budget`
 $(TABLES): %: table-%
 sweep-budget: reproduce-sweep-budget
+
+# The one prepared device check (issue 26, docs/scale.md "The device check"): builds .gpu-check/ (the wheels, tokenizers
+# and data a lent GPU lacks) and prints the command for it; `make gpu-check DRY=1` runs the same check here at tiny
+# shapes on the CPU (results/gpu-check/gpu_check.{md,json}).
+gpu-check:
+	$(if $(filter 1,$(DRY)),$(PY) tools/gpu_check.py device --dry --out results/gpu-check,$(PY) tools/gpu_check.py bundle)
 
 clean-results:
 	rm -rf results/runs/*.json results/runs/*.jsonl results/tables/*.md results/tables/*.csv results/tables/*.tex

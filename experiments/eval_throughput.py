@@ -9,13 +9,20 @@ answers (and the whole responses) record by record, and lists the disagreements.
     .venv/bin/python experiments/eval_throughput.py                       # SmolLM2-135M on this CPU, fp32
     .venv/bin/python experiments/eval_throughput.py --per-set 48 --batch-size 32
     .venv/bin/python experiments/eval_throughput.py model=llama2-7b ...   # on a GPU (bf16): the agreement rate
+    .venv/bin/python experiments/eval_throughput.py --math 8 --math-tokens 64   # greedy GSM8K: new tokens/s too
+
+`--math N`: also MetaMath's greedy GSM8K protocol on the first N test problems (`math_greedy`'s prompt, no stop
+strings, at most `--math-tokens` new tokens), the batch-1 loop against the harness's batched generation: new
+tokens per second of each. `--json PATH` writes every number.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from pathlib import Path
 
 
 def batch_one_loop(model, tokenizer, prompts, num_beams: int, max_new_tokens: int) -> list[str]:
@@ -40,6 +47,9 @@ def main() -> None:
     parser.add_argument("--sets", default="boolq,ARC-Easy")
     parser.add_argument("--per-set", type=int, default=24, help="records of each set")
     parser.add_argument("--batch-size", type=int, help="the harness's batch (default: protocol.batch_size)")
+    parser.add_argument("--math", type=int, default=0, help="also greedy GSM8K on this many test problems")
+    parser.add_argument("--math-tokens", type=int, default=128, help="new tokens of the greedy GSM8K runs")
+    parser.add_argument("--json", help="also write the numbers to this file (JSON)")
     args = parser.parse_intermixed_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -98,6 +108,45 @@ def main() -> None:
     print(f"agreement: answers {agree}/{total}, whole responses {responses_agree}/{total}")
     for name, i, a, b in disagreements[:20]:
         print(f"  {name}[{i}]: batch-1 {a!r} | harness {b!r}")
+    report = {"model": cfg.model.name, "device": placement.device, "compute": placement.compute,
+              "commonsense": {"records": total, "beams": beams, "new_tokens": new_tokens, "batch_size": batch_size,
+                              "seconds": timings, "records_per_s": {k: total / v for k, v in timings.items()},
+                              "answers_agree": agree, "responses_agree": responses_agree}}
+    if args.math:
+        with autocast:
+            report["math_greedy"] = math_greedy(model, tokenizer, args.overrides, args.math, args.math_tokens, batch_size)
+        m = report["math_greedy"]
+        print(f"math greedy ({m['problems']} GSM8K problems, at most {m['max_new_tokens']} new tokens): batch-1 loop "
+              f"{m['new_tokens_per_s']['batch-1 loop']:.1f} new tokens/s, harness {m['new_tokens_per_s']['harness']:.1f} "
+              f"({m['ratio']:.2f}x); outputs identical {m['identical']}/{m['problems']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+def math_greedy(model, tokenizer, overrides, problems: int, max_new_tokens: int, batch_size: int) -> dict:
+    """MetaMath's greedy GSM8K set-up: the batch-1 loop and the harness's batches, new tokens per second."""
+    from harness.benchmarks.math.data import question_of
+    from harness.benchmarks.math.greedy import EVAL_TEMPLATE
+    from harness.config import compose
+    from harness.generation import generate
+    from harness.recipe import Recipe
+
+    cfg = compose(["profile=mini", "task=gsm8k", "protocol=math_greedy", f"task.test_subset={problems}", *overrides])
+    records = Recipe(cfg).test_sets()["gsm8k"]
+    prompts = [EVAL_TEMPLATE.format(query=question_of("gsm8k", r)) for r in records]
+    prompt_tokens = sum(len(tokenizer(p)["input_ids"]) for p in prompts)
+    outputs, seconds = {}, {}
+    for what, run in (("batch-1 loop", lambda: batch_one_loop(model, tokenizer, prompts, 1, max_new_tokens)),
+                      ("harness", lambda: generate(model, tokenizer, prompts, num_beams=1, max_new_tokens=max_new_tokens,
+                                                   batch_size=batch_size))):
+        start = time.perf_counter()
+        outputs[what] = run()
+        seconds[what] = time.perf_counter() - start
+    new = {what: sum(len(tokenizer(d)["input_ids"]) for d in decoded) - prompt_tokens for what, decoded in outputs.items()}
+    per_s = {what: new[what] / seconds[what] for what in seconds}
+    return {"problems": len(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seconds": seconds,
+            "new_tokens": new, "new_tokens_per_s": per_s, "ratio": per_s["harness"] / per_s["batch-1 loop"],
+            "identical": sum(a == b for a, b in zip(outputs["batch-1 loop"], outputs["harness"]))}
 
 
 if __name__ == "__main__":

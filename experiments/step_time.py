@@ -69,6 +69,8 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
     from harness import methods
     from harness.batching import token_counts
     from harness.memory import peak_memory, reset_peak_memory
+    from harness.throughput import flops_per_token, peak_flops
+    from harness.train import matrix_parameters
 
     cfg, adapted, loader, placement, budget = prepare(method, overrides, micro_batch)
     device = placement.device
@@ -102,8 +104,38 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
     memory = peak_memory(scope)
     peak = memory.get("cuda_max_allocated_mb", memory["cpu_peak_rss_mb"])
     knob = f"{budget['knob']}={budget['value']:.4g}" if budget else ""
+    predicted = predicted_peak_mb(cfg, batch, device)
+    tokens = token_counts(batch)[0]
+    name = torch.cuda.get_device_name(0) if device == "cuda" else None
+    flops = flops_per_token(matrix_parameters(model), adapted.method.trains_all_weights) * tokens / seconds
     return {"method": method, "knob": knob, "step_s": seconds, "peak_mb": peak, "trainable": methods.trainable_parameters(model),
-            "tokens": token_counts(batch)[0], "device": device, "model": cfg.model.name}
+            "tokens": tokens, "tokens_per_s": tokens / seconds, "device": device, "gpu": name, "model": cfg.model.name,
+            "batching": cfg.training.batching, "mfu": flops / peak_flops(name) if peak_flops(name) else None,
+            "predicted_mb": predicted}
+
+
+def predicted_peak_mb(cfg, batch, device: str) -> float | None:
+    """The planner's peak for this step (harness.plan.memory), with the masks a run would choose (not the file's);
+    None, said on stderr, where the planner fails (the measurement is kept)."""
+    try:
+        return _predicted_peak_mb(cfg, batch, device)
+    except Exception as exc:  # noqa: BLE001 (a planner bug must not cost a lent GPU's measurement)
+        print(f"[step_time] the planner failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def _predicted_peak_mb(cfg, batch, device: str) -> float:
+    from omegaconf import OmegaConf
+
+    from harness.plan.memory import Batch, estimate
+
+    planned = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if "masks" in planned.method:
+        planned.method.masks = None
+    rows, length = batch["input_ids"].shape
+    packed = "position_ids" in batch and rows == 1
+    examples = len(batch["input_ids"]) if not packed else int((batch["position_ids"][0] == 0).sum())
+    return estimate(planned, Batch(int(rows), int(length), examples, packed), 1, device=device).total / 2**20
 
 
 def main() -> None:
@@ -116,6 +148,8 @@ def main() -> None:
     parser.add_argument("--budget-fraction", type=float, help="every method solves its knob for this budget")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD:OVERRIDE",
                         help="an override for one method only, e.g. rosa:method.r=4")
+    parser.add_argument("--json", help="also write the rows to this file (JSON)")
+    parser.add_argument("--also-padded", default="", help="methods measured on padded micro-batches too, e.g. lora")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--masks-into", help=argparse.SUPPRESS)
     args = parser.parse_intermixed_args()  # Hydra overrides before or after the options
@@ -128,8 +162,10 @@ def main() -> None:
     from harness import methods
 
     rows = []
-    for method in args.methods.split(","):
-        extra = [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == method]
+    padded = [m for m in args.also_padded.split(",") if m]
+    runs = [(m, []) for m in args.methods.split(",")] + [(m, ["training.batching=padded"]) for m in padded]
+    for method, batching in runs:
+        extra = [o.split(":", 1)[1] for o in args.set if o.split(":", 1)[0] == method] + batching
         if args.budget_fraction is not None:
             extra.append(f"budget.fraction={args.budget_fraction}")
         cmd = [sys.executable, __file__, "--one", method, "--micro-batch", str(args.micro_batch),
@@ -156,13 +192,18 @@ def main() -> None:
         print(f"[step_time] {json.dumps(rows[-1])}", flush=True)  # as it comes: a later failure loses nothing
     if not rows:
         raise SystemExit("no method could be measured")
-    base = next((r for r in rows if r["method"] == "lora"), rows[0])
+    base = next((r for r in rows if r["method"] == "lora" and r["batching"] == "packed"), rows[0])
     print(f"model {base['model']} on {base['device']}, micro-batch {args.micro_batch} ({base['tokens']} tokens), "
           f"{args.steps} timed steps after {args.warmup} warm-up")
-    print(f"{'method':8} {'knob':>14} {'trainable':>12} {'step s':>8} {'x LoRA':>7} {'peak MB':>9} {'x LoRA':>7}")
+    print(f"{'method':8} {'batching':>8} {'knob':>14} {'trainable':>12} {'step s':>8} {'x LoRA':>7} {'peak MB':>9} {'x LoRA':>7} "
+          f"{'tokens/s':>9} {'MFU':>6} {'planned MB':>10}")
     for r in rows:
-        print(f"{r['method']:8} {r['knob']:>14} {r['trainable']:>12,} {r['step_s']:>8.3f} {r['step_s'] / base['step_s']:>7.2f} "
-              f"{r['peak_mb']:>9.0f} {r['peak_mb'] / base['peak_mb']:>7.2f}")
+        r["step_x_lora"], r["peak_x_lora"] = r["step_s"] / base["step_s"], r["peak_mb"] / base["peak_mb"]
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
+        print(f"{r['method']:8} {r['batching']:>8} {r['knob']:>14} {r['trainable']:>12,} {r['step_s']:>8.3f} {r['step_x_lora']:>7.2f} "
+              f"{r['peak_mb']:>9.0f} {r['peak_x_lora']:>7.2f} {r['tokens_per_s']:>9.0f} {mfu:>6} {r['predicted_mb'] or 0:>10.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"micro_batch": args.micro_batch, "steps": args.steps, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -17,10 +17,12 @@ from harness.config import resolved
 # that a result is found again from another checkout, data location or results folder.
 NON_SEMANTIC_KEYS = ("run", "logging", "data_dir", "grid", "grid_cross", "profile_overrides", "table", "experiment_name",
                      "profile", "launcher", "sharding", "seeds", "paper_seeds", "tune_lr",
-                     "lr_point")
+                     "lr_point", "gpu", "gpus", "plan")
+# (`gpu`, `gpus`, `plan`: the planner's, harness.plan)
 # Where the data and weights are: replaced in the run hash by what they hold (`inputs`, harness.provenance).
 LOCATION_TASK_KEYS = ("data_dir", "train_file", "test_file", "test_files", "paper_train_file")
-NON_SEMANTIC_TASK_KEYS = (*LOCATION_TASK_KEYS, "missing_ok")
+# `sizes`: the published size of data this machine may not hold, for the planner (harness.plan.work)
+NON_SEMANTIC_TASK_KEYS = (*LOCATION_TASK_KEYS, "missing_ok", "sizes")
 
 
 def _drop_paths(node) -> None:

@@ -56,9 +56,11 @@ def compute_precision(name: str | None, device: str) -> str:
     return "bf16" if name == "bf16" else "no"
 
 
-def decide(model_cfg: Mapping | None = None, training: Mapping | None = None, trains_weights: bool = False) -> Placement:
-    """`trains_weights`: the method trains the model's own weights (`Method.trains_all_weights`)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def decide(model_cfg: Mapping | None = None, training: Mapping | None = None, trains_weights: bool = False,
+           device: str | None = None) -> Placement:
+    """`trains_weights`: the method trains the model's own weights (`Method.trains_all_weights`). `device`: the
+    placement on that device instead of this machine's (the planner's GPU)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     requested = weights_dtype((model_cfg or {}).get("dtype"), device)
     return Placement(device, torch.float32 if trains_weights else requested,
                      compute_precision((training or {}).get("precision"), device))

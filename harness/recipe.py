@@ -73,6 +73,10 @@ class Recipe:
         """Where and in what precision the run computes (decided once)."""
         return decide(self.cfg.model, self.cfg.training, self.method.trains_all_weights)
 
+    def placement_on(self, device: str):
+        """The placement the run would have on `device` ("cuda": a GPU's dtypes, for the planner)."""
+        return decide(self.cfg.model, self.cfg.training, self.method.trains_all_weights, device=device)
+
     # -- data ----------------------------------------------------------------------------------------------------
     def data(self) -> RunData:
         """The training and held-out records and the test sets."""
@@ -120,6 +124,15 @@ class Recipe:
             print(f"[harness] budget {b['target']:,}: {self.method.name} {b['knob']}={b['value']:.6g} "
                   f"-> {b['predicted']:,} parameters", flush=True)
         return apply_method(model, self.method.name, self.benchmark.head_modules, method_options(solved.cfg))
+
+    def planned_structure(self, model) -> methods.Adapted:
+        """The run's method on `model` (its architecture, on the meta device) without its costly initialisation,
+        with what its set-up would build from data (`Method.planned_setup`): the model `harness.plan` traces."""
+        solved = self.solve_budget(model)
+        adapted = methods.apply(model, self.method.name, head_modules=self.benchmark.head_modules,
+                                structure_only=True, **method_options(solved.cfg))
+        adapted.method.planned_setup(adapted)
+        return adapted
 
     def validate(self) -> None:
         """The method's options checked against the architecture, as `adapt` would set them up (a fresh meta

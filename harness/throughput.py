@@ -10,17 +10,17 @@ peak dense bf16 FLOPs.
 
 from __future__ import annotations
 
-# Dense bf16 peak FLOP/s (no sparsity) by the name CUDA reports; a device not listed gets no MFU.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
-
 
 def flops_per_token(matrix_params: int, trains_all_weights: bool) -> float:
     return (6.0 if trains_all_weights else 4.0) * matrix_params
 
 
 def peak_flops(device_name: str | None) -> float | None:
-    name = (device_name or "").upper()
-    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+    """Dense bf16 peak FLOP/s (no sparsity) of the GPU CUDA names so (`conf/gpu/`); None for one not listed (no MFU)."""
+    from harness.gpus import by_cuda_name
+
+    spec = by_cuda_name(device_name)
+    return spec.peak_flops if spec else None
 
 
 def summary(useful: int, computed: int, seconds: float, matrix_params: int, trains_all_weights: bool,

@@ -145,6 +145,11 @@ class TrainingHooks:
         """Overrides that reuse a set-up saved in `directory` (RoSA's masks)."""
         return []
 
+    def planned_setup(self, adapted: Adapted) -> None:
+        """Adds, on `adapted` as `apply_structure` built it (on the meta device), what `before_training` would build
+        from data, with the same shapes and any values: the structure whose training step `harness.plan` traces
+        (RoSA / SpA: the sparse parts at their density). Default: nothing (the structure is all there)."""
+
 
 class BudgetHooks:
     """Optional: how an equal-parameter budget sets the method's knob (`harness.methods.budget`)."""

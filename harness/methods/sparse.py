@@ -65,6 +65,8 @@ class SparseDelta(nn.Module):
             self.register_buffer(name, tensor, persistent=False)
         self.values = nn.Parameter(torch.zeros(col.numel(), dtype=torch.float32, device=rows.device))
 
+    function = _SparseDeltaFunction
+
     @property
     def nnz(self) -> int:
         return self.values.numel()
@@ -80,8 +82,8 @@ class SparseDelta(nn.Module):
         # kernels lack (MKL on the CPU; cuSPARSE refuses the mixed fp32-S / bf16-gradient product).
         with torch.autocast(x.device.type, enabled=False):
             # values kept in bf16 (RoSA's bf16 option) enter the product in fp32; their gradient returns in bf16
-            out = _SparseDeltaFunction.apply(x2d, self.values.float(), self.crow, self.col, self.t_crow, self.t_col,
-                                             self.t_order, self.shape)
+            out = self.function.apply(x2d, self.values.float(), self.crow, self.col, self.t_crow, self.t_col,
+                                      self.t_order, self.shape)
         return out.reshape(*x.shape[:-1], self.shape[0]).to(x.dtype)
 
     def to_dense(self) -> torch.Tensor:
@@ -89,6 +91,48 @@ class SparseDelta(nn.Module):
         dense = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
         dense[rows, cols] = self.values
         return dense
+
+
+class _ShapesOnlyFunction(torch.autograd.Function):
+    """`_SparseDeltaFunction` with the same saved tensors and the same allocations in both passes, but no sparse
+    kernels (they need the mask's values, and fake tensors have none): the planner's stand-in
+    (`PlannedSparseDelta`); `tests/test_plan.py` checks that it saves what the real function saves."""
+
+    @staticmethod
+    def forward(ctx, x2d, values, crow, col, t_crow, t_col, t_order, shape):
+        ctx.save_for_backward(x2d, values, crow, col, t_crow, t_col, t_order)
+        ctx.shape = shape
+        return x2d.new_empty(shape[0], x2d.shape[0]).t()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x2d, values, *_ = ctx.saved_tensors
+        d_out, d_in = ctx.shape
+        grad_out = grad_out.float().contiguous()
+        grad_x = grad_values = None
+        if ctx.needs_input_grad[0]:
+            transposed_values = values.new_empty(values.shape)  # values[t_order]
+            grad_x = grad_out.new_empty(d_in, grad_out.shape[0]).t()
+            del transposed_values
+        if ctx.needs_input_grad[1]:
+            pattern_values = torch.zeros_like(values)
+            grad_values = values.new_empty(values.shape)
+            del pattern_values
+        return grad_x, grad_values, None, None, None, None, None, None
+
+
+class PlannedSparseDelta(SparseDelta):
+    """A `SparseDelta` of `nnz` entries with the real one's parameters, buffers and step memory, and no mask
+    (any positions): what `harness.plan` traces for a mask that a run chooses from gradients."""
+
+    def __init__(self, d_out: int, d_in: int, nnz: int, device=None):
+        nn.Module.__init__(self)
+        self.shape = (d_out, d_in)
+        for name, size in (("crow", d_out + 1), ("col", nnz), ("t_crow", d_in + 1), ("t_col", nnz), ("t_order", nnz)):
+            self.register_buffer(name, torch.zeros(size, dtype=torch.int64, device=device), persistent=False)
+        self.values = nn.Parameter(torch.zeros(nnz, dtype=torch.float32, device=device))
+
+    function = _ShapesOnlyFunction
 
 
 def topk_mask(score: torch.Tensor, density: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -121,6 +121,21 @@ class _RoSABase(Method):
             rosa.ready = True  # no sparse part: exactly LoRA
         return model
 
+    def planned_setup(self, adapted) -> None:
+        """Sparse parts of the masks' size (floor(density x d_out x d_in) per target, as `topk_mask` chooses) at
+        any positions: the memory of a step on the masks the run would choose from its gradients."""
+        from harness.methods.sparse import PlannedSparseDelta
+
+        rosa = adapted.state[STATE_KEY]
+        if rosa.ready:
+            return  # (masks given, or no sparse part)
+        for module in rosa.targets.values():
+            d_out, d_in = _weight_shape(module)
+            device = next(module.parameters()).device
+            module.rosa_sparse = PlannedSparseDelta(d_out, d_in, int(float(rosa.options.density) * d_out * d_in), device)
+            rosa.hooks.append(module.register_forward_hook(_add_sparse_output))
+        rosa.ready = True
+
     def before_training(self, adapted, context: dict) -> None:
         """Generates the masks (warm-up, gradient accumulation, top-k), then restarts from the initial L. With
         several processes the main one generates them (`context["on_main"]`) and every process attaches them."""

@@ -1,0 +1,79 @@
+"""An experiment's plan: its grid's cells (one row per cell, its seeds counted as runs), each fitted, sized and
+timed on the named GPU."""
+
+from __future__ import annotations
+
+import json
+
+from omegaconf import DictConfig
+
+from harness import methods
+from harness.config import method_options
+from harness.errors import ConfigError
+from harness.gpus import GpuSpec, of
+from harness.grid import experiment_cells
+from harness.identity import semantic_config
+from harness.plan import CellPlan, Plan
+from harness.plan.cost import fit, hours, measured_mfu
+from harness.plan.work import data_shape, work
+
+
+def with_paper_profile(overrides: list[str]) -> list[str]:
+    """The paper's scale unless a profile is named: what a plan is for."""
+    if any(o.split("=", 1)[0].lstrip("+~") == "profile" for o in overrides):
+        return overrides
+    return [*overrides, "profile=paper"]
+
+
+def gpu_of(base: DictConfig) -> GpuSpec:
+    if not base.get("gpu"):
+        from harness.gpus import known
+
+        raise ConfigError("name the GPU to plan for: gpu=<name>",
+                          f"one of {', '.join(g.name for g in known())} (conf/gpu/)")
+    return of(base.gpu)
+
+
+def _runs(cells: list[DictConfig]) -> list[tuple[DictConfig, int]]:
+    """Each distinct cell once with the number of its seeds (cells that differ in `seed` alone)."""
+    grouped: dict[str, list] = {}
+    for cfg in cells:
+        key = semantic_config(cfg, with_inputs=False)
+        key.pop("seed", None)
+        grouped.setdefault(json.dumps(key, sort_keys=True, default=str), [cfg, 0])[1] += 1
+    return [(cfg, n) for cfg, n in grouped.values()]
+
+
+def _method_label(cfg: DictConfig) -> str:
+    from harness.methods import display
+
+    options = {**method_options(cfg), "label": cfg.method.get("label")}
+    label = " ".join(filter(None, [display.label(cfg.method.name, options), display.knob(cfg.method.name, options)]))
+    budget = {k: v for k, v in (cfg.get("budget") or {}).items() if v is not None}
+    return label + (" @ " + ", ".join(f"{k} {v:g}" for k, v in budget.items()) if budget else "")
+
+
+def plan(overrides: list[str]) -> Plan:
+    base, cells = experiment_cells(with_paper_profile(list(overrides)))
+    gpu, gpus = gpu_of(base), int(base.get("gpus") or 1)
+    settings = base.plan
+    if settings.get("mfu"):
+        mfu, source = float(settings.mfu), "plan.mfu"
+    else:
+        measured, count = measured_mfu(base.run.results_dir, gpu)
+        mfu = measured or float(settings.default_mfu)
+        source = (f"the median of {count} results on {gpu.label} in {base.run.results_dir}" if measured
+                  else f"assumed: no result in {base.run.results_dir} records one on {gpu.label}")
+    rows, shapes = [], {}
+    for cfg, runs in _runs(cells):
+        key = json.dumps([dict(cfg.task), cfg.model.name, dict(cfg.training)], sort_keys=True, default=str)
+        if key not in shapes:
+            shapes[key] = data_shape(cfg)
+        shape = shapes[key]
+        cell_fit = fit(cfg, shape, gpu, float(settings.headroom))
+        cell_work = work(cfg, shape)
+        trains_all = methods.get(cfg.method.name).trains_all_weights
+        rows.append(CellPlan(cfg.model.name, _method_label(cfg), cfg.task.name, runs, cell_fit, cell_work,
+                             hours(cell_work, cell_fit.memory, trains_all, gpu, cell_fit.gpus, mfu,
+                                   float(settings.bandwidth_share)), list(shape.notes)))
+    return Plan(str(base.experiment_name), str(base.profile.name), gpu, gpus, mfu, source, rows)
