@@ -180,6 +180,27 @@ def test_eva_initialises_from_the_training_batches(tokenizer):
     assert model.peft_config["default"].rank_pattern  # EVA records the ranks it redistributed
 
 
+def test_eva_refuses_batches_too_small_for_its_components_instead_of_cycling_for_ever(tokenizer):
+    """r=16 x rho 2 = 32 components; micro-batches of 2 examples of 6 labelled tokens give 12 SVD rows: peft would
+    skip every batch and cycle over them for ever. One line instead, naming the way out; the same batches at r=2
+    (4 components) initialise."""
+    from harness.errors import HarnessError
+    from harness.train import RunContext, TrainingData, train
+
+    examples = [{"input_ids": list(range(3 + i, 15 + i)), "labels": [-100] * 6 + list(range(9 + i, 15 + i))}
+                for i in range(4)]
+    for r, refused in ((16, True), (2, False)):
+        cfg = compose(["model=tiny-llama", "method=eva", f"method.config.r={r}", "training.max_steps=1",
+                       "training.batch_size=2", "training.micro_batch_size=2", "training.warmup_steps=0"])
+        adapted = methods.apply(fresh(tokenizer=tokenizer), "peft", **method_options(cfg))
+        run = lambda: train(adapted, TrainingData(examples, [], tokenizer), cfg.training, RunContext(seed=0, progress=False))
+        if refused:
+            with pytest.raises(HarnessError, match=r"needs \(r x rho = 16 x 2\); the largest has 12 labelled"):
+                run()
+        else:
+            run()
+
+
 # the budget of each cell, as a fraction of tiny-llama's parameters: P-tuning's prompt encoder and one whole block
 # cost more than the others' smallest setting, and LoKr's Kronecker factors stop growing early on 64-wide layers
 BUDGET_CELLS = {"lora_ga": 0.002, "lora_ga_peft": 0.002, "corda": 0.002, "rslora": 0.002, "olora": 0.002, "adalora": 0.002, "lokr": 0.0003, "prompt_tuning": 0.002,
