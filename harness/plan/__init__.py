@@ -12,11 +12,10 @@ the data, `harness.plan.cost` turns both into hours; the assumptions are the `pl
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from harness.plan.cost import Fit, Hours, fit, hours, measured_mfu, schedule
-from harness.plan.work import DataShape, Work, data_shape, work
+from harness.plan.cost import Fit, Hours, schedule
+from harness.plan.work import Work
 
 
 @dataclass
