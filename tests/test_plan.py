@@ -163,11 +163,16 @@ def test_plan_cli_prints_the_cells_and_proposes_the_smallest_fix(cli_in_process,
     assert cell["work"]["train_tokens"] > 0 and cell["work"]["generated_tokens"] > 0
 
 
-def test_plan_without_a_gpu_is_a_one_line_error(cli_in_process):
+def test_plan_without_a_gpu_or_with_a_bad_one_is_a_one_line_error(cli_in_process):
     from harness.plan.__main__ import main
 
-    status, _, stderr = cli_in_process(main, ["experiment=table2", "profile=mini"])
-    assert status == 2 and "gpu=" in stderr and "h100-80gb" in stderr
+    for args, says in ((["experiment=table2", "profile=mini"], "one of a100-40gb, a100-80gb, a10g, h100-80gb"),
+                       (["experiment=table2", "profile=mini", "gpu=h900"], "Could not find 'gpu/h900'"),
+                       (["experiment=table2", "profile=mini", "gpu=h200", "gpus=0"], "gpus=0 must be a positive"),
+                       (["experiment=table2", "profile=mini", "gpu=h200", "plan.mfu=40"], "plan.mfu=40 must be a share")):
+        status, stdout, stderr = cli_in_process(main, args)
+        assert status == 2 and says in stderr and "Traceback" not in stderr
+        assert len(stderr.strip().splitlines()) == 1, stderr
 
 
 def test_the_schedule_packs_runs_onto_the_gpus():

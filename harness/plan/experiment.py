@@ -34,6 +34,19 @@ def gpu_of(base: DictConfig) -> GpuSpec:
     return of(base.gpu)
 
 
+def check_settings(settings) -> None:
+    """The planner's assumptions are shares: MFU and bandwidth in (0, 1], headroom in [0, 1)."""
+    for key, low_open, high_open in (("mfu", True, False), ("default_mfu", True, False),
+                                     ("bandwidth_share", True, False), ("headroom", False, True)):
+        value = settings.get(key)
+        if value is None and key == "mfu":
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
+        if not ok:
+            raise ConfigError(f"plan.{key}={value!r} must be a share between 0 and 1 (conf/config.yaml, plan:)")
+
+
 def _runs(cells: list[DictConfig]) -> list[tuple[DictConfig, int]]:
     """Each distinct cell once with the number of its seeds (cells that differ in `seed` alone)."""
     grouped: dict[str, list] = {}
@@ -55,8 +68,11 @@ def _method_label(cfg: DictConfig) -> str:
 
 def plan(overrides: list[str]) -> Plan:
     base, cells = experiment_cells(with_paper_profile(list(overrides)))
-    gpu, gpus = gpu_of(base), int(base.get("gpus") or 1)
+    gpu, gpus = gpu_of(base), base.get("gpus")
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+        raise ConfigError(f"gpus={gpus!r} must be a positive integer (the GPUs the grid runs on)")
     settings = base.plan
+    check_settings(settings)
     if settings.get("mfu"):
         mfu, source = float(settings.mfu), "plan.mfu"
     else:
