@@ -181,3 +181,21 @@ def test_the_schedule_packs_runs_onto_the_gpus():
     assert schedule([(2.0, 1)] * 4, 2) == 4.0
     assert schedule([(3.0, 1), (1.0, 1), (1.0, 1), (1.0, 1)], 2) == 3.0
     assert schedule([(1.0, 4), (1.0, 1)], 4) == 2.0
+
+
+# the heads and methods beyond a causal LM's: GLUE's classifiers with ReFT (its forward reads the batch's lengths:
+# noted, not traced), the image sets, Neat's depth and module variants. (All twelve experiments plan here in ~3 min;
+# milora_instruct's mini data is a hub dataset, for which the planner says so in one line.)
+PLANNED = ["table3", "table4", "neat_depth", "neat_modules"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", PLANNED)
+def test_every_kind_of_experiment_is_planned(experiment):
+    """A row per cell with its parts and hours."""
+    from harness.plan.experiment import plan
+
+    result = plan([f"experiment={experiment}", "profile=mini", "gpu=h200"])
+    assert result.cells and all(c.fit.memory.frozen_weights + c.fit.memory.trainable_weights > 0 for c in result.cells)
+    assert all(c.fit.memory.activations > 0 or c.fit.memory.untraced for c in result.cells)
+    assert all(c.work.train_tokens > 0 and c.hours.total > 0 for c in result.cells)

@@ -36,10 +36,10 @@ class Fit:
 
 def peak_batch(cfg, shape: DataShape, micro: int | None = None) -> Batch:
     """The largest micro-batch of the cell's data: its `micro` longest examples, packed into one row or padded
-    to the longest."""
+    to the longest (a task with a head of its own, GLUE's or an image set's, collates padded rows)."""
     micro = micro or int(cfg.training.micro_batch_size)
-    longest = shape.lengths[:micro] or [int(cfg.task.get("cutoff_len") or 256)]
-    packed = cfg.training.get("batching", "packed") == "packed"
+    longest = shape.lengths[:micro] or [int(cfg.task.get("cutoff_len") or 256)] * micro
+    packed = cfg.training.get("batching", "packed") == "packed" and not shape.own_collator
     if packed:
         return Batch(1, sum(longest), len(longest), True)
     return Batch(len(longest), max(longest), len(longest), False)
@@ -65,6 +65,8 @@ def fit(cfg, shape: DataShape, gpu: GpuSpec, headroom: float) -> Fit:
     usable = gpu.memory_bytes * (1.0 - headroom)
     micro = int(cfg.training.micro_batch_size)
     first = estimate(cfg, peak_batch(cfg, shape), _accumulation(cfg, micro))
+    if first.untraced:  # the weights and moments only: no fix is searched on a peak that is not known
+        return Fit(first.total <= usable, None, 1, first, first.total)
     if first.total <= usable:
         return Fit(True, None, 1, first, first.total)
     for option in _options(cfg, micro):

@@ -89,7 +89,10 @@ def plan(overrides: list[str]) -> Plan:
         cell_fit = fit(cfg, shape, gpu, float(settings.headroom))
         cell_work = work(cfg, shape)
         trains_all = methods.get(cfg.method.name).trains_all_weights
+        notes = list(shape.notes)
+        if cell_fit.memory.untraced:
+            notes.append(f"{_method_label(cfg)}: peak not traced ({cell_fit.memory.untraced}): weights and moments only")
         rows.append(CellPlan(cfg.model.name, _method_label(cfg), cfg.task.name, runs, cell_fit, cell_work,
                              hours(cell_work, cell_fit.memory, trains_all, gpu, cell_fit.gpus, mfu,
-                                   float(settings.bandwidth_share)), list(shape.notes)))
+                                   float(settings.bandwidth_share)), notes))
     return Plan(str(base.experiment_name), str(base.profile.name), gpu, gpus, mfu, source, rows)

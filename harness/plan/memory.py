@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from torch._subclasses.fake_tensor import DataDependentOutputException
+
 from harness import models
 from harness.config import resolved
 from harness.plan.trace import StepTrace
@@ -47,7 +49,7 @@ class MemoryEstimate:
     optimizer: int
     buffers: int                # fixed tensors that are not weights (sparse masks' indices, rotary tables)
     activations: int
-    phase: str                  # where the peak came: forward, backward or optimizer
+    phase: str                  # where the peak came: forward, backward or optimizer ("" when not traced)
     phase_peaks: dict           # phase -> (dynamic bytes, of which gradients) at that phase's highest
     trainable: int              # parameters
     frozen: int
@@ -57,6 +59,7 @@ class MemoryEstimate:
     checkpointing: bool
     weights_dtype: str
     compute: str
+    untraced: str | None = None  # why the step could not be traced (then activations and gradients are 0)
 
     @property
     def total(self) -> int:
@@ -76,7 +79,10 @@ def _fake_parameters(model: nn.Module, mode, trainable_dtype: torch.dtype) -> No
     def fake(t: torch.Tensor) -> torch.Tensor:
         if id(t) not in made:
             source = t.to(trainable_dtype) if t.requires_grad and t.is_floating_point() else t
-            f = mode.fake_tensor_converter.from_meta_and_device(mode, source, cpu)
+            if source.device.type == "meta":
+                f = mode.fake_tensor_converter.from_meta_and_device(mode, source, cpu)
+            else:  # (a tensor a module or method made on the CPU, as a model built on meta may keep some)
+                f = mode.from_tensor(source)
             made[id(t)] = nn.Parameter(f, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else f
         return made[id(t)]
 
@@ -96,8 +102,18 @@ def _bytes(tensors) -> int:
     return total
 
 
-def _inputs(batch: Batch) -> dict:
+def _inputs(batch: Batch, head: dict | None, config) -> dict:
+    """The micro-batch as the model takes it: token ids and labels for a causal LM (packed: one row whose
+    positions restart per example), a class label per row for a sequence classifier (GLUE: padded rows), images
+    of the model's size for an image classifier."""
+    labels = torch.zeros(batch.rows, dtype=torch.float32 if (head or {}).get("num_labels") == 1 else torch.long)
+    if (head or {}).get("kind") in models.IMAGE_HEADS:
+        size = int(getattr(config, "image_size", 224))
+        channels = int(getattr(config, "num_channels", 3))
+        return {"pixel_values": torch.zeros(batch.rows, channels, size, size), "labels": labels}
     ids = torch.zeros(batch.rows, batch.length, dtype=torch.long)
+    if head:
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     inputs = {"input_ids": ids, "labels": ids.clone()}
     if batch.packed:  # one row of `examples` examples: positions restart per example, as the packing collator's
         per = -(-batch.length // batch.examples)
@@ -127,12 +143,18 @@ _ESTIMATES: dict[str, MemoryEstimate] = {}  # (a grid repeats a model and method
 def _estimate(key: str, cfg, batch: Batch, micro_batches: int, device: str) -> MemoryEstimate:
     if key in _ESTIMATES:
         return _ESTIMATES[key]
-    model, placement, mode = _planned_model(cfg, device)
+    model, placement, mode, head = _planned_model(cfg, device)
     checkpointing = bool(cfg.training.get("gradient_checkpointing"))
     trained = [p for p in model.parameters() if p.requires_grad]
     frozen = [p for p in model.parameters() if not p.requires_grad]
+    untraced = None
     with mode:
-        trace, states, held_grads = _traced_step(model, placement, batch, micro_batches > 1, checkpointing)
+        try:
+            trace, states, held_grads = _traced_step(model, placement, _inputs(batch, head, model.config),
+                                                     micro_batches > 1, checkpointing)
+        except DataDependentOutputException as exc:  # a forward that reads values (ReFT's positions from lengths)
+            untraced = f"its forward reads the batch's values ({exc.func}), which fake tensors do not have"
+            trace, states, held_grads = StepTrace(), _moments_only(trained), []
     estimate = MemoryEstimate(
         frozen_weights=_bytes(frozen), trainable_weights=_bytes(trained),
         gradients=_bytes(held_grads) + trace.peak.gradients, optimizer=_bytes(states), buffers=_bytes(model.buffers()),
@@ -142,14 +164,19 @@ def _estimate(key: str, cfg, batch: Batch, micro_batches: int, device: str) -> M
         frozen=sum(p.numel() for p in {id(p): p for p in frozen}.values()), batch=batch,
         matrix_params=matrix_parameters(model), layers=int(getattr(model.config, "num_hidden_layers", 1) or 1),
         checkpointing=checkpointing, weights_dtype=str(placement.weights).removeprefix("torch."),
-        compute=placement.compute)
+        compute=placement.compute, untraced=untraced)
     _ESTIMATES[key] = estimate
     return estimate
 
 
+def _moments_only(trained: list) -> list:
+    """AdamW's two fp32 moments per trained parameter, as fake tensors (for a step that could not be traced)."""
+    return [torch.empty(p.shape, dtype=torch.float32) for p in trained for _ in range(2)]
+
+
 def _planned_model(cfg, device: str):
-    """(model of fake tensors, placement, its FakeTensorMode): the cell's model and method as a run on `device`
-    would hold them, with what the method's set-up builds from data (`Method.planned_setup`)."""
+    """(model of fake tensors, placement, its FakeTensorMode, the task's head): the cell's model and method as a
+    run on `device` would hold them, with what the method's set-up builds from data (`Method.planned_setup`)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     recipe = Recipe(cfg)
@@ -159,12 +186,13 @@ def _planned_model(cfg, device: str):
     declared = model_cfg.get("source") == "hub" and bool(model_cfg.get("shapes"))
     meta = models.empty_model(model_cfg, recipe.head, declared_shapes=declared).to(placement.weights)
     adapted = recipe.planned_structure(meta)
-    mode = FakeTensorMode(allow_non_fake_inputs=False)
+    # non-fake inputs allowed: a method may keep a small tensor as a plain attribute (FourierFT's spectral indices)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
     _fake_parameters(adapted.model, mode, torch.float32)
-    return adapted.model, placement, mode
+    return adapted.model, placement, mode, recipe.head
 
 
-def _traced_step(model, placement, batch: Batch, accumulating: bool, checkpointing: bool):
+def _traced_step(model, placement, inputs: dict, accumulating: bool, checkpointing: bool):
     """(trace, optimizer moments, gradients held before the step) of one micro-batch's forward and backward and
     the optimizer step, in the steady state: the moments exist, and when the step accumulates the gradients of
     the micro-batch before are live (the backward adds to them in place)."""
@@ -184,7 +212,6 @@ def _traced_step(model, placement, batch: Batch, accumulating: bool, checkpointi
             p.grad = None
     states = [t for s in (optimizer.state.values() if optimizer else ()) for t in s.values() if torch.is_tensor(t)]
     held_grads = [p.grad for p in trained if p.grad is not None]
-    inputs = _inputs(batch)
     trace = StepTrace([*model.parameters(), *model.buffers(), *states, *held_grads, *inputs.values()])
     hooks = [p.register_post_accumulate_grad_hook(lambda p: trace.mark_gradient(p.grad)) for p in trained]
     with trace:

@@ -38,7 +38,8 @@ def markdown(plan: Plan) -> str:
             "grads + moments GiB": f"{_gib(m.gradients)} + {_gib(m.optimizer)}",
             "activations GiB": _gib(m.activations + m.buffers),
             "peak GiB / GPU": _gib(c.fit.per_gpu),
-            "fits": "yes" if c.fit.fits else ("with " + c.fit.fix if c.fit.fix else "no"),
+            "fits": ("weights fit; step not traced" if m.untraced and c.fit.fits else
+                     "yes" if c.fit.fits else ("with " + c.fit.fix if c.fit.fix else "no")),
             "micro-batch tokens": f"{m.batch.rows}x{m.batch.length}",
             "train tokens": _count(c.work.train_tokens), "generated (at most)": _count(c.work.generated_tokens),
             "train h": _hours(c.hours.train), "eval h": _hours(c.hours.evaluate), "GPU-h": _hours(c.gpu_hours),

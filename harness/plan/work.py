@@ -33,6 +33,7 @@ class DataShape:
     lengths: list[int]                 # token lengths of (a sample of) the training examples, longest first
     test_prompts: dict[str, int]       # test set -> prompts scored
     notes: list[str] = field(default_factory=list)
+    own_collator: bool = False         # the benchmark batches its own examples (padded; GLUE, images)
 
     @property
     def mean_tokens(self) -> float:
@@ -82,11 +83,22 @@ def _data_shape(cfg) -> DataShape:
             count = min(count, int(task["train_subset"]))
         notes.append(f"training data {task.get('train_file')} not on this machine: {count:,} records as published "
                      f"(task.sizes), token lengths of {len(records):,} local records")
-    tokenizer = _tokenizer(OmegaConf.to_container(cfg.model, resolve=True), notes)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    processor = (models.load_image_processor(model_cfg) if (recipe.head or {}).get("kind") in models.IMAGE_HEADS
+                 else _tokenizer(model_cfg, notes))
     sample = random.Random(0).sample(records, min(LENGTH_SAMPLE, len(records)))
-    examples, _ = recipe.benchmark.training_examples(task, tokenizer, sample, [])
+    examples, _ = recipe.benchmark.training_examples(task, processor, sample, [])
     lengths = sorted((len(e["input_ids"]) for e in examples if "input_ids" in e), reverse=True)
-    return DataShape(count, lengths, _test_prompts(recipe, task, sizes, notes), notes)
+    if not lengths:  # images: a token per patch and the class token (ViT), every image alike
+        lengths = [image_tokens(OmegaConf.to_container(cfg.model, resolve=True))] * len(examples)
+    return DataShape(count, lengths, _test_prompts(recipe, task, sizes, notes), notes,
+                     own_collator=recipe.head is not None)
+
+
+def image_tokens(model_cfg: dict) -> int:
+    """A ViT's sequence per image: (image_size / patch_size)^2 patches and the class token (ViT-B/16 at 224: 197)."""
+    shapes = {**(model_cfg.get("shapes") or {}), **(model_cfg.get("config") or {})}
+    return (int(shapes.get("image_size", 224)) // int(shapes.get("patch_size", 16))) ** 2 + 1
 
 
 def _test_prompts(recipe: Recipe, task: dict, sizes: dict, notes: list[str]) -> dict[str, int]:
