@@ -132,9 +132,11 @@ def estimate(cfg, batch: Batch, micro_batches: int = 1, device: str = "cuda") ->
 
 
 def _cell_key(cfg) -> list:
+    """What the traced step depends on besides the batch: the model, the method and its budget, the precision,
+    checkpointing, and the task (its head: GLUE's sets differ in their labels)."""
     data = resolved(cfg)
     return [data["model"], data["method"], data.get("budget"), data["training"].get("precision"),
-            data["training"].get("gradient_checkpointing"), data["task"]["name"]]
+            data["training"].get("gradient_checkpointing"), data["task"]]
 
 
 _ESTIMATES: dict[str, MemoryEstimate] = {}  # (a grid repeats a model and method over seeds and tasks)
