@@ -26,14 +26,9 @@ from harness.runlock import lock_state
 def cell_state(cfg: DictConfig) -> dict:
     """{"run_id", "model", "method" (its table label and knobs), "state": finished | running | stale lock |
     failed | diverged | missing | unknown, "detail"}."""
-    from harness.config import method_options
     from harness.methods import display
 
-    options = {**method_options(cfg), "label": cfg.method.get("label")}
-    method = " ".join(filter(None, [display.label(cfg.method.name, options), display.knob(cfg.method.name, options)]))
-    budget = {k: v for k, v in (cfg.get("budget") or {}).items() if v is not None}
-    if budget:  # the knob above is then solved at run time
-        method += " @ " + ", ".join(f"{k} {v:g}" for k, v in budget.items())
+    method = display.cell_label(cfg)  # (a budget's knob is solved at run time)
     row = {"model": cfg.model.name, "method": method, "run_id": None, "state": "unknown", "detail": ""}
     try:
         rid = run_id(cfg)  # reads the inputs' content (a hub revision for hub data)

@@ -199,3 +199,24 @@ def test_every_kind_of_experiment_is_planned(experiment):
     assert result.cells and all(c.fit.memory.frozen_weights + c.fit.memory.trainable_weights > 0 for c in result.cells)
     assert all(c.fit.memory.activations > 0 or c.fit.memory.untraced for c in result.cells)
     assert all(c.work.train_tokens > 0 and c.hours.total > 0 for c in result.cells)
+
+
+def test_the_mfu_comes_from_the_results_made_on_that_gpu(tmp_path):
+    """A result records its GPU under run.environment and its MFU under train.throughput: the plan's default MFU is
+    the median of that GPU type's finished results (an A100's and a failed one's are not counted)."""
+    from harness.gpus import known
+    from harness.plan.cost import measured_mfu
+    from harness.results import result_path, write_result
+
+    def result(rid, gpu, mfu, status="finished"):
+        ended = {"eval": {"metrics": {}}} if status == "finished" else {"failure": {"phase": "train", "error": "x"}}
+        write_result(result_path(tmp_path, rid), {"status": status, "run": {"id": rid, "environment": {"gpu": gpu}},
+                                                   "train": {"throughput": {"mfu": mfu}}, **ended})
+
+    result("a", "NVIDIA H100 80GB HBM3", 0.30)
+    result("b", "NVIDIA H100 80GB HBM3", 0.42)
+    result("c", "NVIDIA H100 80GB HBM3", 0.40)
+    result("d", "NVIDIA A100-SXM4-80GB", 0.55)
+    result("e", "NVIDIA H100 80GB HBM3", 0.99, status="failed")
+    h100 = next(g for g in known() if g.name == "h100-80gb")
+    assert measured_mfu(str(tmp_path), h100) == (0.40, 3)

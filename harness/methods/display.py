@@ -67,3 +67,13 @@ def order(method: str) -> int:
 def trains_all_weights(method: str) -> bool:
     info = method_info(method)
     return bool(info is not None and info.trains_all_weights)
+
+
+def cell_label(cfg) -> str:
+    """A composed cell's method as status and plan rows show it: label, knob, and the budget it solves for."""
+    from harness.config import method_options
+
+    options = {**method_options(cfg), "label": cfg.method.get("label")}
+    text = " ".join(filter(None, [label(cfg.method.name, options), knob(cfg.method.name, options)]))
+    budget = {k: v for k, v in (cfg.get("budget") or {}).items() if v is not None}
+    return text + (" @ " + ", ".join(f"{k} {v:g}" for k, v in budget.items()) if budget else "")

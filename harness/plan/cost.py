@@ -22,7 +22,6 @@ from harness.plan.work import DataShape, Work
 from harness.throughput import flops_per_token
 
 FSDP_SIZES = (2, 4, 8)
-GIB = 2**30
 
 
 @dataclass
@@ -80,9 +79,10 @@ def fit(cfg, shape: DataShape, gpu: GpuSpec, headroom: float) -> Fit:
         base = _with(cfg, checkpointing=checkpointed)
         mem = estimate(base, peak_batch(base, shape), _accumulation(cfg, micro))
         for n in FSDP_SIZES:
-            if fsdp_bytes(mem, n) <= usable:
+            per_gpu = fsdp_bytes(mem, n)
+            if per_gpu <= usable:
                 label = f"sharding=fsdp2 on {n} GPUs" + (" training.gradient_checkpointing=true" if checkpointed else "")
-                return Fit(False, label, n, mem, fsdp_bytes(mem, n))
+                return Fit(False, label, n, mem, per_gpu)
     return Fit(False, None, 1, first, first.total)
 
 
@@ -130,7 +130,7 @@ def measured_mfu(results_dir: str, gpu: GpuSpec) -> tuple[float | None, int]:
     from harness.results import load_results
 
     values = [r["train"]["throughput"]["mfu"] for r in load_results(results_dir)
-              if r.get("status") == "finished" and by_cuda_name((r.get("environment") or {}).get("gpu")) == gpu
+              if r.get("status") == "finished" and by_cuda_name(r["run"].get("environment", {}).get("gpu")) == gpu
               and ((r.get("train") or {}).get("throughput") or {}).get("mfu")]
     return (statistics.median(values) if values else None), len(values)
 

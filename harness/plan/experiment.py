@@ -8,7 +8,7 @@ import json
 from omegaconf import DictConfig
 
 from harness import methods
-from harness.config import method_options
+from harness.methods import display
 from harness.errors import ConfigError
 from harness.gpus import GpuSpec, of
 from harness.grid import experiment_cells
@@ -57,15 +57,6 @@ def _runs(cells: list[DictConfig]) -> list[tuple[DictConfig, int]]:
     return [(cfg, n) for cfg, n in grouped.values()]
 
 
-def _method_label(cfg: DictConfig) -> str:
-    from harness.methods import display
-
-    options = {**method_options(cfg), "label": cfg.method.get("label")}
-    label = " ".join(filter(None, [display.label(cfg.method.name, options), display.knob(cfg.method.name, options)]))
-    budget = {k: v for k, v in (cfg.get("budget") or {}).items() if v is not None}
-    return label + (" @ " + ", ".join(f"{k} {v:g}" for k, v in budget.items()) if budget else "")
-
-
 def plan(overrides: list[str]) -> Plan:
     base, cells = experiment_cells(with_paper_profile(list(overrides)))
     gpu, gpus = gpu_of(base), base.get("gpus")
@@ -91,8 +82,8 @@ def plan(overrides: list[str]) -> Plan:
         trains_all = methods.get(cfg.method.name).trains_all_weights
         notes = list(shape.notes)
         if cell_fit.memory.untraced:
-            notes.append(f"{_method_label(cfg)}: peak not traced ({cell_fit.memory.untraced}): weights and moments only")
-        rows.append(CellPlan(cfg.model.name, _method_label(cfg), cfg.task.name, runs, cell_fit, cell_work,
+            notes.append(f"{display.cell_label(cfg)}: peak not traced ({cell_fit.memory.untraced}): weights and moments only")
+        rows.append(CellPlan(cfg.model.name, display.cell_label(cfg), cfg.task.name, runs, cell_fit, cell_work,
                              hours(cell_work, cell_fit.memory, trains_all, gpu, cell_fit.gpus, mfu,
                                    float(settings.bandwidth_share)), notes))
     return Plan(str(base.experiment_name), str(base.profile.name), gpu, gpus, mfu, source, rows)
