@@ -34,14 +34,13 @@ def prepare(method: str, overrides: list[str], micro_batch: int):
     from harness.batching import batching_of
     from harness.config import compose
     from harness.recipe import Recipe
-    from harness.train import make_loader, upcast_trainable
+    from harness.train import make_loader
 
     recipe = Recipe(compose(["profile=mini", f"method={method}", *overrides]))
     torch.manual_seed(0)
     model, tokenizer = recipe.load(seeded=False)
     adapted = recipe.adapt(model)
     cfg, budget, placement = recipe.solved.cfg, recipe.solved.budget, recipe.placement
-    upcast_trainable(adapted.model)  # fp32 master weights, as a run keeps them
     records = recipe.data().train
     encode = recipe.benchmark.encoder({**cfg.task, "train_on_inputs": True}, tokenizer)  # every token supervised
     examples = [encode(r) for r in records[:micro_batch]]
@@ -69,25 +68,15 @@ def measure(method: str, overrides: list[str], micro_batch: int, steps: int, war
     from harness import methods
     from harness.batching import token_counts
     from harness.memory import peak_memory, reset_peak_memory
+    from harness.plan.check import training_step
     from harness.throughput import flops_per_token, peak_flops
     from harness.train import matrix_parameters
 
     cfg, adapted, loader, placement, budget = prepare(method, overrides, micro_batch)
     device = placement.device
+    # (RoSA / SpA's set-up is a no-op here: their masks come from `method.masks`, see make_masks)
+    batch, _, step = training_step(adapted, loader, cfg.training, placement)
     model = adapted.model
-    batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
-    # A no-op for RoSA / SpA here: their masks come from `method.masks` (see make_masks).
-    adapted.method.before_training(adapted, {"loader": loader, "device": torch.device(device), "training": cfg.training})
-    optimizer = torch.optim.AdamW(adapted.method.param_groups(adapted, dict(cfg.training)), lr=1e-5)
-    dtype = torch.bfloat16 if placement.compute == "bf16" else None
-    model.train()
-
-    def step():
-        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
     for _ in range(warmup):
         step()

@@ -28,6 +28,36 @@ def _resident() -> dict[str, int]:
             if line.startswith(("VmRSS:", "VmHWM:"))}
 
 
+def training_step(adapted, loader, training, placement):
+    """(the loader's first micro-batch on the device, optimizer, step()): one optimizer step outside the loop, set up
+    as `harness.train` sets a run up: the method's set-up from data, fp32 master weights, gradient checkpointing
+    when the recipe asks, no KV cache, the method's parameter groups, the run's autocast. What the planner's check
+    and experiments/step_time.py measure."""
+    import torch
+
+    from harness.train import adapter_in_base_dtype, upcast_trainable
+
+    device = placement.device
+    adapted.method.before_training(adapted, {"loader": loader, "device": torch.device(device), "training": training})
+    model = adapted.model
+    upcast_trainable(model, keep=adapted.method.set_trainable_precision(adapted) | adapter_in_base_dtype(model, training))
+    if training.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.train()
+    optimizer = torch.optim.AdamW(adapted.method.param_groups(adapted, dict(training)), lr=1e-5)
+    batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
+
+    def step():
+        with placement.autocast():
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return batch, optimizer, step
+
+
 def measure_here(overrides: list[str], micro: int) -> dict:
     """In this process: one warm-up step, then the measured one (see the module's docstring)."""
     import gc
@@ -38,7 +68,7 @@ def measure_here(overrides: list[str], micro: int) -> dict:
     from harness.config import compose
     from harness.memory import reset_peak_memory
     from harness.recipe import Recipe
-    from harness.train import make_loader, upcast_trainable
+    from harness.train import make_loader
 
     cfg = compose(["profile=mini", *overrides])
     recipe = Recipe(cfg)
@@ -47,23 +77,8 @@ def measure_here(overrides: list[str], micro: int) -> dict:
     training = recipe.training_data(tokenizer, recipe.data())
     longest = sorted(training.train, key=lambda e: -len(e["input_ids"]))[:micro]
     loader = make_loader(longest, tokenizer, micro, False, 0, batching=batching_of(cfg.training))
-    batch = next(iter(loader))
-    # the loop's own set-up (harness.train): the method's set-up from data, fp32 master weights, checkpointing
-    adapted.method.before_training(adapted, {"loader": loader, "device": torch.device("cpu"), "training": cfg.training})
+    batch, optimizer, step = training_step(adapted, loader, cfg.training, recipe.placement)
     model = adapted.model
-    upcast_trainable(model)
-    if cfg.training.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-    def step():
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     step()
     gc.collect()
     held = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
