@@ -1,10 +1,12 @@
 """Run by tests/test_distributed.py under `torchrun --nproc_per_node 2`: applies the methods whose set-up reads
 the weights (PiSSA and MiLoRA's SVD, RoSA's masks) as a run does, and prints from each process how often it
-computed them and a digest of the weights it holds."""
+computed them and a digest of the weights it holds (each process into its own file under the folder given as the
+first argument: two processes printing to one pipe can interleave their lines)."""
 
 import hashlib
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -71,8 +73,7 @@ def main() -> None:
     for name in sorted(masks):
         h.update(torch.stack(masks[name]).numpy().tobytes())
     report["rosa"] = {"mask_digest": h.hexdigest()[:16], "mask_generations": mask_calls["n"]}
-    print("REPORT " + json.dumps(report), flush=True)
-    sys.stdout.flush()
+    (Path(sys.argv[1]) / f"report-{report['rank']}.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__":

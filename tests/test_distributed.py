@@ -38,13 +38,12 @@ def test_two_processes_train_select_and_score_as_one(tmp_path):
     assert len(list((tmp_path / "two" / "adapters").iterdir())) == 1
 
 
-def test_weight_reading_set_ups_run_once_and_every_process_holds_the_same_adapter():
+def test_weight_reading_set_ups_run_once_and_every_process_holds_the_same_adapter(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "tests/distributed_worker.py"],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "tests/distributed_worker.py",
+                           str(tmp_path)], cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    reports = sorted((json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("REPORT ")),
-                     key=lambda r: r["rank"])
+    reports = sorted((json.loads(f.read_text()) for f in tmp_path.glob("report-*.json")), key=lambda r: r["rank"])
     assert [r["rank"] for r in reports] == [0, 1]
     main, other = reports
     for method in ("pissa", "milora"):
