@@ -96,7 +96,7 @@ forgetting-%:
 # `make reproduce-<name>` runs its grid (paper profile on CUDA, mini otherwise) and writes
 # results/tables/<name>.*; `make table-<name>` rebuilds that table from the result files already in results/runs,
 # without running anything; `make status-<name>` says where every cell stands (finished / running / failed /
-# missing); `make submit-<name> ARGS="launcher=slurm launcher.partition=gpu"` submits its unfinished cells as one
+# missing); `make submit-<name> ARGS="launcher=slurm meta.launcher.partition=gpu"` submits its unfinished cells as one
 # job array (harness.submit; ARGS="--wait" blocks and writes the table); `make plan-<name> GPU=h100-80gb` says
 # what its paper profile costs on that GPU (harness.plan, conf/gpu/).
 #   table1: MiLoRA Table 1 (commonsense)     table2: MiLoRA Table 2 (GSM8K, MATH)
@@ -125,7 +125,7 @@ $(addprefix submit-,$(EXPERIMENTS)): submit-%:
 	$(PY) -m harness.submit experiment=$(call experiment,$*) $(ARGS)
 
 # What an experiment's paper profile costs before it runs (harness.plan, docs/scale.md "Planning"): peak memory by
-# part, whether it fits and the smallest fix, tokens, GPU-hours and wall time: `make plan-table1 GPU=h200 ARGS="gpus=8"`
+# part, whether it fits and the smallest fix, tokens, GPU-hours and wall time: `make plan-table1 GPU=h200 ARGS="meta.gpus=8"`
 GPU ?= h100-80gb
 $(addprefix plan-,$(EXPERIMENTS)): plan-%:
 	$(PY) -m harness.plan experiment=$(call experiment,$*) gpu=$(GPU) $(ARGS)

@@ -1,7 +1,7 @@
 """Scores a trained run's saved adapter (or full model) again, without training: another protocol, or the same
 one again.
 
-    python -m harness.evaluate <run id> [protocol=lmeval] [protocol.batch_size=32] [run.results_dir=results]
+    python -m harness.evaluate <run id> [protocol=lmeval] [protocol.batch_size=32] [meta.run.results_dir=results]
     python -m harness.evaluate results/adapters/<run id>                     # the same, from the adapter folder
 
 The run's result file gives the config (model, method, task, seed); `protocol=<name>` puts another protocol in
@@ -9,7 +9,7 @@ place of the run's and `key=value` changes one field. The result is written unde
 give that cell, so a reproduction reuses it and does not train again: with the run's own protocol the run's
 result is rewritten with the new scores (its training statistics kept); with another it is a new result whose
 `train` is the trained run's and `evaluated_from` names it. Several processes (torchrun) shard the scoring as
-a run does. A run's saved adapter is under `results/adapters/<run id>/` (`run.save_adapter`, on by default).
+a run does. A run's saved adapter is under `results/adapters/<run id>/` (`meta.run.save_adapter`, on by default).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import cli_args, distributed, methods
 from harness.artifacts import write_predictions
 from harness.config import compose, resolved
-from harness.identity import run_id
+from harness.identity import run_id, with_meta
 from harness.errors import ConfigError, HarnessError, cli_errors
 from harness.recipe import Recipe
 from harness.results import Result, predictions_path, previous_result, result_path, runs_dir, write_result
@@ -41,30 +41,30 @@ def locate(target: str, results_dir: str | Path | None) -> tuple[Result, Path, P
     if path.is_dir() and path.parent.name == "adapters":
         results, rid = path.parent.parent, path.name
     else:
-        results, rid = Path(results_dir or compose().run.results_dir), target
+        results, rid = Path(results_dir or compose().meta.run.results_dir), target
     source = previous_result(result_path(results, rid))
     if source is None:
         raise EvaluateError(f"{result_path(results, rid)}: no result file for run {rid!r}",
-                            "pass a run id from results/runs/ (or its folder under results/adapters/) and run.results_dir")
+                            "pass a run id from results/runs/ (or its folder under results/adapters/) and meta.run.results_dir")
     if source["status"] != "finished":
         raise EvaluateError(f"run {rid} is {source['status']} (phase {source['failure'].get('phase')}); only a finished "
                             "run's adapter is re-scored", "run the cell again with harness.run")
     adapter = results / "adapters" / rid
     if not (adapter / methods.SAVED_METHOD_FILE).is_file():
-        raise EvaluateError(f"{adapter}: no saved adapter for run {rid}", "the run had run.save_adapter=false: train it again")
+        raise EvaluateError(f"{adapter}: no saved adapter for run {rid}", "the run had meta.run.save_adapter=false: train it again")
     return source, results, adapter
 
 
 def evaluation_config(config: dict, overrides: list[str], results: Path) -> DictConfig:
     """The run's config with `overrides` (Hydra's grammar, harness.cli_args): `protocol=<name>` puts that protocol,
     composed for the run's task, in place of the run's; `key=value` changes one field."""
-    cfg = OmegaConf.create(copy.deepcopy(config))
+    cfg = OmegaConf.create(with_meta(copy.deepcopy(config)))
 
     def protocol(name):
         return compose([f"task={cfg.task.name}", f"protocol={name}"]).protocol
 
     cfg = cli_args.apply(cfg, cli_args.parse(overrides).overrides, {"protocol": protocol})
-    cfg.run.results_dir = str(results)
+    cfg.meta.run.results_dir = str(results)
     return cfg
 
 
@@ -77,7 +77,7 @@ def evaluate(target: str, overrides: list[str], results_dir: str | None = None) 
     rid = run_id(requested)
     recipe = Recipe(cfg)
     distributed.start(cpu=recipe.placement.device == "cpu")
-    lock = RunLock(runs_dir(results), rid, stale_after_s=float(cfg.run.lock_stale_seconds))
+    lock = RunLock(runs_dir(results), rid, stale_after_s=float(cfg.meta.run.lock_stale_seconds))
     if not distributed.on_main(lock.acquire):
         raise EvaluateError(f"run {rid} is running elsewhere ({lock.holder()})", "wait for it, then score again")
     try:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         if len(command.positional) != 1:
             raise ConfigError("usage: python -m harness.evaluate <run id | results/adapters/<run id>> "
                               "[protocol=<name>] [key=value ...]")
-        results_dir = command.take("run.results_dir")
+        results_dir = command.take("meta.run.results_dir")
         evaluate(command.positional[0], command.lines(), results_dir)
 
 

@@ -115,7 +115,7 @@ def forgetting(target: str, text: str = "wikitext103", tokens: int | None = None
     source, results, adapter = locate(target, results_dir)
     rid = source["run"]["id"]
     cfg = evaluation_config(source["run"]["config"], [], results)
-    tokens, window = sizes(str(cfg.profile.name), tokens, window)
+    tokens, window = sizes(str(cfg.meta.profile.name), tokens, window)
     if benchmarks.get(cfg.task.name).model_head(cfg.task) is not None:
         raise ConfigError(f"run {rid} trained a {cfg.task.name} classifier: forgetting is measured on language models")
     text_body = load_text(text)  # (before minutes of model loading: an unavailable text fails first)
@@ -158,7 +158,7 @@ def experiment_table(overrides: list[str], text: str, tokens: int | None, window
     from harness.tables.common import published, write
 
     base, cells = experiment_cells(with_profile(overrides))
-    results = Path(base.run.results_dir)
+    results = Path(base.meta.run.results_dir)
     paper = published("forgetting")
     rows = []
     for cfg in cells:
@@ -169,7 +169,7 @@ def experiment_table(overrides: list[str], text: str, tokens: int | None, window
             continue
         found = read_forgetting(results, rid, text)
         measured_at = (found["settings"].get("max_tokens"), found["settings"].get("window")) if found else None
-        if measured_at != sizes(str(cfg.profile.name), tokens, window):
+        if measured_at != sizes(str(cfg.meta.profile.name), tokens, window):
             found = forgetting(rid, text, tokens, window, str(results))  # (none yet, or measured at another size)
         numbers = found["values"]
         label = display.label(cfg.method.name, dict(cfg.method))
@@ -187,17 +187,17 @@ def experiment_table(overrides: list[str], text: str, tokens: int | None, window
             shown[column] = [("-" if v is None or v != v else f"{v:+.3f}" if column.startswith("Δ") else f"{v:.3f}")
                              for v in shown[column]]
     source = TEXTS.get(text, f"the file {text}")
-    caption = (f"Forgetting (MiLoRA Table 8 layout) of the {base.experiment_name} cells, profile {base.profile.name}: "
+    caption = (f"Forgetting (MiLoRA Table 8 layout) of the {base.meta.experiment_name} cells, profile {base.meta.profile.name}: "
                f"'forgetting CE' is the cross-entropy of the tuned model's next-token distribution against the base "
                f"model's (MiLoRA section 5.4, after Kalajdzievski 2024), 'gold CE' the tuned model's loss on the text's "
                f"own next tokens beside the base model's (peft's method comparison), nats per token, on {source}. "
                f"Paper rows: {paper['source']}, {paper['reference_model']}; a model without its own row is compared "
                f"with it.")
-    return write(df, caption, results / "tables", f"{base.experiment_name}_forgetting", shown)
+    return write(df, caption, results / "tables", f"{base.meta.experiment_name}_forgetting", shown)
 
 
 USAGE = ("usage: python -m harness.forgetting <run id | results/adapters/<run id>> [text=wikitext103|pydoc_topics|"
-         "<file>] [tokens=N] [window=N] [run.results_dir=results]\n"
+         "<file>] [tokens=N] [window=N] [meta.run.results_dir=results]\n"
          "       python -m harness.forgetting experiment=<name> [overrides] [text=...] [tokens=N] [window=N]")
 
 
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         if len(command.positional) != 1:
             raise ConfigError(USAGE)
-        results_dir = command.take("run.results_dir")
+        results_dir = command.take("meta.run.results_dir")
         if command.overrides:
-            raise ConfigError(f"unknown option(s) {command.lines()}: use text=, tokens=, window=, run.results_dir=")
+            raise ConfigError(f"unknown option(s) {command.lines()}: use text=, tokens=, window=, meta.run.results_dir=")
         forgetting(command.positional[0], text, tokens, window, str(results_dir) if results_dir else None)
 
 

@@ -13,16 +13,28 @@ from omegaconf import DictConfig
 
 from harness.config import resolved
 
-# Keys that say where things go or how they are shown, not what is computed: they stay out of the run hash so
-# that a result is found again from another checkout, data location or results folder.
-NON_SEMANTIC_KEYS = ("run", "logging", "data_dir", "grid", "grid_cross", "profile_overrides", "table", "experiment_name",
-                     "profile", "launcher", "sharding", "seeds", "paper_seeds", "tune_lr",
-                     "lr_point", "gpu", "gpus", "plan")
-# (`gpu`, `gpus`, `plan`: the planner's, harness.plan)
+# Where things are, how a run is run, planned, judged and shown: the root config's `meta` node, left out of the run
+# hash whole so that a result is found again from another checkout, data location, results folder or launcher.
+META = "meta"
+# The keys `meta` holds that were root keys before it existed (harness.identity.with_meta moves them, in a config
+# a result wrote before).
+MOVED_UNDER_META = ("run", "logging", "data_dir", "grid", "grid_cross", "profile_overrides", "table",
+                    "experiment_name", "profile", "launcher", "sharding", "seeds", "paper_seeds", "tune_lr",
+                    "lr_point", "gpu", "gpus", "plan")
 # Where the data and weights are: replaced in the run hash by what they hold (`inputs`, harness.provenance).
 LOCATION_TASK_KEYS = ("data_dir", "train_file", "test_file", "test_files", "paper_train_file")
 # `sizes`: the published size of data this machine may not hold, for the planner (harness.plan.work)
 NON_SEMANTIC_TASK_KEYS = (*LOCATION_TASK_KEYS, "missing_ok", "sizes")
+
+
+def with_meta(config: dict) -> dict:
+    """A resolved config as this code composes it: one a result wrote before `meta` existed has the keys `meta`
+    now holds at its root, and gets them moved there (a copy; a config with `meta` is returned as it is)."""
+    if META in config:
+        return config
+    config = dict(config)
+    config[META] = {key: config.pop(key) for key in MOVED_UNDER_META if key in config}
+    return config
 
 
 def _drop_paths(node) -> None:
@@ -92,12 +104,11 @@ def semantic_config(cfg: DictConfig, with_inputs: bool = True) -> dict:
     versions."""
     from harness import benchmarks
 
-    data = resolved(cfg)
+    data = with_meta(resolved(cfg))
     _selection_as_hashed_before(data)
     _display_as_hashed_before(data.setdefault("method", {}))
     data["task"] = benchmarks.get(cfg.task.name).semantic_task(data["task"])
-    for key in NON_SEMANTIC_KEYS:
-        data.pop(key, None)
+    data.pop(META, None)
     for key in NON_SEMANTIC_TASK_KEYS:
         data.get("task", {}).pop(key, None)
     data.get("protocol", {}).pop("description", None)  # a caption's words

@@ -153,8 +153,8 @@ class Recipe:
     def train(self, adapted, processor, data: RunData, rid: str, on_epoch_end=None) -> dict:
         """Trains `adapted` in place (its model is the trained one after); returns the result's `train`."""
         cfg = self.cfg
-        run = RunContext(cfg.seed, rid, bool(cfg.run.progress), cfg.logging, self.placement, on_epoch_end,
-                         cfg.get("sharding"), self.selection)
+        run = RunContext(cfg.seed, rid, bool(cfg.meta.run.progress), cfg.meta.logging, self.placement, on_epoch_end,
+                         cfg.meta.get("sharding"), self.selection)
         return train(adapted, self.training_data(processor, data), cfg.training, run)["stats"]
 
     # -- evaluate ------------------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ class Recipe:
         start = time.perf_counter()
         with self.placement.autocast():  # (a head trained in fp32 master weights on bf16 weights: as in training)
             metrics, predictions = self.scorer.evaluate(eval_model, processor, test_sets, cfg.protocol, cfg.task,
-                                                        bool(cfg.run.progress))
+                                                        bool(cfg.meta.run.progress))
         return metrics, predictions, merged, time.perf_counter() - start
 
 

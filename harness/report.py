@@ -1,7 +1,7 @@
 """A static HTML report of the experiments' results: `make report` -> results/report/index.html.
 
     python -m harness.report                          # every experiment, the profile chosen from the machine
-    python -m harness.report experiment=table1 profile=mini run.results_dir=/tmp/results
+    python -m harness.report experiment=table1 profile=mini meta.run.results_dir=/tmp/results
 
 One page that opens from disk (no server, no network: the data are in the page, the plots beside it):
 every table with its intervals, paired tests, paper rows and Δ, failed cells and runs with no result yet marked;
@@ -133,18 +133,18 @@ def _examples(frames: TableFrames, results_dir: Path) -> dict:
 
 
 def section(base, cells, out_dir: Path) -> Section:
-    results_dir = Path(base.run.results_dir)
+    results_dir = Path(base.meta.run.results_dir)
     frames = table_frames(base, cells)
     columns, rows = _table_rows(frames)
     records = frames.records  # (read once, by the table)
     short = short_namer(base.task.name)
-    stem = base.experiment_name
+    stem = base.meta.experiment_name
     figure_dir = out_dir / "plots"
     figures = [plots.params_figure(frames.runs, figure_dir, stem, short), plots.cost_figure(frames.runs, figure_dir, stem, short)]
-    if base.table.get("layout") == "budget":
+    if base.meta.table.get("layout") == "budget":
         figures.append(plots.budget_figure(frames.runs, figure_dir, stem, frames.evidence, short))
     figures.append(plots.loss_figure(records, figure_dir, stem))
-    return Section(stem, str(base.table.title), frames.caption, columns, rows, frames.absent,
+    return Section(stem, str(base.meta.table.title), frames.caption, columns, rows, frames.absent,
                    [f for f in figures if f is not None], _provenance(records), _examples(frames, results_dir))
 
 
@@ -173,8 +173,8 @@ def build(overrides: list[str]) -> Path:
     sections, profile, out_dir = [], None, None
     for name in experiments:
         base, cells = experiment_cells(with_profile([f"experiment={name}", *rest]))
-        out_dir = out_dir or Path(base.run.results_dir) / "report"
-        profile = base.profile.name
+        out_dir = out_dir or Path(base.meta.run.results_dir) / "report"
+        profile = base.meta.profile.name
         found = section(base, cells, out_dir)
         if found.rows or named:  # an experiment with no result at all is left out (unless asked for)
             sections.append(found)

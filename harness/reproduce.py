@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         base, cells = experiment_cells(overrides)
         for cfg in cells:
             check(cfg)
-    print(f"[harness] {base.experiment_name}: {len(cells)} runs, profile {base.profile.name}: {profile_description(base)}",
+    print(f"[harness] {base.meta.experiment_name}: {len(cells)} runs, profile {base.meta.profile.name}: {profile_description(base)}",
           flush=True)
     start = time.perf_counter()
     outcomes = []
@@ -49,12 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     running = [o for o in outcomes if o.status == "running"]
     if running:
         print(f"[harness] {len(running)} cell(s) still running elsewhere: the table is written when they finish "
-              f"(`make table-{base.experiment_name.replace('_', '-')}` or rerun this command)", flush=True)
+              f"(`make table-{base.meta.experiment_name.replace('_', '-')}` or rerun this command)", flush=True)
     elif distributed.is_main():  # (several processes run each cell together; the main one writes the table)
         with cli_errors():
             paths = make_table(base, cells)
         print(paths[0].read_text())
-    print(f"[harness] {base.experiment_name} finished in {time.perf_counter() - start:.0f}s wall time", flush=True)
+    print(f"[harness] {base.meta.experiment_name} finished in {time.perf_counter() - start:.0f}s wall time", flush=True)
     failed = [o for o in outcomes if o.status in ("failed", "diverged")]
     if failed:
         raise SystemExit(max(exit_status(o.exception) for o in failed))

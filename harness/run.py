@@ -85,7 +85,7 @@ class RunFailed(Exception):
 
 def run_info(cfg: DictConfig, rid: str) -> dict:
     """Who the run is (the `run` section of its result file, with its config and provenance added)."""
-    return {"id": rid, "experiment": cfg.experiment_name, "profile": cfg.profile.name, "task": cfg.task.name,
+    return {"id": rid, "experiment": cfg.meta.experiment_name, "profile": cfg.meta.profile.name, "task": cfg.task.name,
             "protocol": cfg.protocol.name, "model": cfg.model.name, "paper_model": cfg.model.paper_name,
             "method": cfg.method.name}
 
@@ -126,8 +126,8 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
           + (f" (+ {params['head']:,} in the head)" if params["head"] else ""), flush=True)
 
     phases.enter("eval")
-    if cfg.run.save_adapter and distributed.is_main():  # before a merge folds the adapter into the weights
-        save_adapter(adapted, Path(cfg.run.results_dir) / "adapters", rid)
+    if cfg.meta.run.save_adapter and distributed.is_main():  # before a merge folds the adapter into the weights
+        save_adapter(adapted, Path(cfg.meta.run.results_dir) / "adapters", rid)
     metrics, predictions, merged, eval_seconds = recipe.evaluate(adapted, processor, data.test_sets)
     if per_epoch is not None:  # the epoch each set reports, and its predictions
         metrics, predictions = per_epoch.reported(metrics, predictions, stats.get("epochs") or [])
@@ -195,14 +195,14 @@ def run_cell(cfg: DictConfig) -> Outcome:
     """Runs one configured cell unless it is finished (reused) or running elsewhere (locked); never raises for
     the cell's own failure, which is written as its result file and returned."""
     rid = run_id(cfg)
-    out_path = result_path(cfg.run.results_dir, rid)
+    out_path = result_path(cfg.meta.run.results_dir, rid)
     # several processes (torchrun) are one run: the main process reads and writes its files and holds its lock
     distributed.start(cpu=decide(cfg.model, cfg.training).device == "cpu")
     previous = distributed.on_main(lambda: previous_result(out_path))  # a damaged file is an error, never overwritten
-    if cfg.run.skip_existing and previous and previous["status"] == "finished":
+    if cfg.meta.run.skip_existing and previous and previous["status"] == "finished":
         print(f"[harness] {rid}: result exists, skipping ({out_path})", flush=True)
         return Outcome(rid, "reused", previous)
-    lock = RunLock(runs_dir(cfg.run.results_dir), rid, stale_after_s=float(cfg.run.lock_stale_seconds))
+    lock = RunLock(runs_dir(cfg.meta.run.results_dir), rid, stale_after_s=float(cfg.meta.run.lock_stale_seconds))
     acquired, holder = distributed.on_main(lambda: _try_lock(lock))
     if not acquired:
         holder = holder or {}
@@ -214,7 +214,7 @@ def run_cell(cfg: DictConfig) -> Outcome:
     try:
         # finished by another process between the check above and the lock
         previous = distributed.on_main(lambda: previous_result(out_path))
-        if cfg.run.skip_existing and previous and previous["status"] == "finished":
+        if cfg.meta.run.skip_existing and previous and previous["status"] == "finished":
             return Outcome(rid, "reused", previous)
         if previous:
             failure = previous.get("failure") or {}

@@ -35,8 +35,8 @@ def cell_state(cfg: DictConfig) -> dict:
     except HarnessError as exc:
         return {**row, "detail": f"no run id: {describe(exc)}"}
     row["run_id"] = rid
-    lock = lock_state(runs_dir(cfg.run.results_dir), rid, stale_after_s=float(cfg.run.lock_stale_seconds))
-    result = previous_result(result_path(cfg.run.results_dir, rid))
+    lock = lock_state(runs_dir(cfg.meta.run.results_dir), rid, stale_after_s=float(cfg.meta.run.lock_stale_seconds))
+    result = previous_result(result_path(cfg.meta.run.results_dir, rid))
     if result is not None and result["status"] == "finished":
         metrics = result["eval"]["metrics"]
         mean = sum(m["accuracy"] for m in metrics.values()) / len(metrics) if metrics else float("nan")
@@ -64,7 +64,7 @@ def format_states(base: DictConfig, rows: list[dict]) -> str:
     import pandas as pd
 
     counts = pd.Series([r["state"] for r in rows]).value_counts()
-    head = (f"{base.experiment_name}, profile {base.profile.name}: {len(rows)} cells; "
+    head = (f"{base.meta.experiment_name}, profile {base.meta.profile.name}: {len(rows)} cells; "
             + ", ".join(f"{n} {state}" for state, n in counts.items()))
     frame = pd.DataFrame(rows, columns=["state", "model", "method", "run_id", "detail"])
     frame.index = range(1, len(frame) + 1)

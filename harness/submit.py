@@ -1,6 +1,6 @@
 """Submits an experiment's unfinished cells as one job array and returns (or waits, then writes the table).
 
-    python -m harness.submit experiment=table1 launcher=slurm launcher.partition=gpu      # returns at once
+    python -m harness.submit experiment=table1 launcher=slurm meta.launcher.partition=gpu      # returns at once
     python -m harness.submit experiment=table1 launcher=local --wait                      # this machine
     python -m harness.submit experiment=table1 launcher=slurm --dry-run                   # what would go
     python -m harness.submit experiment=table1 launcher=slurm --evaluate protocol=lmeval  # a second protocol
@@ -57,7 +57,7 @@ class CellTask:
 
         import torch
 
-        if int(self.cells[0].launcher.processes_per_cell) > 1:  # a cell on N processes: rank / world from submitit
+        if int(self.cells[0].meta.launcher.processes_per_cell) > 1:  # a cell on N processes: rank / world from submitit
             import submitit
 
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -83,7 +83,7 @@ class EvaluationTask(CellTask):
         out = []
         for cfg, source in zip(self.cells, self.sources):
             try:
-                record = evaluate(source, self.overrides, str(cfg.run.results_dir))
+                record = evaluate(source, self.overrides, str(cfg.meta.run.results_dir))
                 out.append({"run_id": record["run"]["id"], "status": "finished", "error": None})
             except Exception as exc:  # the next cell is still scored; the error is reported
                 out.append({"run_id": source, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
@@ -99,7 +99,7 @@ def executor_for(launcher: DictConfig):
     import submitit
 
     if launcher.cluster not in ("local", "slurm"):
-        raise ConfigError(f"launcher.cluster={launcher.cluster!r}: use local or slurm")
+        raise ConfigError(f"meta.launcher.cluster={launcher.cluster!r}: use local or slurm")
     folder = Path(str(launcher.folder)) / "%j"
     executor = submitit.AutoExecutor(folder=folder, cluster=str(launcher.cluster))
     processes = int(launcher.processes_per_cell)
@@ -118,7 +118,7 @@ def executor_for(launcher: DictConfig):
 
 def chunks(cells: list, size: int) -> list[list]:
     if size < 1:
-        raise ConfigError(f"launcher.cells_per_task={size}: at least 1")
+        raise ConfigError(f"meta.launcher.cells_per_task={size}: at least 1")
     return [cells[i:i + size] for i in range(0, len(cells), size)]
 
 
@@ -140,7 +140,7 @@ def submit(overrides: list[str], dry_run: bool = False, wait: bool = False,
     states = [cell_state(cfg) for cfg in cells]
     todo = [(cfg, s) for cfg, s in zip(cells, states) if s["state"] in PENDING]
     print(format_states(base, states))
-    launcher = base.launcher
+    launcher = base.meta.launcher
     if evaluate is not None:
         sources = dict(zip([s["run_id"] for s in states], evaluation_sources(overrides, cells)))
         untrained = [s["run_id"] for _, s in todo if sources[s["run_id"]] is None]
@@ -164,7 +164,7 @@ def submit(overrides: list[str], dry_run: bool = False, wait: bool = False,
     ids = [job.job_id for job in jobs]
     array = ids[0].split("_")[0]
     print(f"[harness] submitted job {array} ({len(jobs)} task(s)); follow with `python -m harness.status "
-          f"experiment={base.experiment_name}`" + (f", `squeue -j {array}`" if launcher.cluster == "slurm" else "")
+          f"experiment={base.meta.experiment_name}`" + (f", `squeue -j {array}`" if launcher.cluster == "slurm" else "")
           + f"; logs under {Path(str(launcher.folder)) / array}*", flush=True)
     if wait:
         for job in jobs:

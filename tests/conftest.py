@@ -83,7 +83,7 @@ def serial_tiny_table1(tmp_path_factory) -> Path:
     from harness.reproduce import main as reproduce
 
     results = tmp_path_factory.mktemp("serial_tiny_table1")
-    reproduce(TINY_TABLE1 + [f"run.results_dir={results}"])
+    reproduce(TINY_TABLE1 + [f"meta.run.results_dir={results}"])
     return results
 
 

@@ -3,4 +3,4 @@
 TINY_TABLE1 = ["experiment=table1", "profile=mini", "model=tiny-llama", "method.r=4", "task.train_subset=8",
                "task.val_set_size=0", "task.test_subset=2", "training.micro_batch_size=4", "training.batch_size=4",
                "training.max_steps=1", "training.warmup_steps=0", "selection=last",
-               "protocol.max_new_tokens=4", "run.progress=false"]
+               "protocol.max_new_tokens=4", "meta.run.progress=false"]

@@ -12,7 +12,7 @@ from harness.config import PROJECT_ROOT
 def launch(processes: int, results: Path, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HARNESS_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "-m"] if processes > 1 else [sys.executable, "-m"]
-    hydra = [f"hydra.run.dir={results / 'hydra'}", f"run.results_dir={results}"]
+    hydra = [f"hydra.run.dir={results / 'hydra'}", f"meta.run.results_dir={results}"]
     proc = subprocess.run([*launcher, "harness.run", *args, *hydra], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

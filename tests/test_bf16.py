@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 BF16 = ["model.dtype=bfloat16", "training.precision=bf16", "training.micro_batch_size=4", "training.batch_size=4",
         "training.max_steps=1", "training.warmup_steps=0", "task.train_subset=8", "task.test_subset=4",
-        "run.progress=false"]
+        "meta.run.progress=false"]
 LLM = ["model=tiny-llama", "task=commonsense", "task.datasets=[boolq]", "task.val_set_size=0",
        "protocol.max_new_tokens=4", "selection=last"]
 CLASSIFIER = ["model=tiny-bert", "task=glue", "protocol=glue_dev", "task.dataset=rte", "selection=last"]
@@ -40,7 +40,7 @@ KNOWN: dict = {}
 @pytest.mark.parametrize("preset", [pytest.param(name, marks=KNOWN[name]) if name in KNOWN else name for name in FILES])
 def test_every_method_trains_and_scores_a_cell_in_bf16(tmp_path, preset):
     cfg = compose([*(CLASSIFIER if preset in ON_CLASSIFIER else LLM), f"method={preset}", *BF16, *SMALL.get(preset, []),
-                   f"run.results_dir={tmp_path}"])
+                   f"meta.run.results_dir={tmp_path}"])
     outcome = run_cell(cfg)
     assert outcome.status == "finished", outcome.error
     record = outcome.record
@@ -58,8 +58,8 @@ def test_the_best_epoch_is_chosen_by_scoring_every_epoch_in_bf16(tmp_path):
     in bf16 too (the per-epoch evaluation runs under the training's autocast, like the final one)."""
     cfg = compose([*CLASSIFIER, "method=lora", "selection=best_epoch", "model.dtype=bfloat16", "training.precision=bf16",
                    "training.micro_batch_size=4", "training.batch_size=4", "training.epochs=2", "training.max_steps=null",
-                   "training.warmup_steps=0", "task.train_subset=8", "task.test_subset=4", "run.progress=false",
-                   f"run.results_dir={tmp_path}"])
+                   "training.warmup_steps=0", "task.train_subset=8", "task.test_subset=4", "meta.run.progress=false",
+                   f"meta.run.results_dir={tmp_path}"])
     outcome = run_cell(cfg)
     assert outcome.status == "finished", outcome.error
     record = outcome.record

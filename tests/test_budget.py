@@ -85,8 +85,8 @@ def test_a_budget_run_leaves_the_callers_cell_and_its_run_id_alone(tmp_path):
 
     cell = compose(["model=tiny-llama", "method=lora", "budget.fraction=0.005", "task.train_subset=8",
                     "task.val_set_size=0", "task.test_subset=1", "training.micro_batch_size=8", "training.max_steps=1",
-                    "training.warmup_steps=0", "protocol.max_new_tokens=2", "run.progress=false",
-                    "run.save_adapter=false", f"run.results_dir={tmp_path}"])
+                    "training.warmup_steps=0", "protocol.max_new_tokens=2", "meta.run.progress=false",
+                    "meta.run.save_adapter=false", f"meta.run.results_dir={tmp_path}"])
     before = run_id(cell)
     result = run_one(cell)
     assert run_id(cell) == before == result["run"]["id"] and cell.method.r == 32  # the cell still says r=32

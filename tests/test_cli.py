@@ -13,13 +13,13 @@ pytestmark = pytest.mark.slow
 
 SMALL = ["model=tiny-llama", "method.r=4", "task.train_subset=24", "task.val_set_size=8", "task.test_subset=3",
          "training.micro_batch_size=8", "training.max_steps=2", "training.warmup_steps=1", "protocol.max_new_tokens=6",
-         "run.progress=false"]
+         "meta.run.progress=false"]
 
 
 def cli(module, *args, results):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     hydra_dirs = [f"hydra.run.dir={results / 'hydra'}", f"hydra.sweep.dir={results / 'multirun'}"] if module == "harness.run" else []
-    proc = subprocess.run([sys.executable, "-m", module, *args, f"run.results_dir={results}", *hydra_dirs],
+    proc = subprocess.run([sys.executable, "-m", module, *args, f"meta.run.results_dir={results}", *hydra_dirs],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -33,7 +33,7 @@ def cli_main(cli_in_process, module, *args, results):
 
     hydra_dirs = [f"hydra.run.dir={results / 'hydra'}", f"hydra.sweep.dir={results / 'multirun'}"] if module == "harness.run" else []
     main = importlib.import_module(module).main
-    status, out, err = cli_in_process(main, [*args, f"run.results_dir={results}", *hydra_dirs])
+    status, out, err = cli_in_process(main, [*args, f"meta.run.results_dir={results}", *hydra_dirs])
     assert status == 0, out[-3000:] + err[-3000:]
     return out
 

@@ -9,19 +9,19 @@ from harness.errors import ConfigError
 
 def stored():
     return OmegaConf.create({"protocol": {"name": "greedy", "num_beams": 1, "sets": {"gsm8k": 256}},
-                             "run": {"results_dir": "results"}, "task": {"name": "math"}})
+                             "meta": {"run": {"results_dir": "results"}}, "task": {"name": "math"}})
 
 
 def test_overrides_change_a_stored_config_as_hydra_changes_a_composition():
     command = cli_args.parse(["math-run-1", "protocol.num_beams=2", "protocol.sets={MATH:512}", "+protocol.extra=[1,2]",
-                              "~run.results_dir", "reference_outputs=/tmp/x/alpaca eval.json", "note='a b'"])
+                              "~meta.run.results_dir", "reference_outputs=/tmp/x/alpaca eval.json", "note='a b'"])
     assert command.positional == ["math-run-1"]
     assert command.take("reference_outputs") == "/tmp/x/alpaca eval.json" and command.take("note") == "a b"
     assert command.take("absent", "default") == "default"
     cfg = cli_args.apply(stored(), command.overrides)
     assert cfg.protocol.num_beams == 2 and list(cfg.protocol.extra) == [1, 2]
     assert dict(cfg.protocol.sets) == {"gsm8k": 256, "MATH": 512}  # a dict merges into a dict, as in Hydra
-    assert "results_dir" not in cfg.run
+    assert "results_dir" not in cfg.meta.run
     replaced = cli_args.apply(stored(), cli_args.parse(["protocol=lmeval"]).overrides,
                               {"protocol": lambda name: {"name": name, "batch_size": 8}})
     assert OmegaConf.to_container(replaced.protocol) == {"name": "lmeval", "batch_size": 8}  # a group: whole

@@ -131,8 +131,8 @@ def test_a_code_run_trains_on_code_feedback_and_scores_humaneval_pass_at_1(tmp_p
     record = run_one(compose(["model=tiny-llama", "task=code", "protocol=humaneval_loraga", "method=lora", "method.r=2",
                               f"task.train_file={path}", "task.test_subset=2", "training.micro_batch_size=4",
                               "training.batch_size=4", "training.max_steps=1", "training.warmup_steps=0",
-                              "protocol.max_new_tokens=8", "protocol.num_samples=2", "run.progress=false",
-                              f"run.results_dir={tmp_path}"]))
+                              "protocol.max_new_tokens=8", "protocol.num_samples=2", "meta.run.progress=false",
+                              f"meta.run.results_dir={tmp_path}"]))
     assert record["status"] == "finished" and record["eval"]["merged"]
     metrics = record["eval"]["metrics"]["humaneval"]
     assert metrics["metric"] == "pass@1" and metrics["n"] == 2 and metrics["samples"] == 4
@@ -166,8 +166,8 @@ def test_table5_puts_a_methods_gsm8k_and_humaneval_runs_in_one_row(tmp_path, dat
     from harness.tables import table_frames
 
     shared = ["model=tiny-llama", "method=rslora", "training.micro_batch_size=4", "training.batch_size=4",
-              "training.max_steps=1", "training.warmup_steps=0", "task.test_subset=2", "run.progress=false",
-              "run.save_adapter=false", f"run.results_dir={tmp_path}"]
+              "training.max_steps=1", "training.warmup_steps=0", "task.test_subset=2", "meta.run.progress=false",
+              "meta.run.save_adapter=false", f"meta.run.results_dir={tmp_path}"]
     code_feedback = write_jsonl(tmp_path / "cf.jsonl", CODE_FEEDBACK * 4)
     math = compose([*shared, "task=gsm8k", "task.train_format=loraga", "protocol=gsm8k_loraga", "task.train_subset=8",
                     "protocol.max_new_tokens=2"])
@@ -175,7 +175,7 @@ def test_table5_puts_a_methods_gsm8k_and_humaneval_runs_in_one_row(tmp_path, dat
                     "protocol.max_new_tokens=4", "protocol.num_samples=2"])
     for cfg in (math, code):
         assert run_one(cfg)["status"] == "finished"
-    base = compose(["experiment=table5", "profile=paper", f"run.results_dir={tmp_path}"])
+    base = compose(["experiment=table5", "profile=paper", f"meta.run.results_dir={tmp_path}"])
     frames = table_frames(base, [math, code])
     ours = frames.numbers[frames.numbers.row == "ours"].iloc[0]
     paper = frames.numbers[frames.numbers.row == "paper (LLaMA2-7B)"].iloc[0]

@@ -29,11 +29,11 @@ def test_every_config_composes(group, name):
 @pytest.mark.parametrize("experiment,profile", [pytest.param(e, p, marks=[pytest.mark.slow] if p == "paper" else [])
                                                 for e in options("experiment") for p in options("profile")])
 def test_experiment_grid_cells_compose(experiment, profile):
-    base, cells = experiment_cells([f"experiment={experiment}", f"profile={profile}", "seeds=null"])  # (one seed each)
-    assert cells and base.table.published in options("published")
+    base, cells = experiment_cells([f"experiment={experiment}", f"profile={profile}", "meta.seeds=null"])  # (one seed each)
+    assert cells and base.meta.table.published in options("published")
     for cfg in cells:
         OmegaConf.to_container(cfg, resolve=True)
-        assert cfg.profile.name == profile
+        assert cfg.meta.profile.name == profile
     # no two cells are the same run (config only: the paper cells' hub ids cannot be resolved offline)
     assert len({json.dumps(semantic_config(cfg, with_inputs=False), sort_keys=True) for cfg in cells}) == len(cells)
 
@@ -49,7 +49,7 @@ def test_run_id_depends_on_what_is_computed_only():
     assert run_id(a) == run_id(compose(["method=lora"]))
     assert run_id(a) != run_id(compose(["method=lora", "seed=1"]))
     assert run_id(a) != run_id(compose(["method=lora", "method.r=8"]))
-    assert run_id(a) == run_id(compose(["method=lora", "run.results_dir=/elsewhere", "logging.wandb=true"]))
+    assert run_id(a) == run_id(compose(["method=lora", "meta.run.results_dir=/elsewhere", "meta.logging.wandb=true"]))
 
 
 def test_profile_is_chosen_unless_named(capsys):
@@ -61,14 +61,14 @@ def test_profile_is_chosen_unless_named(capsys):
 
 def test_mini_profile_uses_the_offline_model():
     cfg = compose(["profile=mini"])
-    assert cfg.model.name == "smollm2-135m" and cfg.profile.name == "mini"
+    assert cfg.model.name == "smollm2-135m" and cfg.meta.profile.name == "mini"
     paper = compose(["profile=paper", "model=llama2-7b"])
     assert paper.task.train_file == "zwhe99/commonsense_170k" and paper.task.test_subset is None
     assert compose(["profile=paper", "task=gsm8k"]).task.train_file == "meta-math/MetaMathQA"
 
 
 def test_budget_sweep_trains_on_gsm8k_viggo_and_sql_and_sizes_the_mini_cells():
-    _, paper = experiment_cells(["experiment=sweep_budget", "profile=paper", "seeds=null"])
+    _, paper = experiment_cells(["experiment=sweep_budget", "profile=paper", "meta.seeds=null"])
     assert all(cfg.task.train_file is None for cfg in paper)  # GSM8K's train split as RoSA; ViGGO / SQL from the hub
     tasks = [(cfg.task.name, cfg.protocol.name) for cfg in paper]
     assert tasks[:3] == [("math", "lmeval"), ("viggo", "rosa_exact"), ("sql", "rosa_exact")]  # every cell on three
@@ -207,7 +207,7 @@ def test_run_ids_say_what_they_are():
 
 def test_seeds_repeat_every_cell_once_per_seed_and_the_paper_profile_runs_three():
     _, one = experiment_cells(["experiment=table1", "profile=mini"])
-    _, two = experiment_cells(["experiment=table1", "profile=mini", "seeds=[42,7]"])
+    _, two = experiment_cells(["experiment=table1", "profile=mini", "meta.seeds=[42,7]"])
     assert len(two) == 2 * len(one)
     assert [c.seed for c in two[:2]] == [42, 7] and two[0].method.name == two[1].method.name
     assert run_id(two[0]) == run_id(one[0])  # seed 42 is the cell it was: `seeds` is not part of the run id
@@ -218,12 +218,12 @@ def test_seeds_repeat_every_cell_once_per_seed_and_the_paper_profile_runs_three(
 
 def test_a_learning_rate_search_adds_points_around_each_recipe_and_holds_out_records_where_none_are():
     _, plain = experiment_cells(["experiment=table1", "profile=mini"])
-    _, cells = experiment_cells(["experiment=table1", "profile=mini", "tune_lr.enabled=true", "tune_lr.factors=[0.5,1,2]"])
+    _, cells = experiment_cells(["experiment=table1", "profile=mini", "meta.tune_lr.enabled=true", "meta.tune_lr.factors=[0.5,1,2]"])
     lora = [c for c in cells if c.method.name == "lora"]
     # the recipe's own cell is also the search's factor-1 point (it holds records out already): one run
-    assert [(c.training.lr, c.lr_point.factor, c.lr_point.paper_recipe) for c in lora] == \
+    assert [(c.training.lr, c.meta.lr_point.factor, c.meta.lr_point.paper_recipe) for c in lora] == \
         [(3e-4, 1.0, True), (1.5e-4, 0.5, False), (6e-4, 2.0, False)]
     assert run_id(lora[0]) == run_id(next(c for c in plain if c.method.name == "lora"))
     neat = [c for c in cells if c.method.name == "neat"]  # Neat's recipe has no held-out split: the search adds one
-    assert [(c.lr_point.factor, c.task.val_set_size) for c in neat] == [(None, 0), (0.5, 120), (1.0, 120), (2.0, 120)]
+    assert [(c.meta.lr_point.factor, c.task.val_set_size) for c in neat] == [(None, 0), (0.5, 120), (1.0, 120), (2.0, 120)]
     assert len({run_id(c) for c in cells}) == len(cells)

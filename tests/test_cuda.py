@@ -33,7 +33,7 @@ def _bf16_cells():
 
 CLASSIFIER, FILES, LLM, ON_CLASSIFIER, SMALL = _bf16_cells()
 STEPS = ["training.micro_batch_size=4", "training.batch_size=4", "training.max_steps=2", "training.warmup_steps=0",
-         "task.train_subset=8", "task.test_subset=4", "run.progress=false"]
+         "task.train_subset=8", "task.test_subset=4", "meta.run.progress=false"]
 
 
 @pytest.mark.parametrize("preset", FILES)
@@ -42,7 +42,7 @@ def test_every_method_trains_and_scores_a_cell_on_cuda(tmp_path, preset):
     from harness.run import run_cell
 
     cfg = compose([*(CLASSIFIER if preset in ON_CLASSIFIER else LLM), f"method={preset}", *STEPS,
-                   *SMALL.get(preset, []), f"run.results_dir={tmp_path}"])
+                   *SMALL.get(preset, []), f"meta.run.results_dir={tmp_path}"])
     outcome = run_cell(cfg)
     assert outcome.status == "finished", outcome.error
     record = outcome.record

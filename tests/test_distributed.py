@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 CELL = ["model=tiny-llama", "method=pissa", "method.r=4", "method.dropout=0.0", "task.train_subset=24", "task.val_set_size=8",
         "task.test_subset=4", "training.batch_size=8", "training.micro_batch_size=2", "training.max_steps=3",
         "training.warmup_steps=1", "training.lr=5e-3", "selection=val_loss", "selection.steps=1",
-        "protocol.max_new_tokens=6", "run.progress=false"]
+        "protocol.max_new_tokens=6", "meta.run.progress=false"]
 
 
 def test_two_processes_train_select_and_score_as_one(tmp_path):

@@ -14,11 +14,11 @@ pytestmark = pytest.mark.slow
 
 CELL = ["model=tiny-llama", "method=milora", "method.r=4", "task.datasets=[boolq,ARC-Easy]", "task.train_subset=8",
         "task.val_set_size=0", "task.test_subset=3", "training.micro_batch_size=4", "training.batch_size=4",
-        "training.max_steps=2", "training.warmup_steps=0", "protocol.max_new_tokens=6", "run.progress=false"]
+        "training.max_steps=2", "training.warmup_steps=0", "protocol.max_new_tokens=6", "meta.run.progress=false"]
 
 
 def test_a_run_is_scored_again_from_its_adapter_with_the_same_predictions(tmp_path):
-    cfg = compose(CELL + [f"run.results_dir={tmp_path}"])
+    cfg = compose(CELL + [f"meta.run.results_dir={tmp_path}"])
     trained = run_cell(cfg).record
     rid = trained["run"]["id"]
     path = result_path(tmp_path, rid)
@@ -40,7 +40,7 @@ def test_a_run_is_scored_again_from_its_adapter_with_the_same_predictions(tmp_pa
     other = evaluate(str(tmp_path / "adapters" / rid), ["protocol.num_beams=2"])
     assert other["run"]["id"] != rid and result_path(tmp_path, other["run"]["id"]).is_file()
     assert other["train"] == trained["train"] and other["run"]["config"]["protocol"]["num_beams"] == 2
-    reused = run_cell(compose(CELL + [f"run.results_dir={tmp_path}", "protocol.num_beams=2"]))
+    reused = run_cell(compose(CELL + [f"meta.run.results_dir={tmp_path}", "protocol.num_beams=2"]))
     assert reused.status == "reused" and reused.run_id == other["run"]["id"]
 
 
@@ -48,5 +48,5 @@ def test_a_run_without_a_result_or_adapter_is_named(tmp_path, capsys):
     with pytest.raises(EvaluateError, match="no result file for run 'nope'"):
         evaluate("nope", [], str(tmp_path))
     with pytest.raises(SystemExit) as exit_info:
-        main(["nope", f"run.results_dir={tmp_path}"])
+        main(["nope", f"meta.run.results_dir={tmp_path}"])
     assert exit_info.value.code == 2 and "error: " in capsys.readouterr().err

@@ -40,7 +40,7 @@ def written_data(experiment, directory):
 
 
 SHRINK = ["task.train_subset=8", "task.val_set_size=2", "selection.steps=1", "task.test_subset=2", "training.max_steps=1", "training.batch_size=4",
-          "training.micro_batch_size=4", "training.warmup_steps=0", "run.progress=false", "run.save_adapter=false"]
+          "training.micro_batch_size=4", "training.warmup_steps=0", "meta.run.progress=false", "meta.run.save_adapter=false"]
 
 
 def test_every_experiment_is_covered():
@@ -55,7 +55,7 @@ def test_the_mini_grid_runs_end_to_end_and_writes_its_table(experiment, tmp_path
     if experiment in ("table4", "neat_activation") and not os.path.isfile("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make setup installs it where apt-get works)")
     args = [f"experiment={experiment}", "profile=mini", *SHRINK, *TINY[experiment], *written_data(experiment, tmp_path),
-            f"run.results_dir={tmp_path}"]
+            f"meta.run.results_dir={tmp_path}"]
     try:
         reproduce.main(args)
     except SystemExit as exc:

@@ -79,9 +79,9 @@ def test_a_finished_run_is_measured_without_retraining_against_a_freshly_loaded_
     results_before = len(load_results(serial_tiny_table1))
     # the command line: Hydra's grammar; an option it does not know is one line and exit 2
     with pytest.raises(SystemExit) as exit_info:
-        forgetting_lib.main([rid, "text=pydoc_topics", "tokens=300", "windows=100", f"run.results_dir={serial_tiny_table1}"])
+        forgetting_lib.main([rid, "text=pydoc_topics", "tokens=300", "windows=100", f"meta.run.results_dir={serial_tiny_table1}"])
     assert exit_info.value.code == 2
-    forgetting_lib.main([rid, "text=pydoc_topics", "tokens=300", "window=100", f"run.results_dir={serial_tiny_table1}"])
+    forgetting_lib.main([rid, "text=pydoc_topics", "tokens=300", "window=100", f"meta.run.results_dir={serial_tiny_table1}"])
     assert pissa.read_text() == before  # the run's result is untouched; nothing trained
     written = json.loads(forgetting_lib.forgetting_path(serial_tiny_table1, rid, "pydoc_topics").read_text())
     record = side_results(serial_tiny_table1, rid)["forgetting-pydoc_topics"]

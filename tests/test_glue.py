@@ -145,7 +145,7 @@ def test_glue_reports_the_best_dev_epoch_and_keeps_the_last(tmp_path):
     cfg = compose(["task=glue", "protocol=glue_dev", "training=glue", "model=tiny-bert", "method=lora", "method.r=2",
                    "task.dataset=sst2", "task.train_subset=16", "task.test_subset=16", "training.epochs=3",
                    "training.batch_size=8", "training.micro_batch_size=8", "training.warmup_steps=0",
-                   "run.progress=false", "run.save_adapter=false", f"run.results_dir={tmp_path}"])
+                   "meta.run.progress=false", "meta.run.save_adapter=false", f"meta.run.results_dir={tmp_path}"])
     result = run_one(cfg)
     sst2, epochs = result["eval"]["metrics"]["sst2"], result["train"]["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
@@ -197,7 +197,7 @@ def test_best_epoch_metrics_pick_each_sets_best():
 def test_neat_glue_cells_use_the_scripts_per_task_settings():
     from harness.grid import experiment_cells
 
-    base, grid = experiment_cells(["experiment=table3", "profile=paper", "seeds=null"])  # (each cell once: seed 0)
+    base, grid = experiment_cells(["experiment=table3", "profile=paper", "meta.seeds=null"])  # (each cell once: seed 0)
     cells = {(c.task.dataset, c.method.get("label")): c for c in grid if c.seed == 0}
     cola_s, rte_l = cells[("cola", "Neat-S")], cells[("rte", "Neat-L")]
     assert (cola_s.method.scaling, cola_s.training.module_lrs.classifier, cola_s.training.lr, cola_s.training.epochs,
@@ -205,4 +205,4 @@ def test_neat_glue_cells_use_the_scripts_per_task_settings():
     assert (rte_l.method.scaling, rte_l.training.module_lrs.classifier, rte_l.training.lr, rte_l.training.epochs,
             rte_l.training.batch_size) == (0.01, 5e-3, 5e-3, 100, 32)
     assert all(c.training.warmup_ratio == 0.06 for c in cells.values())
-    assert compose(["experiment=table3", "profile=paper"]).seeds == [0, 1, 2]  # the scripts' seed 0 first
+    assert compose(["experiment=table3", "profile=paper"]).meta.seeds == [0, 1, 2]  # the scripts' seed 0 first

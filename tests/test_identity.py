@@ -42,4 +42,26 @@ def test_a_semantic_change_moves_the_identity():
 
     base = cell_identity(compose(["method=lora"]))
     assert cell_identity(compose(["method=lora", "method.r=8"])) != base
-    assert cell_identity(compose(["method=lora", "run.results_dir=/elsewhere"])) == base
+    assert cell_identity(compose(["method=lora", "meta.run.results_dir=/elsewhere"])) == base
+
+
+def test_everything_under_meta_stays_out_of_the_identity_and_a_result_written_before_meta_keeps_its_id():
+    """The run id hashes the config less `meta`; a config a result wrote before `meta` existed (its keys at the
+    root) hashes to the same id and reads as this code composes (harness.identity.with_meta)."""
+    from golden_run_ids import cell_identity
+    from omegaconf import OmegaConf
+
+    from harness.config import compose, resolved
+    from harness.identity import MOVED_UNDER_META, with_meta
+
+    cfg = compose(["method=lora", "model=tiny-llama"])
+    base = cell_identity(cfg)
+    assert cell_identity(compose(["method=lora", "model=tiny-llama", "+meta.anything_new=1", "meta.seeds=[1,2]",
+                                  "launcher=slurm", "gpu=h200", "meta.gpus=8"])) == base
+    written_before = resolved(cfg)
+    written_before.update(written_before.pop("meta"))
+    assert set(MOVED_UNDER_META) >= set(resolved(cfg)["meta"]) and "run" in written_before
+    assert cell_identity(OmegaConf.create(written_before)) == base
+    moved = OmegaConf.create(with_meta(written_before))
+    assert moved.meta.run.results_dir == cfg.meta.run.results_dir and "run" not in moved
+    assert with_meta(resolved(cfg)) == resolved(cfg)

@@ -246,8 +246,8 @@ def test_a_whole_image_run_learns_digits(tmp_path):
     # 92.5% (seeds 42, 1, 7; 1 and 2 threads), far from the bound below (28 px in 2 epochs: 64%, too close).
     run_cfg = cfg("task.dataset=digits", "method=full", "training=vit", "training.epochs=2", "training.lr=3e-4",
                   "model.config.image_size=8", "model.processor.size.height=8", "model.processor.size.width=8",
-                  "training.batch_size=16", "training.micro_batch_size=16", "training.module_lrs=null", "task.test_subset=200", f"run.results_dir={tmp_path}",
-                  "run.progress=false", "run.save_adapter=false")
+                  "training.batch_size=16", "training.micro_batch_size=16", "training.module_lrs=null", "task.test_subset=200", f"meta.run.results_dir={tmp_path}",
+                  "meta.run.progress=false", "meta.run.save_adapter=false")
     record = run_one(run_cfg)
     digits = record["eval"]["metrics"]["digits"]
     assert digits["n"] == 200 and record["params"]["head"] == 1930

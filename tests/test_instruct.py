@@ -106,18 +106,18 @@ def test_an_instruction_run_writes_alpaca_eval_outputs_and_a_local_judge_scores_
                               "task.datasets=[alpaca_eval]", f"task.train_file={chats}",
                               f"task.test_files.alpaca_eval={alpaca}", "protocol.alpaca_eval.max_new_tokens=3",
                               "training.micro_batch_size=4", "training.batch_size=4", "training.max_steps=1",
-                              "training.warmup_steps=0", "run.progress=false", f"run.results_dir={tmp_path}"]))
+                              "training.warmup_steps=0", "meta.run.progress=false", f"meta.run.results_dir={tmp_path}"]))
     assert record["status"] == "finished"
     assert record["eval"]["metrics"]["alpaca_eval"]["metric"] == "judge not run"
     run_id = record["run"]["id"]
-    assert main([run_id, f"run.results_dir={tmp_path}"]) == 0
+    assert main([run_id, f"meta.run.results_dir={tmp_path}"]) == 0
     outputs = json.loads((tmp_path / "runs" / f"{run_id}.alpaca_eval.json").read_text())
     assert [sorted(o) for o in outputs] == [["dataset", "generator", "instruction", "output"]] * 2
     assert {o["generator"] for o in outputs} == {run_id} and outputs[0]["dataset"] == "helpful_base"
 
     # the judge: alpaca_eval's own pairwise evaluation, a local model (SmolLM2-135M-Instruct) as its annotator,
     # against reference outputs on disk; printed as the run's AlpacaEval metrics
-    assert main([run_id, f"run.results_dir={tmp_path}", "local_judge=smollm2-135m", "metric=win_rate",
+    assert main([run_id, f"meta.run.results_dir={tmp_path}", "local_judge=smollm2-135m", "metric=win_rate",
                  f"reference_outputs={alpaca}"]) == 0
     judged = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert judged["metric"] == "win_rate" and judged["n"] == 2 and 1 <= judged["judged"] <= 2
@@ -189,7 +189,7 @@ def test_followbench_columns_are_the_papers_only_and_our_avg_stays_empty():
     from harness.tables.datasets import build
 
     base, _ = experiment_cells(["experiment=milora_instruct", "profile=paper"])
-    names = list(base.table.columns.paper)
+    names = list(base.meta.table.columns.paper)
     result = {"run_id": "x-milora", "experiment": "milora_instruct", "profile": "paper", "protocol": "instruct",
               "model": "llama2-7b", "paper_model": "LLaMA2-7B", "method": "milora", "config": {},
               "metrics": {"ifeval": {"accuracy": 30.0, "n": 541}, "alpaca_eval": {"accuracy": 6.0, "n": 805}},
@@ -200,4 +200,4 @@ def test_followbench_columns_are_the_papers_only_and_our_avg_stays_empty():
     assert table.loc["ours", "IFEval"] == 30.0 and table.loc["ours", ["FB L1", "FB L5"]].isna().all()
     paper = table.loc["paper (LLaMA2-7B)"]
     assert paper["FB L3"] == 38.2 and paper["Avg"] == 31.0 and pd.isna(table.loc["ours", "Avg"])
-    assert "paper's numbers only" in base.table.note
+    assert "paper's numbers only" in base.meta.table.note

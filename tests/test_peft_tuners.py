@@ -146,8 +146,8 @@ def test_a_budget_sweep_cell_trains_with_a_generic_tuner(tmp_path):
     record = run_one(compose(["model=tiny-llama", "method=peft", "method.type=VERA", "budget.fraction=0.001",
                               "task.train_subset=8", "task.val_set_size=0", "task.test_subset=2",
                               "training.micro_batch_size=4", "training.batch_size=4", "training.max_steps=1",
-                              "training.warmup_steps=0", "protocol.max_new_tokens=4", "run.progress=false",
-                              f"run.results_dir={tmp_path}"]))
+                              "training.warmup_steps=0", "protocol.max_new_tokens=4", "meta.run.progress=false",
+                              f"meta.run.results_dir={tmp_path}"]))
     assert record["status"] == "finished" and record["params"]["budget"]["knob"] == "config.r"
     assert record["params"]["trainable"] == record["params"]["budget"]["predicted"]
     assert abs(record["params"]["trainable"] - 0.001 * record["params"]["total"]) < 0.01 * 0.001 * record["params"]["total"]

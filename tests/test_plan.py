@@ -147,10 +147,10 @@ def test_plan_cli_prints_the_cells_and_proposes_the_smallest_fix(cli_in_process,
     roomy = plan(grid)
     full, lora = roomy.cells[0].fit.per_gpu, roomy.cells[1].fit.per_gpu
     assert roomy.cells[0].method == "Full FT" and full > lora and all(c.fit.fits for c in roomy.cells)
-    memory_mib = int((full + lora) / 2 / 0.92 / MIB)  # usable (plan.headroom 0.08): between the two peaks
+    memory_mib = int((full + lora) / 2 / 0.92 / MIB)  # usable (meta.plan.headroom 0.08): between the two peaks
     out = tmp_path / "plan.json"
-    status, stdout, stderr = cli_in_process(main, [*grid, f"gpu.memory_mib={memory_mib}", f"plan.json={out}",
-                                                   "plan.mfu=0.3"])
+    status, stdout, stderr = cli_in_process(main, [*grid, f"meta.gpu.memory_mib={memory_mib}", f"meta.plan.json={out}",
+                                                   "meta.plan.mfu=0.3"])
     assert status == 0, stderr
     result = json.loads(out.read_text())
     assert [c["method"].split()[0] for c in result["cells"]] == ["Full", "LoRA", "PiSSA", "MiLoRA"]
@@ -168,8 +168,8 @@ def test_plan_without_a_gpu_or_with_a_bad_one_is_a_one_line_error(cli_in_process
 
     for args, says in ((["experiment=table2", "profile=mini"], "one of a100-40gb, a100-80gb, a10g, h100-80gb"),
                        (["experiment=table2", "profile=mini", "gpu=h900"], "Could not find 'gpu/h900'"),
-                       (["experiment=table2", "profile=mini", "gpu=h200", "gpus=0"], "gpus=0 must be a positive"),
-                       (["experiment=table2", "profile=mini", "gpu=h200", "plan.mfu=40"], "plan.mfu=40 must be a share")):
+                       (["experiment=table2", "profile=mini", "gpu=h200", "meta.gpus=0"], "meta.gpus=0 must be a positive"),
+                       (["experiment=table2", "profile=mini", "gpu=h200", "meta.plan.mfu=40"], "meta.plan.mfu=40 must be a share")):
         status, stdout, stderr = cli_in_process(main, args)
         assert status == 2 and says in stderr and "Traceback" not in stderr
         assert len(stderr.strip().splitlines()) == 1, stderr

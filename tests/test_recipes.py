@@ -13,7 +13,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 def paper_cells(experiment):
     # one seed: the recipes are the same for every seed (seeds are tested in test_configs.py)
-    return experiment_cells([f"experiment={experiment}", "profile=paper", "seeds=null"])[1]
+    return experiment_cells([f"experiment={experiment}", "profile=paper", "meta.seeds=null"])[1]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -178,7 +178,7 @@ def test_neat_ablations_have_the_official_module_sets_and_depth_axis():
     assert sets[:2] == [["q_proj", "v_proj"], ["q_proj", "v_proj", "fc1", "fc2"]]
     assert all(cfg.budget.params == 258048 for cfg in cells)  # q,v at r=7 on ViT-B/16
     base, _ = experiment_cells(["experiment=neat_modules", "profile=paper"])
-    assert "harness's extension" in base.table.note and "q,k,v; q,k,v,o; MLP and all" in base.table.note
+    assert "harness's extension" in base.meta.table.note and "q,k,v; q,k,v,o; MLP and all" in base.meta.table.note
     depth = paper_cells("neat_depth")
     assert [(cfg.method.depth, cfg.method.label) for cfg in depth] == [
         (0, "Neat depth 2"), (1, "Neat depth 4"), (2, "Neat depth 6"), (3, "Neat depth 8")]

@@ -83,6 +83,6 @@ def test_a_glue_run_trains_and_scores_with_loreft(tmp_path, data_dir):
     record = run_one(compose(["task=glue", "protocol=glue_dev", "task.dataset=sst2", "model=tiny-bert", "method=loreft",
                               "task.train_subset=16", "task.test_subset=8", "training.micro_batch_size=8",
                               "training.batch_size=8", "training.max_steps=2", "training.warmup_steps=0",
-                              "run.progress=false", f"run.results_dir={tmp_path}"]))
+                              "meta.run.progress=false", f"meta.run.results_dir={tmp_path}"]))
     assert record["status"] == "finished" and record["params"]["trainable"] == BLOCKS * 2 * (2 * HIDDEN + 1)
     assert record["eval"]["merged"] is False and record["eval"]["metrics"]["sst2"]["n"] == 8

@@ -17,13 +17,13 @@ from harness.identity import run_id
 
 TINY = ["model=tiny-llama", "method.r=4", "task.train_subset=24", "task.val_set_size=8", "task.test_subset=3",
         "training.micro_batch_size=8", "training.max_steps=2", "training.warmup_steps=1", "protocol.max_new_tokens=6",
-        "run.progress=false"]
+        "meta.run.progress=false"]
 
 
 def harness(module, *args, results, env=None, check=None):
     """The CLI as a subprocess: (exit status, stdout, stderr)."""
     hydra = [f"hydra.run.dir={results / 'hydra'}", f"hydra.sweep.dir={results / 'multirun'}"] if module == "harness.run" else []
-    proc = subprocess.run([sys.executable, "-m", module, *args, f"run.results_dir={results}", *hydra], cwd=PROJECT_ROOT,
+    proc = subprocess.run([sys.executable, "-m", module, *args, f"meta.run.results_dir={results}", *hydra], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                           timeout=600)
     if check is not None:
@@ -39,7 +39,7 @@ def harness_main(cli_in_process, *args, results, env=None, monkeypatch=None):
     for name, value in (env or {}).items():
         monkeypatch.setenv(name, value)
     hydra = [f"hydra.run.dir={results / 'hydra'}", f"hydra.sweep.dir={results / 'multirun'}"]
-    return cli_in_process(main, [*args, f"run.results_dir={results}", *hydra])
+    return cli_in_process(main, [*args, f"meta.run.results_dir={results}", *hydra])
 
 
 def written(results: Path) -> list[Path]:
@@ -53,7 +53,7 @@ BAD_INPUTS = {
     "rank zero": (["method.r=0"], r"error: method=lora: r must be a positive integer, got 0"),
     "infeasible budget": (["budget.params=1e12"], r"error: budget of 1,000,000,000,000 parameters is infeasible .* feasible range"),
     "offline hub id": (["model=llama2-7b"], r"error: model meta-llama/Llama-2-7b-hf=.* is a hub id, it is not in the local cache"),
-    "missing data dir": (["data_dir=/nonexistent"], r"error: no training data: .*/nonexistent/commonsense/<set>/train.json"),
+    "missing data dir": (["meta.data_dir=/nonexistent"], r"error: no training data: .*/nonexistent/commonsense/<set>/train.json"),
     "unknown key": (["training.nope=1"], r"error: config: Could not override 'training.nope'.*Key 'nope' is not in struct"),
     "batch not a multiple": (["training.batch_size=5", "training.micro_batch_size=2"],
                              r"error: training.batch_size=5 is not a multiple of training.micro_batch_size=2 \(choose"),
@@ -119,7 +119,7 @@ def test_a_diverging_run_is_recorded_as_diverged_without_weights(tmp_path):
     from harness.tables import datasets
     from harness.tables.common import short_namer
 
-    cfg = compose([*TINY, "training.lr=1e30", "training.max_steps=4", f"run.results_dir={tmp_path}"])
+    cfg = compose([*TINY, "training.lr=1e30", "training.max_steps=4", f"meta.run.results_dir={tmp_path}"])
     outcome = run_cell(cfg)
     assert outcome.status == "diverged"
     record = json.loads((tmp_path / "runs" / f"{outcome.run_id}.json").read_text())
@@ -164,7 +164,7 @@ def test_a_run_killed_in_any_phase_leaves_no_finished_result_and_the_rerun_compl
     for phase in ("load", "train", "eval", "result"):
         results = tmp_path / phase
         hydra = [f"hydra.run.dir={results / 'hydra'}"]
-        proc = subprocess.Popen([sys.executable, "-m", "harness.run", *TINY, f"run.results_dir={results}", *hydra],
+        proc = subprocess.Popen([sys.executable, "-m", "harness.run", *TINY, f"meta.run.results_dir={results}", *hydra],
                                 cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", "HARNESS_PAUSE_AT": phase})
         for line in proc.stdout:
@@ -177,7 +177,7 @@ def test_a_run_killed_in_any_phase_leaves_no_finished_result_and_the_rerun_compl
         assert len(list(runs.glob("*.lock"))) == 1, phase      # the dead process's lock, stale now
         if phase == "result":  # adapter and predictions were in place; the result was not
             assert list(runs.glob("*.predictions.jsonl"))
-        outcome = run_cell(compose([*TINY, f"run.results_dir={results}"]))
+        outcome = run_cell(compose([*TINY, f"meta.run.results_dir={results}"]))
         assert outcome.status == "finished", (phase, outcome.error)
         finished = [json.loads(p.read_text()) for p in runs.glob("*.json")]
         assert len(finished) == 1 and finished[0]["status"] == "finished", phase
@@ -192,7 +192,7 @@ def test_a_run_killed_in_any_phase_leaves_no_finished_result_and_the_rerun_compl
 @pytest.mark.slow
 def test_two_overlapping_sweeps_train_each_cell_once(tmp_path):
     args = [sys.executable, "-m", "harness.run", "--multirun", *TINY, "method=lora,dora,neat",
-            f"run.results_dir={tmp_path}"]
+            f"meta.run.results_dir={tmp_path}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HARNESS_THREADS": "1"}
     procs = [subprocess.Popen([*args, f"hydra.sweep.dir={tmp_path / f'multirun{i}'}"], cwd=PROJECT_ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
@@ -214,11 +214,11 @@ def test_run_id_follows_data_content_not_its_path(tmp_path, data_dir):
     copy = tmp_path / "data"
     shutil.copytree(data_dir / "commonsense", copy / "commonsense")
     here = run_id(compose(["model=tiny-llama"]))
-    assert run_id(compose(["model=tiny-llama", f"data_dir={copy}"])) == here  # moved, same content
+    assert run_id(compose(["model=tiny-llama", f"meta.data_dir={copy}"])) == here  # moved, same content
     path = copy / "commonsense" / "boolq" / "test.json"
     records = json.loads(path.read_text())
     path.write_text(json.dumps(records[:-1]))
-    assert run_id(compose(["model=tiny-llama", f"data_dir={copy}"])) != here  # one record fewer
+    assert run_id(compose(["model=tiny-llama", f"meta.data_dir={copy}"])) != here  # one record fewer
 
 
 def test_run_id_follows_the_behaviour_versions(monkeypatch):
@@ -277,12 +277,12 @@ def test_a_reproduction_with_a_cell_running_elsewhere_writes_no_table(tmp_path):
 
     experiments = tmp_path / "conf" / "experiment"
     experiments.mkdir(parents=True)
-    (experiments / "tiny.yaml").write_text("# @package _global_\nexperiment_name: tiny\ntable:\n  layout: datasets\n"
-                                           "  title: tiny\n  published: table1\ngrid:\n  mini:\n    - [method=lora]\n")
+    (experiments / "tiny.yaml").write_text("# @package _global_\nmeta:\n  experiment_name: tiny\n  table:\n    layout: datasets\n"
+                                           "    title: tiny\n    published: table1\n  grid:\n    mini:\n      - [method=lora]\n")
     args = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=tiny", "profile=mini", *TINY]
     from harness.grid import experiment_cells
 
-    _, cells = experiment_cells([*args, f"run.results_dir={tmp_path}"])
+    _, cells = experiment_cells([*args, f"meta.run.results_dir={tmp_path}"])
     with RunLock(tmp_path / "runs", run_id(cells[0])):  # another process's run, as far as the grid can tell
         status, out, _ = harness("harness.reproduce", *args, results=tmp_path)
     assert status == 0 and "1 running elsewhere" in out and "still running elsewhere" in out

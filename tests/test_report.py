@@ -30,7 +30,7 @@ def tiny_results(serial_tiny_table1, tmp_path) -> Path:
 
 
 def report(results: Path) -> Path:
-    return build(TINY_TABLE1 + [f"run.results_dir={results}"])
+    return build(TINY_TABLE1 + [f"meta.run.results_dir={results}"])
 
 
 def embedded_examples(page: str) -> dict:

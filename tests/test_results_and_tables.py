@@ -104,9 +104,9 @@ def test_unknown_table_layout_is_an_error(tmp_path):
     from harness.grid import experiment_cells
     from harness.tables import make_table
 
-    base, cells = experiment_cells(["experiment=sweep_budget", "profile=mini", f"run.results_dir={tmp_path}",
-                                    "table.layout=pie"])
-    with pytest.raises(ValueError, match="table.layout='pie'"):
+    base, cells = experiment_cells(["experiment=sweep_budget", "profile=mini", f"meta.run.results_dir={tmp_path}",
+                                    "meta.table.layout=pie"])
+    with pytest.raises(ValueError, match="meta.table.layout='pie'"):
         make_table(base, cells)
 
 

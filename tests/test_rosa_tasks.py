@@ -74,8 +74,8 @@ def test_a_viggo_run_trains_and_scores_by_exact_match(tmp_path):
     record = run_one(compose(["model=tiny-llama", "task=viggo", "protocol=rosa_exact", "method=lora", "method.r=2",
                               f"task.train_file={path}", f"task.test_file={path}", "task.test_subset=2",
                               "training.micro_batch_size=4", "training.batch_size=4", "training.max_steps=1",
-                              "training.warmup_steps=0", "protocol.max_new_tokens=4", "run.progress=false",
-                              f"run.results_dir={tmp_path}"]))
+                              "training.warmup_steps=0", "protocol.max_new_tokens=4", "meta.run.progress=false",
+                              f"meta.run.results_dir={tmp_path}"]))
     assert record["status"] == "finished"
     metrics = record["eval"]["metrics"]["viggo"]
     assert metrics["metric"] == "exact_match" and metrics["n"] == 2 and metrics["accuracy"] == 0.0
@@ -117,7 +117,7 @@ def test_rosas_own_sql_files_are_read_at_their_commit_and_fail_fast_offline(tmp_
                for s in sources)
     with pytest.raises(benchmarks.base.DataError, match=r"valid\.jsonl is not cached and this run is offline.*task\.test_file="):
         sql.test_sets(task)
-    cells = [c for c in experiment_cells(["experiment=sweep_budget", "profile=paper", "seeds=null"])[1]
+    cells = [c for c in experiment_cells(["experiment=sweep_budget", "profile=paper", "meta.seeds=null"])[1]
              if c.task.name == "sql"]
     assert cells and all(c.task.source == "rosa" and sql.data_note(c.task) is None for c in cells)
 

@@ -12,7 +12,7 @@ from processes import launch, only_result  # tests/processes.py
 # 24 examples, micro-batches of 2, batches of 8 (tests/test_distributed.py); 8 held-out records: 4 per process
 COMMON = ["model=tiny-llama", "task.train_subset=24", "task.val_set_size=8", "task.test_subset=4",
           "training.batch_size=8", "training.micro_batch_size=2", "training.warmup_steps=1",
-          "selection=val_loss", "selection.steps=1", "protocol.max_new_tokens=6", "run.progress=false"]
+          "selection=val_loss", "selection.steps=1", "protocol.max_new_tokens=6", "meta.run.progress=false"]
 # full fine-tuning at a rate where the held-out loss rises again at step 3: selection restores step 2's weights
 FULL = [*COMMON, "method=full", "training.max_steps=3", "training.lr=3e-2", "training.schedule=constant_with_warmup"]
 ROSA = [*COMMON, "method=rosa", "method.r=2", "method.density=0.05", "method.mask_warmup_steps=1",

@@ -17,8 +17,8 @@ from grids import TINY_TABLE1  # tests/grids.py
 
 pytestmark = pytest.mark.slow
 
-TINY = TINY_TABLE1 + ["launcher=slurm", "launcher.partition=debug", "launcher.gpus_per_node=0",
-                      "launcher.cpus_per_task=1", "launcher.mem_gb=null", "launcher.timeout_min=15"]
+TINY = TINY_TABLE1 + ["launcher=slurm", "meta.launcher.partition=debug", "meta.launcher.gpus_per_node=0",
+                      "meta.launcher.cpus_per_task=1", "meta.launcher.mem_gb=null", "meta.launcher.timeout_min=15"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def scores(results) -> dict:
 
 
 def test_a_slurm_array_gives_the_serial_runs_results(slurm, serial_tiny_table1, tmp_path, capsys):
-    out = submit(TINY + [f"run.results_dir={tmp_path / 'slurm'}"], wait=True)
+    out = submit(TINY + [f"meta.run.results_dir={tmp_path / 'slurm'}"], wait=True)
     assert len(out["jobs"]) == 5 and all(job.split("_")[0] == out["jobs"][0].split("_")[0] for job in out["jobs"])
     assert scores(tmp_path / "slurm") == scores(serial_tiny_table1) and len(scores(serial_tiny_table1)) == 25
     results = [json.loads(p.read_text()) for p in (tmp_path / "slurm" / "runs").glob("*.json")]
@@ -54,7 +54,7 @@ def test_a_slurm_array_gives_the_serial_runs_results(slurm, serial_tiny_table1, 
 def test_a_killed_job_submitted_again_completes_the_grid_once(slurm, tmp_path, monkeypatch):
     # (five cells in one array task: one process start instead of five; the killed task leaves its lock behind all
     # the same)
-    overrides = TINY + [f"run.results_dir={tmp_path}", "launcher.cells_per_task=5"]
+    overrides = TINY + [f"meta.run.results_dir={tmp_path}", "meta.launcher.cells_per_task=5"]
     monkeypatch.setenv("HARNESS_PAUSE_AT", "train")  # every cell stops in training (sbatch exports the environment)
     first = submit(overrides)
     array = first["jobs"][0].split("_")[0]
@@ -78,7 +78,7 @@ def test_a_killed_job_submitted_again_completes_the_grid_once(slurm, tmp_path, m
 def test_a_preempted_task_is_requeued_and_finishes_its_cells(slurm, tmp_path, monkeypatch):
     """Slurm's warning signal before preemption or the time limit (USR2, as submitit asks for): submitit
     requeues the task, which runs its cells again from the start and finishes them."""
-    overrides = TINY + [f"run.results_dir={tmp_path}", "launcher.cells_per_task=5"]
+    overrides = TINY + [f"meta.run.results_dir={tmp_path}", "meta.launcher.cells_per_task=5"]
     flag = tmp_path / "pause"
     flag.touch()
     monkeypatch.setenv("HARNESS_PAUSE_AT", "train")

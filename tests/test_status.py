@@ -17,7 +17,7 @@ TINY = TINY_TABLE1
 
 
 def test_status_shows_finished_running_failed_and_missing_cells(tmp_path, capsys):
-    overrides = TINY + [f"run.results_dir={tmp_path}"]
+    overrides = TINY + [f"meta.run.results_dir={tmp_path}"]
     _, cells = experiment_cells(overrides)
     assert len(cells) == 5
     assert run_cell(cells[0]).status == "finished"

@@ -35,7 +35,7 @@ def grid_identities(experiment: str, profile: str) -> list[str]:
     from harness.grid import experiment_cells
 
     _, cells = experiment_cells([f"experiment={experiment}", f"profile={profile}",
-                                 *(["seeds=null"] if profile == "paper" else [])])
+                                 *(["meta.seeds=null"] if profile == "paper" else [])])
     return [cell_identity(cfg) for cfg in cells]
 
 

@@ -101,7 +101,7 @@ def tokenizer_copies(site: Path, cache: Path) -> None:
 def data_subset(target: Path) -> None:
     from harness.config import compose
 
-    source = Path(compose([]).data_dir)
+    source = Path(compose([]).meta.data_dir)
     for relative, records in DATA_RECORDS.items():
         src, dst = source / relative, target / relative
         dst.parent.mkdir(parents=True, exist_ok=True)

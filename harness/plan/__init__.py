@@ -3,7 +3,7 @@ and the smallest change that makes it fit, its training tokens and evaluation wo
 hours they take at a stated MFU; for the whole grid, GPU-hours and the wall time on the GPUs given.
 
     python -m harness.plan experiment=table1 gpu=h100-80gb            # one GPU
-    python -m harness.plan experiment=table2 gpu=a100-40gb gpus=8     # wall time on 8
+    python -m harness.plan experiment=table2 gpu=a100-40gb meta.gpus=8     # wall time on 8
     make plan-table1 ARGS="gpu=h200"
 
 The profile is the paper's unless one is named. `harness.plan.memory` traces the step, `harness.plan.work` reads

@@ -1,4 +1,4 @@
-"""`python -m harness.plan experiment=<name> gpu=<conf/gpu name> [gpus=N] [plan.json=path]` (see harness.plan)."""
+"""`python -m harness.plan experiment=<name> gpu=<conf/gpu name> [meta.gpus=N] [meta.plan.json=path]` (see harness.plan)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     with cli_errors():
         result = plan(args)
-        target = compose(with_paper_profile(list(args))).plan.get("json")
+        target = compose(with_paper_profile(list(args))).meta.plan.get("json")
     print(markdown(result))
     if target:
         Path(target).write_text(json.dumps(as_json(result), indent=1, default=str))

@@ -26,12 +26,12 @@ def with_paper_profile(overrides: list[str]) -> list[str]:
 
 
 def gpu_of(base: DictConfig) -> GpuSpec:
-    if not base.get("gpu"):
+    if not base.meta.get("gpu"):
         from harness.gpus import known
 
         raise ConfigError("name the GPU to plan for: gpu=<name>",
                           f"one of {', '.join(g.name for g in known())} (conf/gpu/)")
-    return of(base.gpu)
+    return of(base.meta.gpu)
 
 
 def check_settings(settings) -> None:
@@ -44,7 +44,7 @@ def check_settings(settings) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
             (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
         if not ok:
-            raise ConfigError(f"plan.{key}={value!r} must be a share between 0 and 1 (conf/config.yaml, plan:)")
+            raise ConfigError(f"meta.plan.{key}={value!r} must be a share between 0 and 1 (conf/config.yaml, meta.plan)")
 
 
 def _runs(cells: list[DictConfig]) -> list[tuple[DictConfig, int]]:
@@ -59,18 +59,18 @@ def _runs(cells: list[DictConfig]) -> list[tuple[DictConfig, int]]:
 
 def plan(overrides: list[str]) -> Plan:
     base, cells = experiment_cells(with_paper_profile(list(overrides)))
-    gpu, gpus = gpu_of(base), base.get("gpus")
+    gpu, gpus = gpu_of(base), base.meta.get("gpus")
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
-        raise ConfigError(f"gpus={gpus!r} must be a positive integer (the GPUs the grid runs on)")
-    settings = base.plan
+        raise ConfigError(f"meta.gpus={gpus!r} must be a positive integer (the GPUs the grid runs on)")
+    settings = base.meta.plan
     check_settings(settings)
     if settings.get("mfu"):
-        mfu, source = float(settings.mfu), "plan.mfu"
+        mfu, source = float(settings.mfu), "meta.plan.mfu"
     else:
-        measured, count = measured_mfu(base.run.results_dir, gpu)
+        measured, count = measured_mfu(base.meta.run.results_dir, gpu)
         mfu = measured or float(settings.default_mfu)
-        source = (f"the median of {count} results on {gpu.label} in {base.run.results_dir}" if measured
-                  else f"assumed: no result in {base.run.results_dir} records one on {gpu.label}")
+        source = (f"the median of {count} results on {gpu.label} in {base.meta.run.results_dir}" if measured
+                  else f"assumed: no result in {base.meta.run.results_dir} records one on {gpu.label}")
     rows, shapes = [], {}
     for cfg, runs in _runs(cells):
         key = json.dumps([dict(cfg.task), cfg.model.name, dict(cfg.training)], sort_keys=True, default=str)
@@ -86,4 +86,4 @@ def plan(overrides: list[str]) -> Plan:
         rows.append(CellPlan(cfg.model.name, display.cell_label(cfg), cfg.task.name, runs, cell_fit, cell_work,
                              hours(cell_work, cell_fit.memory, trains_all, gpu, cell_fit.gpus, mfu,
                                    float(settings.bandwidth_share)), notes))
-    return Plan(str(base.experiment_name), str(base.profile.name), gpu, gpus, mfu, source, rows)
+    return Plan(str(base.meta.experiment_name), str(base.meta.profile.name), gpu, gpus, mfu, source, rows)

@@ -48,7 +48,7 @@ def markdown(plan: Plan) -> str:
     head = (f"# Plan: {plan.experiment}, profile {plan.profile}, on {plan.gpus} x {plan.gpu.label} "
             f"({usable:.0f} GiB, {plan.gpu.bf16_tflops:g} TFLOP/s bf16 dense)\n\n"
             f"Training MFU {plan.mfu:.0%} ({plan.mfu_source}). Peak memory: the longest micro-batch of the data, "
-            f"traced on fake tensors (harness.plan.memory); 'fits' leaves the headroom of plan.headroom.\n")
+            f"traced on fake tensors (harness.plan.memory); 'fits' leaves the headroom of meta.plan.headroom.\n")
     total = (f"\n**Total: {_hours(plan.gpu_hours)} GPU-hours; {_hours(plan.wall_hours)} h wall on {plan.gpus} GPU"
              f"{'s' if plan.gpus > 1 else ''}** ({sum(c.runs for c in plan.cells)} runs).\n")
     notes = sorted({n for c in plan.cells for n in c.notes})

@@ -1,6 +1,6 @@
 """Result files -> paper-style tables (markdown, CSV, LaTeX), with the published numbers beside ours.
 
-An experiment names its layout in `table.layout`: `datasets` (a column per test set, MiLoRA Table 1) or
+An experiment names its layout in `meta.table.layout`: `datasets` (a column per test set, MiLoRA Table 1) or
 `budget` (rows grouped by parameter budget, RoSA's table). `python -m harness.tables experiment=<name>`
 rebuilds a table from the result files already written, without running anything.
 """
@@ -26,7 +26,7 @@ LAYOUTS = ("datasets", "budget")
 
 def profile_description(base) -> str:
     """The experiment's own words for the active profile's sizing, else the profile's."""
-    return (base.table.get("profile_descriptions") or {}).get(base.profile.name) or base.profile.description
+    return (base.meta.table.get("profile_descriptions") or {}).get(base.meta.profile.name) or base.meta.profile.description
 
 
 @dataclass
@@ -45,15 +45,15 @@ class TableFrames:
 
 def table_frames(base, cells) -> TableFrames:
     """Builds the table of an experiment (`base`) from the result files of its grid cells."""
-    runs, absent, records = collect(base.run.results_dir, cells)
-    table = base.table
+    runs, absent, records = collect(base.meta.run.results_dir, cells)
+    table = base.meta.table
     layout = table.get("layout", "datasets")
     # the columns: the profile's own where its data differ (image mini: Fashion-MNIST, digits), else the task's
-    names = list((table.get("columns") or {}).get(base.profile.name) or base.task.datasets)
+    names = list((table.get("columns") or {}).get(base.meta.profile.name) or base.task.datasets)
     paper = published(table.published)
     description = profile_description(base)
     short = short_namer(base.task.name)
-    evidence = Evidence(base.run.results_dir, runs, table.get("reference_method") or "lora")
+    evidence = Evidence(base.meta.run.results_dir, runs, table.get("reference_method") or "lora")
     if layout == "datasets":
         judging = datasets.Judging.from_table(table)
         df = datasets.build(runs, names, paper, table.get("reference_model"), short, evidence, judging)
@@ -68,7 +68,7 @@ def table_frames(base, cells) -> TableFrames:
         text = budget.caption(table.title, runs, description, names, paper, fractions, labels, table.get("note"), short,
                               margin)
     else:
-        raise ConfigError(f"table.layout={layout!r} in experiment {base.experiment_name}: use one of {LAYOUTS}")
+        raise ConfigError(f"meta.table.layout={layout!r} in experiment {base.meta.experiment_name}: use one of {LAYOUTS}")
     return TableFrames(df, shown, text, runs, absent, evidence, records)
 
 
@@ -78,7 +78,7 @@ def make_table(base, cells) -> list[Path]:
     if frames.absent:
         print(f"[harness] {len(frames.absent)} of {len(cells)} runs have no result yet: {', '.join(frames.absent)}",
               flush=True)
-    paths = write(frames.numbers, frames.caption, Path(base.run.results_dir) / "tables", base.experiment_name,
+    paths = write(frames.numbers, frames.caption, Path(base.meta.run.results_dir) / "tables", base.meta.experiment_name,
                   frames.shown)
     print(f"[harness] {frames.runs.run_id.nunique()} runs -> {', '.join(str(p) for p in paths)}", flush=True)
     return paths

@@ -118,7 +118,7 @@ def caption(title: str, df: pd.DataFrame, profile_description: str, datasets: li
             f"'<set> CI low / high': its 95% interval (harness/statistics.py: one seed, Wilson's over the test "
             f"examples; several, for this test set, mean ± t(S-1) x sd / √S over the seeds); 'vs paper <set>' (paper "
             f"model only): the paper's number as one more run on the same test set, reproduced when the 90% interval "
-            f"of Δ lies within ±{margin:g} points (table.reproduction_margin.per_set), differs when the 95% one excludes "
+            f"of Δ lies within ±{margin:g} points (meta.table.reproduction_margin.per_set), differs when the 95% one excludes "
             f"0, else inconclusive; one seed is not judged.")
     if absent:
         text += f" No test data for {', '.join(absent)} ('-')."

@@ -82,7 +82,7 @@ def collect(results_dir: str | Path, cells: Iterable) -> tuple[pd.DataFrame, lis
     for cfg in cells:
         rid = run_id(cfg)
         path = result_path(results_dir, rid)
-        point = cfg.get("lr_point") or {}
+        point = cfg.meta.get("lr_point") or {}
         points[rid] = (point.get("factor"), bool(point.get("paper_recipe", True)))
         if path.is_file():
             found.append(read_result(path))

@@ -23,7 +23,7 @@ def _avg(values: list[float | None]) -> float | None:
 
 @dataclass
 class Judging:
-    """How a table judges ours against the paper (`table.reproduction_margin`, `table.pooled_seed_spread` in
+    """How a table judges ours against the paper (`meta.table.reproduction_margin`, `meta.table.pooled_seed_spread` in
     conf/config.yaml, an experiment's `table:` may set its own): the equivalence margins in points, and whether
     one-seed rows borrow the seed spread pooled over the table's several-seed rows."""
 
@@ -37,7 +37,7 @@ class Judging:
 
         from harness.config import CONFIG_DIR
 
-        defaults = OmegaConf.load(CONFIG_DIR / "config.yaml").table
+        defaults = OmegaConf.load(CONFIG_DIR / "config.yaml").meta.table
         merged = OmegaConf.merge(defaults, {k: v for k, v in (table or {}).items() if k in defaults})
         return cls(float(merged.reproduction_margin.avg), float(merged.reproduction_margin.per_set),
                    bool(merged.pooled_seed_spread))
@@ -315,7 +315,7 @@ def caption(title: str, df: pd.DataFrame, profile_description: str, datasets: li
         text += evidence_caption(numbers, df, judging or Judging.from_table(), evidence)
     if "lr_factor" in df and df.lr_factor.notna().any():
         text += (" 'tuned lr': per run group (one task's runs; one run for every commonsense set), the test scores at "
-                 "the lr factor of the search (the recipe's lr times each of tune_lr.factors) with the lowest held-out "
+                 "the lr factor of the search (the recipe's lr times each of meta.tune_lr.factors) with the lowest held-out "
                  "loss, never a test score; 'ours' is the recipe's own lr.")
     if (df.status != "finished").any():
         text += " 'failed': every run of that row failed or diverged (its result file says why)."
@@ -364,7 +364,7 @@ def evidence_caption(numbers: pd.DataFrame | None, df: pd.DataFrame, judging: Ju
         text += (f" 'vs paper': Δ = ours - paper with ± t(S-1) x s x √(1 + 1/S), the paper's number taken as one more run"
                  f" on the same test set (s: our per-seed spread); reproduced: its 90% interval inside ±"
                  f"{judging.margin_per_set:g} points per set, ±{judging.margin_avg:g} on Avg (two one-sided tests,"
-                 " table.reproduction_margin); differs: the 95% interval excludes 0; else inconclusive; one seed: not"
+                 " meta.table.reproduction_margin); differs: the 95% interval excludes 0; else inconclusive; one seed: not"
                  " judged" + (", unless the seed spread pooled over the table's several-seed rows is named"
                               if judging.pooled_seed_spread else "") + ".")
     elif (df.profile != "paper").all():

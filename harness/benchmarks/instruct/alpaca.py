@@ -152,9 +152,9 @@ def main(argv=None) -> int:
         command = cli_args.parse(argv)
         if len(command.positional) != 1:
             raise ConfigError("usage: python -m harness.benchmarks.instruct.alpaca <run id> [annotators_config=... | "
-                              "local_judge=...] [reference_outputs=...] [metric=...] [run.results_dir=results]")
+                              "local_judge=...] [reference_outputs=...] [metric=...] [meta.run.results_dir=results]")
         run_id = command.positional[0]
-        results_dir = command.take("run.results_dir") or compose([]).run.results_dir
+        results_dir = command.take("meta.run.results_dir") or compose([]).meta.run.results_dir
         options = {o.key_or_group: o.value() for o in command.overrides}
         rows = read_predictions(results_dir, run_id).get("alpaca_eval")
         path = predictions_path(results_dir, run_id)
