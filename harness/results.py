@@ -105,7 +105,8 @@ class Result(TypedDict, total=False):
     params: dict            # trainable (the adapter's), total, trainable_percent, head, budget
     train: dict             # steps, examples, times, first / final loss, loss_curve (per optimizer step), val_loss,
                             # batching (packed / padded), throughput
-    eval: dict              # merged, seconds, examples, metrics: {test set: {accuracy, n, ...}}
+    eval: dict              # merged, seconds, examples, metrics: {test set: {accuracy, n, ...}}, engine: what
+                            # generated (harness.engine: name, version; under vLLM what it served, agreement)
     timing: dict
     memory: dict
     failure: dict           # phase, error (one line), error_type, traceback (last lines)
@@ -254,7 +255,7 @@ def load_results(results_dir: str | Path) -> list[Result]:
 FRAME_COLUMNS = ["run_id", "status", "experiment", "profile", "task", "protocol", "model", "paper_model", "method",
                  "protocol_description", "recipe_source", "data_note", "label", "label_key", "knob", "rank", "seed", "dataset", "accuracy", "n", "metric", "trainable", "total",
                  "trainable_percent", "head", "budget_fraction", "lr", "val_loss", "epoch", "epochs_scored", "last_accuracy", "step_s", "train_s", "tokens_per_s", "padding_share", "mfu", "eval_s", "peak_mb",
-                 "error"]
+                 "engine", "engine_agreement", "engine_below_threshold", "error"]
 
 
 def frame(results: list[Result]) -> "pd.DataFrame":
@@ -287,6 +288,7 @@ def frame(results: list[Result]) -> "pd.DataFrame":
                    (("tokens_per_s", "useful_tokens_per_s"), ("padding_share", "padding_share"), ("mfu", "mfu"))},
                 "eval_s": (result.get("eval") or {}).get("seconds"),
                 "peak_mb": memory.get("cuda_max_allocated_mb", memory.get("cpu_peak_rss_mb")),
+                **_engine_columns((result.get("eval") or {}).get("engine")),
                 "error": (result.get("failure") or {}).get("error")}
         metrics = (result.get("eval") or {}).get("metrics") or {}
         if not metrics:
@@ -299,6 +301,17 @@ def frame(results: list[Result]) -> "pd.DataFrame":
                          "epochs_scored": scored if "last_accuracy" in m else None,
                          "last_accuracy": m.get("last_accuracy")})
     return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+
+
+def _engine_columns(engine: dict | None) -> dict:
+    """What generated a run's answers ("vllm 0.32.0"; None for HF generate, the results before the engine was
+    recorded included) and, under another engine, how often its answers were HF's on the records compared."""
+    if not engine or engine.get("name", "hf") == "hf":
+        return {"engine": None, "engine_agreement": None, "engine_below_threshold": None}
+    agreement = engine.get("agreement") or {}
+    return {"engine": f"{engine['name']} {engine.get('version', '')}".strip(),
+            "engine_agreement": agreement.get("rate"),
+            "engine_below_threshold": agreement.get("below_threshold") if "rate" in agreement else None}
 
 
 def load_df(results_dir: str | Path) -> "pd.DataFrame":

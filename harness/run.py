@@ -128,7 +128,8 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
     phases.enter("eval")
     if cfg.meta.run.save_adapter and distributed.is_main():  # before a merge folds the adapter into the weights
         save_adapter(adapted, Path(cfg.meta.run.results_dir) / "adapters", rid)
-    metrics, predictions, merged, eval_seconds = recipe.evaluate(adapted, processor, data.test_sets)
+    scored = recipe.evaluate(adapted, processor, data.test_sets)
+    metrics, predictions = scored.metrics, scored.predictions
     if per_epoch is not None:  # the epoch each set reports, and its predictions
         metrics, predictions = per_epoch.reported(metrics, predictions, stats.get("epochs") or [])
 
@@ -139,7 +140,7 @@ def _train_and_score(cfg: DictConfig, rid: str, out_path: Path, phases: _Phases)
                 "placement": recipe.placement.describe(), "inputs": describe_sources(data.sources)},
         "params": params,
         "train": stats,
-        "eval": {"merged": merged, "seconds": round(eval_seconds, 2),
+        "eval": {"merged": scored.merged, "seconds": round(scored.seconds, 2), "engine": scored.engine,
                  "examples": sum(m["n"] for m in metrics.values()), "metrics": metrics},
         "timing": {"setup_seconds": round(setup_seconds, 2)},
         "memory": peak_memory(memory_scope),

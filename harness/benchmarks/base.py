@@ -26,6 +26,9 @@ class Scorer:
     #: bumped by a change that alters what this protocol computes (it enters the run id)
     behaviour_version: int = 1
     reads_own_test_data: bool = False
+    #: the generation engines it can score with (`protocol.engine`, harness.engine): a scorer that generates only
+    #: through harness.generation's greedy `generate` or `sample` adds "vllm"
+    engines: tuple[str, ...] = ("hf",)
 
     def score_set(self, model, processor, name: str, records: list[dict], protocol: Mapping, task: Mapping,
                   progress: bool = False) -> tuple[dict, list[dict]]:

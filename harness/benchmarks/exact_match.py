@@ -20,6 +20,7 @@ from harness.generation import generate
 class RegexExactMatch(Scorer):
     """`prompt_of(record, task)`: the evaluation prompt; `target_of(record)`: the gold text; `pattern` / `group`:
     where the answer is in the decoded text (the first match; "" when there is none)."""
+    engines = ("hf", "vllm")  # greedy generate / sample only (harness.engine)
 
     def __init__(self, name: str, prompt_of: Callable[[Mapping, Mapping], str], target_of: Callable[[Mapping], str],
                  pattern: str, group: int):

@@ -106,6 +106,16 @@ class MethodCore:
         return PeftModel.from_pretrained(base_model, str(directory))
 
 
+class ServingHooks:
+    """Optional: how an evaluation engine serves the method unmerged (harness.engine). Default: it cannot, and
+    vLLM serves the merged weights (or none: the run says to merge)."""
+
+    def served_adapter(self, adapted: Adapted, tokenizer, folder: Path) -> int | None:
+        """Writes the base weights (an HF folder at `folder`) and a LoRA adapter vLLM loads (`folder/adapter`) and
+        returns its rank; None: this method has none."""
+        return None
+
+
 class TrainingHooks:
     """Optional: what a method does while it trains, each hook taking the run's handle. Defaults: nothing."""
 
@@ -183,11 +193,11 @@ class Display:
         return f"r={r}" if self.budget_knob == "r" and r else ""
 
 
-class Method(MethodCore, TrainingHooks, BudgetHooks, Display):
+class Method(MethodCore, TrainingHooks, ServingHooks, BudgetHooks, Display):
     """One fine-tuning method: the core (`MethodCore`: options, apply, merge, save, load) and the optional hooks
-    (`TrainingHooks`, `BudgetHooks`, `Display`), each with a working default. A method subclasses this, sets its
-    `options_class` and writes `apply`; its config file (conf/method/<name>.yaml) holds its options' values, its
-    label and its place in tables. Everything method-specific lives here, never in the training loop."""
+    (`TrainingHooks`, `ServingHooks`, `BudgetHooks`, `Display`), each with a working default. A method subclasses
+    this, sets its `options_class` and writes `apply`; its config file (conf/method/<name>.yaml) holds its options'
+    values, its label and its place in tables. Everything method-specific lives here, never in the training loop."""
 
 
 def infer_task_type(model: nn.Module) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -71,8 +72,33 @@ class LowRankBudget:
         return lora_count(shapes, options.r)
 
 
+class ServedAsLoRA:
+    """vLLM's LoRA serving (`Method.served_adapter`) for a peft LoRA: the LoRA family whose adapter is plain
+    A / B factors on the weights the model holds (a residual initialisation's rewritten weights included)."""
+
+    def served_adapter(self, adapted, tokenizer, folder: Path) -> int | None:
+        """vLLM's LoRA serving: the base weights as an HF folder (peft's layers read back to the plain modules'
+        names, the adapter's own weights left out) and the peft adapter beside them. A trained head (peft's
+        `modules_to_save`: GLUE's classifier) is a whole module vLLM's LoRA does not carry: merged instead."""
+        if adapted.options.modules_to_save:
+            return None
+        base = adapted.model.get_base_model()
+        weights = {name.replace(".base_layer.", "."): tensor for name, tensor in base.state_dict().items()
+                   if ".lora_" not in name}
+        base.save_pretrained(folder, state_dict=weights, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        adapted.model.save_pretrained(folder / "adapter")
+        # A residual initialisation (PiSSA, MiLoRA, LoRA-GA) already rewrote the weights written above: vLLM must
+        # read the adapter as plain A / B factors, which it refuses under peft's init name ("pissa", ...).
+        config_path = folder / "adapter" / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        config["init_lora_weights"] = True
+        config_path.write_text(json.dumps(config, indent=2))
+        return int(adapted.options.r)
+
+
 @register("lora")
-class LoRA(LowRankBudget, Method):
+class LoRA(ServedAsLoRA, LowRankBudget, Method):
     def apply(self, model, state, options):
         return wrap(model, lora_config(options))
 
@@ -120,7 +146,7 @@ def save_on_original_weights(adapted, directory: Path) -> None:
     adapted.model.save_pretrained(directory, path_initial_model_for_weight_conversion=str(initial))
 
 
-class ResidualInitLoRA(LowRankBudget, Method):
+class ResidualInitLoRA(ServedAsLoRA, LowRankBudget, Method):
     """A LoRA whose initialisation rewrites the frozen base weight (the residual): PiSSA, MiLoRA.
 
     The adapter alone would not reproduce the model on the original weights, so `save` converts the trained

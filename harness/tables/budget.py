@@ -12,7 +12,7 @@ from harness.methods import display
 import numpy as np
 
 from harness.statistics import interval, reproduction
-from harness.tables.common import FAILED, missing, params_text, protocol_description, recipe_sources, data_notes, sizes_of_test_sets
+from harness.tables.common import FAILED, missing, params_text, protocol_description, recipe_sources, data_notes, engine_notes, sizes_of_test_sets
 
 FULL = "-"  # the budget label of full fine-tuning, as in the paper's table
 
@@ -126,6 +126,8 @@ def caption(title: str, df: pd.DataFrame, profile_description: str, datasets: li
         text += f" {recipe_sources(df)}"
     if data_notes(df):
         text += f" {data_notes(df)}"
+    if engine_notes(df):
+        text += f" {engine_notes(df)}"
     if note:
         text += f" {note}"
     return text

@@ -9,7 +9,7 @@ from typing import Mapping
 import pandas as pd
 
 from harness.methods import display
-from harness.tables.common import FAILED, missing, params_text, protocol_description, recipe_sources, data_notes, sizes_of_test_sets
+from harness.tables.common import FAILED, missing, params_text, protocol_description, recipe_sources, data_notes, engine_notes, sizes_of_test_sets
 from harness.statistics import CONFIDENCE, holm
 from harness.tables.evidence import AVG, Evidence
 
@@ -323,6 +323,8 @@ def caption(title: str, df: pd.DataFrame, profile_description: str, datasets: li
         text += f" {recipe_sources(df)}"
     if data_notes(df):
         text += f" {data_notes(df)}"
+    if engine_notes(df):
+        text += f" {engine_notes(df)}"
     if note:
         text += f" {note}"
     return text

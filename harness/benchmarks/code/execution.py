@@ -73,6 +73,7 @@ def pass_at(rows: list[dict]) -> dict[str, float]:
 
 class FunctionalCorrectness(Scorer):
     name = "humaneval_loraga"
+    engines = ("hf", "vllm")  # greedy generate / sample only (harness.engine)
 
     def score_set(self, model, tokenizer, name, records, protocol, task, progress=False):
         prompts = [prompt_of(r) for r in records]

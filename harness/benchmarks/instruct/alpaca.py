@@ -82,6 +82,7 @@ class AlpacaEvalOutputs(Scorer):
     """The model's AlpacaEval outputs; the judge's win rates where `protocol.alpaca_eval.annotators_config` is set."""
 
     name = "alpaca_eval"
+    engines = ("hf", "vllm")  # greedy generate / sample only (harness.engine)
 
     def score_set(self, model, tokenizer, name, records, protocol, task, progress=False):
         settings = dict(protocol.get("alpaca_eval") or {})

@@ -25,6 +25,8 @@ class MathGreedy(Scorer):
     """Greedy decoding under one of the two evaluation set-ups (the protocol config): MetaMath's (`math_greedy`)
     or MiLoRA's (`math_milora`), which differ in new tokens, stop strings and GSM8K's numeric fallback."""
 
+    engines = ("hf", "vllm")  # greedy generate / sample only (harness.engine)
+
     # 2: MATH's is_equiv compares the raw answers where MetaMath's normalisation fails (a non-integer a/b)
     behaviour_version = 2
 

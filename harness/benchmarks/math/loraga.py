@@ -26,6 +26,7 @@ def hash_answer(text: str) -> int:
 
 class SampledHashAnswer(Scorer):
     name = "gsm8k_loraga"
+    engines = ("hf", "vllm")  # greedy generate / sample only (harness.engine)
 
     def score_set(self, model, tokenizer, name, records, protocol, task, progress=False):
         if name != "gsm8k":

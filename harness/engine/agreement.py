@@ -1,0 +1,41 @@
+"""How far an engine's answers are HF's: the first records of each set scored again through HF generate, on the
+same weights, and each record's answer (the scorer's `prediction`, else whether it was `correct`) compared."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+
+def text_of(row: Mapping):
+    """The generated text a prediction row keeps (math: `response`; the others: `output`)."""
+    return row.get("response", row.get("output"))
+
+
+def answer_of(row: Mapping):
+    """What a prediction row answers: its extracted `prediction` where the scorer keeps one, else its verdict,
+    else (an open-ended output: AlpacaEval's) its text."""
+    for key in ("prediction", "correct"):
+        if key in row:
+            return row[key]
+    return text_of(row)
+
+
+def compare(scorer, model, processor, test_sets: Mapping[str, list], predictions: Mapping[str, list],
+            protocol: Mapping, task: Mapping, records: int, threshold: float) -> dict:
+    """{"records", "same_answers", "rate", "threshold", "below_threshold", "sets": {set: {..., "disagreements":
+    [the records' indices]}}} over the first `records` of every set (the scorer's own `score_set`: no judge,
+    no side files)."""
+    sets, same, compared = {}, 0, 0
+    for name, rows in predictions.items():
+        head = list(test_sets[name])[:records]
+        if not head:
+            continue
+        _, reference = scorer.score_set(model, processor, name, head, protocol, task, False)
+        differ = [i for i, (ours, hf) in enumerate(zip(rows, reference)) if answer_of(ours) != answer_of(hf)]
+        texts = sum(text_of(ours) == text_of(hf) for ours, hf in zip(rows, reference))
+        sets[name] = {"records": len(reference), "same_answers": len(reference) - len(differ),
+                      "same_texts": int(texts), "disagreements": differ}
+        same, compared = same + len(reference) - len(differ), compared + len(reference)
+    rate = same / compared if compared else None
+    return {"records": compared, "same_answers": same, "rate": rate, "threshold": float(threshold),
+            "below_threshold": rate is not None and rate < float(threshold), "sets": sets}

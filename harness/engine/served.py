@@ -1,0 +1,58 @@
+"""What a scorer is handed in place of the model under `protocol.engine=vllm`: `harness.generation.generate` and
+`sample` hand their prompts to it, and it answers as they would (the same prompt tokens, the same decoding of
+the output tokens by the run's tokenizer), from vLLM's continuous batching instead of static HF batches."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class ServedModel:
+    """`adapter=False`: the base weights of a worker that serves a LoRA adapter (vLLM serves both from one
+    worker), as the model before its adapter."""
+
+    def __init__(self, engine, tokenizer, adapter: bool = True):
+        self.engine, self.tokenizer, self.adapter = engine, tokenizer, adapter
+
+    def base(self) -> "ServedModel":
+        return ServedModel(self.engine, self.tokenizer, adapter=False)
+
+    def _prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:
+        return [list(self.tokenizer(p)["input_ids"]) for p in prompts]  # as HF's batches tokenize each prompt
+
+    def _params(self, max_new_tokens: int, stop_strings: Sequence[str], **sampling) -> dict:
+        """vLLM's SamplingParams as HF's GenerationConfig sets them: the tokenizer's EOS ends a row, a stop string
+        ends it too and stays in the text (callers cut at it), no other stop from the model folder."""
+        eos = self.tokenizer.eos_token_id
+        return {"max_tokens": int(max_new_tokens), "stop": list(stop_strings) or None,
+                "include_stop_str_in_output": True, "stop_token_ids": [int(eos)] if eos is not None else None,
+                **sampling}
+
+    def generate(self, prompts: Sequence[str], num_beams: int, max_new_tokens: int,
+                 stop_strings: Sequence[str] = ()) -> list[str]:
+        """Greedy (or beam search): decoded prompt + continuation for every prompt, as
+        `harness.generation.generate` returns."""
+        ids = self._prompt_ids(prompts)
+        if num_beams > 1:
+            # vLLM's LLM.beam_search: measured against HF's (experiments/eval_throughput.py --vllm); no protocol
+            # uses it (harness.engine.check keeps commonsense's 4 beams on HF). No stop strings there.
+            if stop_strings:
+                raise ValueError("vLLM's beam search takes no stop strings")
+            outputs = self.engine.beam_search(ids, {"beam_width": int(num_beams), "max_tokens": int(max_new_tokens)},
+                                              self.adapter)
+        else:
+            outputs = self.engine.generate(ids, self._params(max_new_tokens, stop_strings, temperature=0.0),
+                                           self.adapter)
+        return [self.tokenizer.decode(p + out[0], skip_special_tokens=True) for p, out in zip(ids, outputs)]
+
+    def sample(self, prompts: Sequence[str], num_samples: int, temperature: float, top_p: float,
+               max_new_tokens: int, seed: int, stop_strings: Sequence[str] = ()) -> list[list[str]]:
+        """`num_samples` decoded continuations per prompt, as `harness.generation.sample` returns (temperature 0:
+        one greedy continuation, repeated); seeded by `seed` in vLLM's own random stream."""
+        greedy = float(temperature) == 0.0
+        sampling = {"temperature": 0.0} if greedy else {"temperature": float(temperature), "top_p": float(top_p),
+                                                         "n": int(num_samples), "seed": int(seed)}
+        outputs = self.engine.generate(self._prompt_ids(prompts),
+                                       self._params(max_new_tokens, stop_strings, **sampling), self.adapter)
+        texts = [[self.tokenizer.decode(seq, skip_special_tokens=True) for seq in out] for out in outputs]
+        return [t * int(num_samples) if greedy else t for t in texts]
