@@ -100,3 +100,13 @@ def test_the_lora_family_writes_plain_base_weights_and_an_adapter_vllm_reads(met
     if method == "pissa":  # the residual W - BA is what is served beneath the adapter, not the original W
         name = next(k for k in written if k.endswith("q_proj.weight"))
         assert not torch.equal(written[name], recipe.load(seeded=False)[0].state_dict()[name])
+
+
+def test_lm_evals_generative_protocols_take_vllm_and_its_log_likelihood_ones_do_not():
+    gsm8k = compose(["profile=mini", "task=gsm8k", "protocol=lmeval", "protocol.engine=vllm"])
+    assert "vllm" in Recipe(gsm8k).scorer.engines
+    instruct = compose(["task=instruct", "protocol=instruct", "protocol.engine=vllm"])
+    assert "vllm" in Recipe(instruct).scorer.engines
+    choices = compose(["profile=mini", "task=commonsense", "protocol=lmeval", "protocol.engine=vllm"])
+    with pytest.raises(ConfigError, match="protocol lmeval does not generate"):
+        engine.check(choices, Recipe(choices).scorer)

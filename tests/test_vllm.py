@@ -72,3 +72,19 @@ def test_a_lora_adapter_served_by_vllm_generates_as_the_same_adapter_merged(serv
     print(f"vLLM's LoRA vs the adapter merged (HF generate): {same}/4 texts identical, "
           f"{sum(a != b for a, b in zip(through_vllm, without))}/4 differ from the base model's")
     assert same >= 3, f"vLLM's LoRA {through_vllm} | merged {through_hf}"
+
+
+def test_lm_evals_generative_tasks_decode_through_vllm_as_through_hf(served_lora, data_dir):
+    """protocol=lmeval's GSM8K (lm-eval's generate_until: its stop strings, its extraction): HFLM's requests with
+    vLLM's decoding (harness.engine.served_lm) against HFLM's own, on the first 10 problems."""
+    served, adapted, tokenizer, _, _ = served_lora
+    cfg = compose([*SMOLLM2_GSM8K, "protocol=lmeval", "task.test_subset=10", "protocol.max_gen_toks=64"])
+    scorer = Recipe(cfg).scorer
+    with adapted.model.disable_adapter():  # the HF model lm-eval holds is the same base weights
+        metrics, rows = scorer.evaluate(served.base(), tokenizer, {}, cfg.protocol, cfg.task, False)
+        compared = agreement.compare(scorer, adapted.model, tokenizer, {}, rows, cfg.protocol, cfg.task,
+                                     records=10, threshold=0.9)
+    assert metrics["gsm8k"]["n"] == 10 and compared["records"] == 10
+    print(f"lm-eval GSM8K through vLLM vs HFLM: verdicts {compared['same_answers']}/10, extracted answers "
+          f"{compared['sets']['gsm8k']['same_texts']}/10")
+    assert compared["rate"] >= 0.9 and compared["sets"]["gsm8k"]["same_texts"] >= 9

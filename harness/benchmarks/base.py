@@ -35,6 +35,12 @@ class Scorer:
         """({"accuracy": the headline number x 100, "n", ...}, one prediction row per record)."""
         raise NotImplementedError
 
+    def reference_rows(self, model, processor, name: str, records, limit: int, protocol: Mapping,
+                       task: Mapping) -> list[dict]:
+        """The prediction rows of the first `limit` records of set `name` as `model` gives them: what another
+        engine's rows are compared with (harness.engine.agreement). No side files, no judge."""
+        return self.score_set(model, processor, name, list(records or [])[:limit], protocol, task, False)[1]
+
     def check(self, protocol: Mapping, task: Mapping) -> None:
         """Raises a HarnessError for protocol settings that cannot work, before any training (preflight): a
         judge that needs the hub offline, say."""

@@ -79,10 +79,19 @@ class LmEval(Scorer):
     reads_own_test_data = True
 
     def __init__(self, tasks: Mapping[str, LmEvalTask], own_files: Callable[[Mapping, str], dict | None] | None = None,
-                 chat_template: str | None = None):
+                 chat_template: str | None = None, generates: bool = False):
         # `chat_template`: the prompts go through it as user turns (lm-eval's apply_chat_template), for a model
         # trained in a chat format its tokenizer does not carry (the Tulu format of instruction tuning)
         self.tasks, self.own_files, self.chat_template = dict(tasks), own_files, chat_template
+        # `generates`: its tasks are lm-eval's generate_until (GSM8K, IFEval), which vLLM may decode
+        # (harness.engine.served_lm); log-likelihood tasks stay on HF
+        self.engines = ("hf", "vllm") if generates else ("hf",)
+
+    def reference_rows(self, model, processor, name, records, limit, protocol, task):
+        """The first `limit` prediction rows of set `name` as `model` gives them (lm-eval reads its own records)."""
+        subset = task.get("test_subset")
+        limited = {**task, "datasets": [name], "test_subset": min(limit, subset) if subset is not None else limit}
+        return self._evaluate(model, processor, protocol, limited, False)[1].get(name, [])
 
     def sources(self, task_cfg: Mapping, protocol: Mapping) -> dict[str, Mapping | None]:
         """Our test-set name -> local files for its lm-eval task, or None (the built-in task, from the hub).
@@ -125,8 +134,9 @@ class LmEval(Scorer):
             raise ConfigError("protocol=lmeval takes the first task.test_subset records (lm-eval's limit)",
                               "set task.test_subset_mode=first")
         import lm_eval
-        from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
+
+        from harness.engine.served_lm import lm_eval_model
 
         start = time.perf_counter()
         sources = self.sources(task, protocol)
@@ -139,8 +149,7 @@ class LmEval(Scorer):
             local_only = all(files for files in sources.values())
             # Indexing lm-eval's ~15k built-in task names takes seconds; with only local tasks it is not needed.
             manager = TaskManager(include_path=directory, include_defaults=not local_only)
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=int(protocol["batch_size"]),
-                      max_length=int(protocol["max_length"]))
+            lm = lm_eval_model(model, tokenizer, int(protocol["batch_size"]), int(protocol["max_length"]))
             chat = {}
             if self.chat_template:
                 previous, tokenizer.chat_template = getattr(tokenizer, "chat_template", None), self.chat_template

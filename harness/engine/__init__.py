@@ -5,8 +5,9 @@ and scoring are the protocol's either way, and under vLLM the first `meta.vllm.a
 every set are decoded by HF as well and their answers compared (`eval.engine.agreement` in the result; a table
 marks a run below `meta.vllm.agreement_threshold`).
 
-A protocol opts in by its scorer (`Scorer.engines`): greedy decoding and sampling do; beam search (commonsense's
-4 beams), log-likelihoods and lm-eval's own loop stay on HF."""
+A protocol opts in by its scorer (`Scorer.engines`): greedy decoding and sampling do, and lm-eval's generative
+tasks (GSM8K, IFEval: HFLM's requests, vLLM's decoding, harness/engine/served_lm.py); beam search (commonsense's
+4 beams: vLLM's was 33x slower here and gave other answers) and log-likelihood scoring stay on HF."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def check(cfg, scorer) -> None:
         return
     if "vllm" not in scorer.engines:
         raise ConfigError(f"protocol.engine=vllm: protocol {cfg.protocol.name} does not generate through "
-                          f"harness.generation's greedy decoding or sampling (beam search, log-likelihoods and "
-                          f"lm-eval's loop stay on HF)", "use protocol.engine=hf for it")
+                          f"greedy decoding, sampling or lm-eval's generate_until (beam search and "
+                          f"log-likelihood scoring stay on HF)", "use protocol.engine=hf for it")
     from harness.engine.vllm import worker_python
 
     worker_python(cfg.meta.get("vllm"))
@@ -105,7 +106,7 @@ def served_by_vllm(model, tokenizer, settings, seed: int = 0, write_adapter=None
                         str(model.dtype).removeprefix("torch."), _max_model_len(model, settings), seed,
                         next(model.parameters()).device.type == "cuda")
     try:
-        yield ServedModel(engine, tokenizer), {"name": "vllm", "version": engine.version, "start_seconds":
+        yield ServedModel(engine, tokenizer, model), {"name": "vllm", "version": engine.version, "start_seconds":
                                                round(engine.start_seconds, 1),
                                                "served": f"LoRA adapter, rank {rank}" if rank else "the weights"}
     finally:

@@ -23,14 +23,13 @@ def answer_of(row: Mapping):
 def compare(scorer, model, processor, test_sets: Mapping[str, list], predictions: Mapping[str, list],
             protocol: Mapping, task: Mapping, records: int, threshold: float) -> dict:
     """{"records", "same_answers", "rate", "threshold", "below_threshold", "sets": {set: {..., "disagreements":
-    [the records' indices]}}} over the first `records` of every set (the scorer's own `score_set`: no judge,
-    no side files)."""
+    [the records' indices]}}} over the first `records` of every set (the scorer's `reference_rows`: no judge,
+    no side files; lm-eval's rows come in its document order, as the engine's)."""
     sets, same, compared = {}, 0, 0
     for name, rows in predictions.items():
-        head = list(test_sets[name])[:records]
-        if not head:
+        reference = scorer.reference_rows(model, processor, name, test_sets.get(name), records, protocol, task)
+        if not reference:
             continue
-        _, reference = scorer.score_set(model, processor, name, head, protocol, task, False)
         differ = [i for i, (ours, hf) in enumerate(zip(rows, reference)) if answer_of(ours) != answer_of(hf)]
         texts = sum(text_of(ours) == text_of(hf) for ours, hf in zip(rows, reference))
         sets[name] = {"records": len(reference), "same_answers": len(reference) - len(differ),

@@ -8,19 +8,20 @@ from typing import Sequence
 
 
 class ServedModel:
-    """`adapter=False`: the base weights of a worker that serves a LoRA adapter (vLLM serves both from one
-    worker), as the model before its adapter."""
+    """`hf_model`: the HF model of the same weights, for what the engine does not do (lm-eval's log-likelihoods).
+    `adapter=False`: the base weights of a worker that serves a LoRA adapter (vLLM serves both from one worker),
+    as the model before its adapter."""
 
-    def __init__(self, engine, tokenizer, adapter: bool = True):
-        self.engine, self.tokenizer, self.adapter = engine, tokenizer, adapter
+    def __init__(self, engine, tokenizer, hf_model=None, adapter: bool = True):
+        self.engine, self.tokenizer, self.hf_model, self.adapter = engine, tokenizer, hf_model, adapter
 
     def base(self) -> "ServedModel":
-        return ServedModel(self.engine, self.tokenizer, adapter=False)
+        return ServedModel(self.engine, self.tokenizer, self.hf_model, adapter=False)
 
     def _prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:
         return [list(self.tokenizer(p)["input_ids"]) for p in prompts]  # as HF's batches tokenize each prompt
 
-    def _params(self, max_new_tokens: int, stop_strings: Sequence[str], **sampling) -> dict:
+    def params(self, max_new_tokens: int, stop_strings: Sequence[str], **sampling) -> dict:
         """vLLM's SamplingParams as HF's GenerationConfig sets them: the tokenizer's EOS ends a row, a stop string
         ends it too and stays in the text (callers cut at it), no other stop from the model folder."""
         eos = self.tokenizer.eos_token_id
@@ -41,7 +42,7 @@ class ServedModel:
             outputs = self.engine.beam_search(ids, {"beam_width": int(num_beams), "max_tokens": int(max_new_tokens)},
                                               self.adapter)
         else:
-            outputs = self.engine.generate(ids, self._params(max_new_tokens, stop_strings, temperature=0.0),
+            outputs = self.engine.generate(ids, self.params(max_new_tokens, stop_strings, temperature=0.0),
                                            self.adapter)
         return [self.tokenizer.decode(p + out[0], skip_special_tokens=True) for p, out in zip(ids, outputs)]
 
@@ -53,6 +54,6 @@ class ServedModel:
         sampling = {"temperature": 0.0} if greedy else {"temperature": float(temperature), "top_p": float(top_p),
                                                          "n": int(num_samples), "seed": int(seed)}
         outputs = self.engine.generate(self._prompt_ids(prompts),
-                                       self._params(max_new_tokens, stop_strings, **sampling), self.adapter)
+                                       self.params(max_new_tokens, stop_strings, **sampling), self.adapter)
         texts = [[self.tokenizer.decode(seq, skip_special_tokens=True) for seq in out] for out in outputs]
         return [t * int(num_samples) if greedy else t for t in texts]

@@ -18,8 +18,13 @@ class InstructionFollowing(Scorer):
 
     name = "instruct"
     ifeval = LmEval({"ifeval": LmEvalTask("ifeval", "ifeval/ifeval.yaml", "google/IFEval")},
-                    chat_template=data.TULU_CHAT_TEMPLATE)
+                    chat_template=data.TULU_CHAT_TEMPLATE, generates=True)
     alpaca = AlpacaEvalOutputs()
+    engines = ("hf", "vllm")  # both parts generate (lm-eval's generate_until, greedy outputs)
+
+    def reference_rows(self, model, processor, name, records, limit, protocol, task):
+        part = self.ifeval if name == "ifeval" else self.alpaca
+        return part.reference_rows(model, processor, name, records, limit, protocol, task)
 
     def check(self, protocol, task):
         if "alpaca_eval" in task["datasets"]:

@@ -34,7 +34,8 @@ class Math(Benchmark):
     short_names = {"gsm8k": "GSM8K", "MATH": "MATH"}
     scorers = {"math_greedy": MathGreedy("math_greedy"), "math_milora": MathGreedy("math_milora"),
                "gsm8k_loraga": SampledHashAnswer(),
-               "lmeval": LmEval({"gsm8k": LmEvalTask("gsm8k", "gsm8k/gsm8k.yaml", "openai/gsm8k")}, gsm8k_files_for_lmeval)}
+               "lmeval": LmEval({"gsm8k": LmEvalTask("gsm8k", "gsm8k/gsm8k.yaml", "openai/gsm8k")}, gsm8k_files_for_lmeval,
+                                 generates=True)}
 
     def encoder(self, task, tokenizer):
         return text_encoder(data.tokenize, task, tokenizer)
