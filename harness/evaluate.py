@@ -59,6 +59,7 @@ def evaluation_config(config: dict, overrides: list[str], results: Path) -> Dict
     """The run's config with `overrides` (Hydra's grammar, harness.cli_args): `protocol=<name>` puts that protocol,
     composed for the run's task, in place of the run's; `key=value` changes one field."""
     cfg = OmegaConf.create(with_meta(copy.deepcopy(config)))
+    _add_newer_keys(cfg)
 
     def protocol(name):
         return compose([f"task={cfg.task.name}", f"protocol={name}"]).protocol
@@ -66,6 +67,16 @@ def evaluation_config(config: dict, overrides: list[str], results: Path) -> Dict
     cfg = cli_args.apply(cfg, cli_args.parse(overrides).overrides, {"protocol": protocol})
     cfg.meta.run.results_dir = str(results)
     return cfg
+
+
+def _add_newer_keys(cfg: DictConfig) -> None:
+    """Keys this code has that a result written before them lacks, at what that run computed with: today's `meta`
+    settings beneath the run's own (meta is outside the run id) and the protocol's engine, HF (outside the id
+    while it is hf), so that `protocol.engine=vllm` or `meta.vllm.*` can be set on any run without a `+`."""
+    today = OmegaConf.to_container(compose().meta, resolve=True)  # plain, not struct: the run's may hold more keys
+    cfg.meta = OmegaConf.merge(today, cfg.meta)
+    if "engine" not in cfg.protocol:
+        cfg.protocol.engine = "hf"
 
 
 def evaluate(target: str, overrides: list[str], results_dir: str | None = None) -> Result:

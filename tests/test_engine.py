@@ -1,6 +1,8 @@
 """protocol.engine without vLLM itself: which protocols may choose it, the checks before a run, how agreement is
 counted, and what a table says of rows another engine decoded (tests/test_vllm.py runs vLLM)."""
 
+import os
+
 import pytest
 import torch
 
@@ -74,7 +76,18 @@ def test_a_table_names_rows_another_engine_decoded_and_those_below_the_agreement
     assert "on 80% to 95% of the first records" in text and "on 95% of" in caption("T", frame([agreeing]), "mini", ["gsm8k"], None)
     assert text.endswith("not comparable with HF-decoded rows: MiLoRA (80%).")
     sampled = _result("lora", {"name": "vllm", "version": "0.32.0", "agreement": {"compared": False}})
-    assert "Below" not in caption("T", frame([sampled]), "mini", ["gsm8k"], None)
+    unchecked = caption("T", frame([sampled]), "mini", ["gsm8k"], None)
+    assert "Below" not in unchecked and "Not compared with HF (sampled decoding" in unchecked
+
+
+def test_an_answer_is_the_finest_thing_a_row_keeps_so_two_wrong_answers_differ():
+    assert agreement.answer_of({"prediction": "3", "correct": False}) != agreement.answer_of(
+        {"prediction": "4", "correct": False})
+    lm_eval = {"doc_id": 0, "response": "['3']", "correct": False}  # lm-eval's filtered answer, not its verdict
+    assert agreement.answer_of(lm_eval) != agreement.answer_of({**lm_eval, "response": "['4']"})
+    alpaca = {"output": "Paris.", "correct": None}  # no verdict: the open-ended text itself
+    assert agreement.answer_of(alpaca) != agreement.answer_of({**alpaca, "output": "Lyon."})
+    assert agreement.answer_of({"completion": "x", "correct": 0.5}) == 0.5
 
 
 @pytest.mark.parametrize("method", ["lora", "pissa", "dora"])
@@ -110,3 +123,93 @@ def test_lm_evals_generative_protocols_take_vllm_and_its_log_likelihood_ones_do_
     choices = compose(["profile=mini", "task=commonsense", "protocol=lmeval", "protocol.engine=vllm"])
     with pytest.raises(ConfigError, match="protocol lmeval does not generate"):
         engine.check(choices, Recipe(choices).scorer)
+
+
+def test_a_residual_run_scored_again_serves_the_rank_its_saved_adapter_has(tmp_path, data_dir):
+    from harness import methods
+
+    cfg = compose([*MATH, "method=pissa", "method.r=4"])
+    recipe = Recipe(cfg)
+    model, tokenizer = recipe.load(seeded=False)
+    methods.save(recipe.adapt(model), tmp_path / "saved")  # on the original weights: peft's rank-2r conversion
+    reloaded = methods.load(recipe.load(seeded=False)[0], tmp_path / "saved")
+    assert reloaded.method.served_adapter(reloaded, tokenizer, tmp_path / "served") == 8
+
+
+def test_vllms_sampling_settings_are_those_hf_generate_fills_in(tiny_model, tokenizer):
+    import copy
+
+    from harness.engine.served import ServedModel
+
+    served, own = ServedModel(None, tokenizer, tiny_model), copy.deepcopy(tiny_model.generation_config)
+    sampled = served.params(16, ["\n\n"], 0.8, 0.95, n=2, seed=3)
+    assert (sampled["temperature"], sampled["top_p"], sampled["top_k"], sampled["n"]) == (0.8, 0.95, 50, 2)
+    assert sampled["stop_token_ids"] == [tokenizer.eos_token_id] and sampled["stop"] == ["\n\n"]
+    try:
+        tiny_model.generation_config.repetition_penalty = 1.3  # the model's own setting applies to greedy too
+        greedy = served.params(16, [], eos_token_ids=[5, 7])
+    finally:
+        tiny_model.generation_config = own
+    assert (greedy["temperature"], greedy["repetition_penalty"], greedy["stop_token_ids"]) == (0.0, 1.3, [5, 7])
+    assert "top_k" not in greedy and greedy["stop"] is None
+
+
+def _worker_that_never_answers(tmp_path):
+    """A 'Python' whose worker writes its pid and sleeps: a load that hangs until interrupted."""
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 60\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_a_worker_that_fails_to_start_leaves_no_weights_and_no_process(tiny_model, tokenizer, tmp_path):
+    import signal
+    import sys
+
+    weights = tmp_path / "weights"
+    with pytest.raises(EngineError, match="failed at load: ModuleNotFoundError: No module named 'vllm'"):
+        with engine.served_by_vllm(tiny_model, tokenizer, {"python": sys.executable, "weights_dir": weights}):
+            pass  # the harness's own Python has no vLLM
+    assert list(weights.iterdir()) == []
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)  # Ctrl-C while vLLM loads
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with engine.served_by_vllm(tiny_model, tokenizer, {"python": _worker_that_never_answers(tmp_path),
+                                                               "weights_dir": weights}):
+                pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert list(weights.iterdir()) == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((tmp_path / "pid").read_text()), 0)
+
+
+def test_a_run_written_before_the_engine_existed_is_scored_again_through_vllm_without_a_plus(tmp_path):
+    from harness.config import resolved
+    from harness.evaluate import evaluation_config
+
+    written_before = resolved(compose(MATH))
+    written_before["protocol"].pop("engine")
+    written_before["meta"].pop("vllm")
+    cfg = evaluation_config(written_before, ["protocol.engine=vllm", "meta.vllm.agreement_records=5"], tmp_path)
+    assert (cfg.protocol.engine, cfg.meta.vllm.agreement_records, cfg.meta.vllm.agreement_threshold) == ("vllm", 5, 0.9)
+    again = evaluation_config(written_before, [], tmp_path)
+    assert again.protocol.engine == "hf" and Recipe(again).identity() == Recipe(compose(MATH)).identity()
+
+
+def test_vllm_under_several_processes_or_per_epoch_scoring_is_refused_before_training(monkeypatch):
+    cfg = compose([*MATH, "protocol.engine=vllm"])
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it in each process
+    with pytest.raises(ConfigError, match="scores on one process") as raised:
+        engine.check(cfg, Recipe(cfg).scorer)
+    assert "harness.evaluate <run id> protocol.engine=vllm" in raised.value.hint
+    monkeypatch.delenv("WORLD_SIZE")
+    per_epoch = compose([*MATH, "protocol.engine=vllm", "selection=best_epoch"])
+    with pytest.raises(ConfigError, match="selection=best_epoch: each epoch is scored through HF"):
+        engine.check(per_epoch, Recipe(per_epoch).scorer)

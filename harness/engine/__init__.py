@@ -12,6 +12,7 @@ tasks (GSM8K, IFEval: HFLM's requests, vLLM's decoding, harness/engine/served_lm
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from dataclasses import dataclass, field
 
@@ -35,6 +36,14 @@ def check(cfg, scorer) -> None:
         raise ConfigError(f"protocol.engine=vllm: protocol {cfg.protocol.name} does not generate through "
                           f"greedy decoding, sampling or lm-eval's generate_until (beam search and "
                           f"log-likelihood scoring stay on HF)", "use protocol.engine=hf for it")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun's processes: refused now, not after the training
+        raise ConfigError("protocol.engine=vllm scores on one process (vLLM batches on its own)",
+                          "train with protocol.engine=hf, then `python -m harness.evaluate <run id> "
+                          "protocol.engine=vllm` on one process")
+    if (cfg.get("selection") or {}).get("every") == "epoch":
+        raise ConfigError("protocol.engine=vllm with selection=best_epoch: each epoch is scored through HF during "
+                          "training, so the reported epoch's answers would not be the engine's",
+                          "choose selection=last or val_loss")
     from harness.engine.vllm import worker_python
 
     worker_python(cfg.meta.get("vllm"))
@@ -99,18 +108,24 @@ def served_by_vllm(model, tokenizer, settings, seed: int = 0, write_adapter=None
                                   "the weights nor wrote a LoRA adapter vLLM loads",
                                   "set protocol.merge_before_eval=true")
             write_weights(model, tokenizer, folder)
+        # a worker that fails to start stops itself and removes the folder (VllmEngine)
+        context = _max_model_len(model, settings)
+        engine = VllmEngine(settings, folder, {"path": str(folder / "adapter"), "rank": rank} if rank else None,
+                            str(model.dtype).removeprefix("torch."), context, seed,
+                            next(model.parameters()).device.type == "cuda")
     except BaseException:
-        shutil.rmtree(folder.parent, ignore_errors=True)
+        if not os.environ.get("HARNESS_DEBUG"):  # it keeps the worker's log for a look
+            shutil.rmtree(folder.parent, ignore_errors=True)
         raise
-    engine = VllmEngine(settings, folder, {"path": str(folder / "adapter"), "rank": rank} if rank else None,
-                        str(model.dtype).removeprefix("torch."), _max_model_len(model, settings), seed,
-                        next(model.parameters()).device.type == "cuda")
     try:
         yield ServedModel(engine, tokenizer, model), {"name": "vllm", "version": engine.version, "start_seconds":
                                                round(engine.start_seconds, 1),
-                                               "served": f"LoRA adapter, rank {rank}" if rank else "the weights"}
-    finally:
-        engine.close()
+                                               "served": f"LoRA adapter, rank {rank}" if rank else "the weights",
+                                               "max_model_len": context}  # prompt + output: longer rows stop there
+    except BaseException:
+        engine.close(wait_s=5)  # an error or an interrupt: what the worker is generating is not waited for
+        raise
+    engine.close()
 
 
 def _plain_weights(model) -> bool:

@@ -1,5 +1,5 @@
 """How far an engine's answers are HF's: the first records of each set scored again through HF generate, on the
-same weights, and each record's answer (the scorer's `prediction`, else whether it was `correct`) compared."""
+same weights, and each record's answer (`answer_of`: the extracted answer where the scorer keeps one) compared."""
 
 from __future__ import annotations
 
@@ -12,11 +12,17 @@ def text_of(row: Mapping):
 
 
 def answer_of(row: Mapping):
-    """What a prediction row answers: its extracted `prediction` where the scorer keeps one, else its verdict,
-    else (an open-ended output: AlpacaEval's) its text."""
-    for key in ("prediction", "correct"):
-        if key in row:
-            return row[key]
+    """What a prediction row answers: its extracted `prediction` where the scorer keeps one (math, exact match);
+    else lm-eval's filtered response (its `filtered_resps`: GSM8K's extracted number, IFEval's text: a row that
+    has `doc_id`); else its verdict where it has one; else (an open-ended output, AlpacaEval's: `correct` None)
+    its text. Two different wrong answers are a disagreement, so a verdict is compared only where nothing finer is
+    kept."""
+    if "prediction" in row:
+        return row["prediction"]
+    if "doc_id" in row and "response" in row:
+        return row["response"]
+    if row.get("correct") is not None:
+        return row["correct"]
     return text_of(row)
 
 

@@ -43,9 +43,11 @@ def lm_eval_model(model, tokenizer, batch_size: int, max_length: int):
                     for ids, m in zip(context, mask if mask is not None else [None] * len(context))]
             temperature = float(generation_kwargs.get("temperature") or 0.0)
             sampled = bool(generation_kwargs.get("do_sample")) and temperature > 0.0
-            sampling = ({"temperature": temperature, "top_p": float(generation_kwargs.get("top_p") or 1.0),
-                         "seed": 0} if sampled else {"temperature": 0.0})
-            params = self.served.params(max_length - context.shape[1], stop, **sampling)
+            # HFLM names no EOS: generate stops at the model's generation_config's (a list for some models)
+            eos = self.served.hf_generation().eos_token_id
+            params = self.served.params(max_length - context.shape[1], stop, temperature if sampled else 0.0,
+                                        generation_kwargs.get("top_p"), eos_token_ids=eos,
+                                        **({"seed": 0} if sampled else {}))
             outputs = self.served.engine.generate(rows, params, self.served.adapter)
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
             width = context.shape[1] + max((len(out[0]) for out in outputs), default=0)

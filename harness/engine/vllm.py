@@ -9,10 +9,12 @@ merges), in an HF folder under `meta.vllm.weights_dir` (the system's temp folder
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -54,19 +56,26 @@ class VllmEngine:
     def __init__(self, settings, folder: Path, lora: dict | None, dtype: str, max_model_len: int, seed: int,
                  on_gpu: bool):
         self.settings, self.folder, self.lora = dict(settings or {}), folder, lora
-        self.log_path = folder.parent / "vllm-worker.log"
+        self.log_path, self.log, self.process = folder.parent / "vllm-worker.log", None, None
         start = time.perf_counter()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen([str(worker_python(settings)), str(WORKER)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
-        eager = self.settings.get("enforce_eager")
-        reply = self._request({"op": "load", "model": str(folder), "dtype": dtype, "max_model_len": max_model_len,
-                               "seed": seed, "enforce_eager": (not on_gpu) if eager is None else bool(eager),
-                               "gpu_memory_utilization": self.settings.get("gpu_memory_utilization") if on_gpu
-                               else None,
-                               "kv_cache_memory_bytes": None if on_gpu else
-                               int(float(self.settings.get("cpu_kv_cache_gib") or 2) * 2**30), "lora": lora})
+        try:  # a start that fails in any way (an interrupt, SIGTERM's SystemExit included) stops what it began
+            self.log = open(self.log_path, "w")
+            # a session of its own: a Ctrl-C reaches the harness alone, which closes the worker, and `close` can
+            # stop vLLM's engine process with it (its process group); the worker also ends when its stdin closes
+            self.process = subprocess.Popen([str(worker_python(settings)), str(WORKER)], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
+                                            start_new_session=True)
+            eager = self.settings.get("enforce_eager")
+            reply = self._request({
+                "op": "load", "model": str(folder), "dtype": dtype, "max_model_len": max_model_len, "seed": seed,
+                "enforce_eager": (not on_gpu) if eager is None else bool(eager),
+                "gpu_memory_utilization": self.settings.get("gpu_memory_utilization") if on_gpu else None,
+                "kv_cache_memory_bytes": None if on_gpu else
+                int(float(self.settings.get("cpu_kv_cache_gib") or 2) * 2**30), "lora": lora})
+        except BaseException:
+            self.close(wait_s=5)
+            raise
         self.version = reply["version"]
         self.start_seconds = time.perf_counter() - start  # the worker's imports, the weights, vLLM's warm-up
 
@@ -77,11 +86,14 @@ class VllmEngine:
             line = self.process.stdout.readline()
         except BrokenPipeError:
             line = ""
-        reply = json.loads(line) if line.strip() else {"ok": False, "error": self._root_cause()}
+        try:
+            reply = json.loads(line) if line.strip() else {"ok": False, "error": self._root_cause()}
+        except json.JSONDecodeError:
+            reply = {"ok": False, "error": f"the worker wrote {line.strip()[:120]!r} where a reply was due"}
         if not reply.get("ok"):
             # vLLM's engine process fails first and the worker's exception only points "above": name that cause
             error = self._root_cause() or reply.get("error")
-            self.close()
+            self.close(wait_s=5)
             raise EngineError(f"vLLM's worker failed at {request['op']}: {error}",
                               "HARNESS_DEBUG=1 keeps its log; see docs/scale.md, 'Generation with vLLM'")
         return reply
@@ -104,16 +116,24 @@ class VllmEngine:
         return self._request({"op": "beam_search", "prompts": prompts, "params": params,
                               "adapter": adapter})["outputs"]
 
-    def close(self) -> None:
-        if self.process.poll() is None:
+    def close(self, wait_s: float = 60) -> None:
+        """Stops the worker (asked first, `wait_s` to finish what it is doing, then its process group killed) and
+        removes the weights folder (kept, with the worker's log, under HARNESS_DEBUG=1); safe to call on a worker
+        that never started, and again."""
+        if self.process is not None and self.process.poll() is None:
             try:
                 self.process.stdin.write(json.dumps({"op": "close"}) + "\n")
                 self.process.stdin.flush()
-                self.process.wait(timeout=60)
-            except (BrokenPipeError, subprocess.TimeoutExpired, ValueError):
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+                self.process.wait(timeout=wait_s)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                pass
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # vLLM's engine process too, where it outlived it
+            self.process.wait()
+        if self.log is not None:
+            self.log.close()
+        self.process, self.log = None, None  # a second close (an error path's, then the caller's) does nothing more
         if not os.environ.get("HARNESS_DEBUG"):
             shutil.rmtree(self.folder.parent, ignore_errors=True)
 

@@ -94,7 +94,9 @@ class ServedAsLoRA:
         config = json.loads(config_path.read_text())
         config["init_lora_weights"] = True
         config_path.write_text(json.dumps(config, indent=2))
-        return int(adapted.options.r)
+        # the rank as written, not the options': a residual run re-scored from its saved adapter holds peft's
+        # rank-2r conversion (save_on_original_weights), and a rank pattern may exceed r
+        return max([int(config["r"]), *map(int, (config.get("rank_pattern") or {}).values())])
 
 
 @register("lora")

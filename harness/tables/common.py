@@ -55,6 +55,10 @@ def engine_notes(df: pd.DataFrame) -> str:
         rates = f"{low:.0%}" if f"{low:.0%}" == f"{high:.0%}" else f"{low:.0%} to {high:.0%}"
         text += (f" Their answers were HF generate's on {rates} of the first records of each set that HF decoded "
                  f"again (eval.engine.agreement).")
+    unrated = served[served["engine_agreement"].isna()]
+    if len(unrated):
+        text += (" Not compared with HF (sampled decoding, or meta.vllm.agreement_records=0): "
+                 f"{', '.join(dict.fromkeys(unrated['label']))}.")
     below = served[served["engine_below_threshold"] == True]  # noqa: E712 (a column of None / bool)
     if len(below):
         worst = below.groupby("label", sort=False)["engine_agreement"].min()
