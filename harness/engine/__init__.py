@@ -36,7 +36,9 @@ def check(cfg, scorer) -> None:
         raise ConfigError(f"protocol.engine=vllm: protocol {cfg.protocol.name} does not generate through "
                           f"greedy decoding, sampling or lm-eval's generate_until (beam search and "
                           f"log-likelihood scoring stay on HF)", "use protocol.engine=hf for it")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun's processes: refused now, not after the training
+    from harness import distributed
+
+    if distributed.launched() or distributed.active():  # several processes: refused before the training
         raise ConfigError("protocol.engine=vllm scores on one process (vLLM batches on its own)",
                           "train with protocol.engine=hf, then `python -m harness.evaluate <run id> "
                           "protocol.engine=vllm` on one process")
@@ -67,13 +69,8 @@ def serving(cfg, adapted, eval_model, merged: bool, processor):
 
         yield Serving(eval_model, {"name": "hf", "version": transformers.__version__})
         return
-    from harness import distributed
     from harness.engine import agreement
-    from harness.engine.vllm import EngineError
 
-    if distributed.active():
-        raise EngineError("protocol.engine=vllm scores on one process (vLLM batches on its own)",
-                          "score it with `python -m harness.evaluate <run id> protocol.engine=vllm` on one process")
     settings = cfg.meta.get("vllm") or {}
     records, threshold = int(settings.get("agreement_records", 20)), float(settings.get("agreement_threshold", 0.9))
     sampled = float(cfg.protocol.get("temperature") or 0.0) > 0.0

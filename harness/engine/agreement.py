@@ -13,17 +13,14 @@ def text_of(row: Mapping):
 
 def answer_of(row: Mapping):
     """What a prediction row answers: its extracted `prediction` where the scorer keeps one (math, exact match);
-    else lm-eval's filtered response (its `filtered_resps`: GSM8K's extracted number, IFEval's text: a row that
-    has `doc_id`); else its verdict where it has one; else (an open-ended output, AlpacaEval's: `correct` None)
-    its text. Two different wrong answers are a disagreement, so a verdict is compared only where nothing finer is
-    kept."""
+    else its response (lm-eval's filtered one: GSM8K's extracted number, IFEval's text); else its verdict where it
+    has one; else (an open-ended output, AlpacaEval's: `correct` None) its text. Two different wrong answers are a
+    disagreement, so a verdict is compared only where nothing finer is kept."""
     if "prediction" in row:
         return row["prediction"]
-    if "doc_id" in row and "response" in row:
-        return row["response"]
-    if row.get("correct") is not None:
-        return row["correct"]
-    return text_of(row)
+    if "response" in row or row.get("correct") is None:
+        return text_of(row)
+    return row["correct"]
 
 
 def compare(scorer, model, processor, test_sets: Mapping[str, list], predictions: Mapping[str, list],
